@@ -1,0 +1,234 @@
+/*!
+The command line (as DESIGN.md names it) and the optional TOML config file,
+validated into one [`Config`] that is passed down. Flags override the file.
+
+Errors here are the user's to fix: each is one line naming the problem and the
+offending value or file, and `main` exits with code 2 for them.
+*/
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
+pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cwatch",
+    version,
+    about = "Finds TCP sockets stuck in CLOSE_WAIT, names the process that leaks them, \
+             and exports Prometheus metrics.",
+    after_help = "Examples:\n  \
+        cwatch run                          # serve http://127.0.0.1:9478/metrics\n  \
+        cwatch run --leak-after 2m --listen 0.0.0.0:9478\n  \
+        cwatch ls --leaked                  # leaked sockets, oldest first"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and serve /metrics, /healthz and /api/v1/sockets.
+    Run(RunArgs),
+    /// List the sockets now in CLOSE_WAIT, oldest first (asks the running daemon).
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for the HTTP endpoints [default: 127.0.0.1:9478].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// A socket is leaked once it has been in CLOSE_WAIT this long [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub leak_after: Option<Duration>,
+    /// How often the daemon re-reads the kernel's own records [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reconcile_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct LsArgs {
+    /// Only sockets older than leak-after.
+    #[arg(long)]
+    pub leaked: bool,
+    /// Print the daemon's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Config file of the daemon to ask (for its listen address).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the daemon to ask [default: from the config, else 127.0.0.1:9478].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Everything `cwatch run` needs, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub leak_after: Duration,
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            leak_after: DEFAULT_LEAK_AFTER,
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+        }
+    }
+}
+
+/// The config file's keys. Unknown keys are an error, not a silent default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    leak_after: Option<String>,
+    reconcile_interval: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config file {path}: {key} = {value:?}: {reason}")]
+    Value {
+        path: String,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{flag} {value}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// clap value parser for human durations ("500ms", "2s", "5m").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (use a duration such as 500ms, 30s, 5m, 1h)"))
+}
+
+impl Config {
+    /// Merges the config file (if any) under the flags and validates.
+    pub fn from_run_args(args: &RunArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => load_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(d) = args.leak_after {
+            config.leak_after = d;
+        }
+        if let Some(d) = args.reconcile_interval {
+            config.reconcile_interval = d;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.leak_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "--leak-after",
+                value: "0s".into(),
+                reason: "must be longer than zero".into(),
+            });
+        }
+        if self.reconcile_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                flag: "--reconcile-interval",
+                value: humantime::format_duration(self.reconcile_interval).to_string(),
+                reason: "must be at least 100ms".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The listen address `cwatch ls` should ask.
+pub fn ls_target(args: &LsArgs) -> Result<SocketAddr, ConfigError> {
+    if let Some(listen) = args.listen {
+        return Ok(listen);
+    }
+    match &args.config {
+        Some(path) => Ok(load_file(path)?.listen),
+        None => Ok(Config::default().listen),
+    }
+}
+
+fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    parse_file(&shown, &text)
+}
+
+fn parse_file(path: &str, text: &str) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::File {
+        path: path.to_string(),
+        reason: one_line_toml_error(text, &e),
+    })?;
+    let mut config = Config::default();
+    if let Some(listen) = file.listen {
+        config.listen = listen.parse().map_err(|e| ConfigError::Value {
+            path: path.to_string(),
+            key: "listen",
+            value: listen.clone(),
+            reason: format!("{e} (expected ADDR:PORT)"),
+        })?;
+    }
+    let duration = |key: &'static str, value: String| {
+        parse_duration(&value).map_err(|reason| ConfigError::Value {
+            path: path.to_string(),
+            key,
+            value,
+            reason,
+        })
+    };
+    if let Some(v) = file.leak_after {
+        config.leak_after = duration("leak_after", v)?;
+    }
+    if let Some(v) = file.reconcile_interval {
+        config.reconcile_interval = duration("reconcile_interval", v)?;
+    }
+    Ok(config)
+}
+
+/// toml's errors span several lines with a source excerpt; keep the message
+/// and the line number.
+fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

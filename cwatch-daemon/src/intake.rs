@@ -1,0 +1,179 @@
+/*!
+Event intake: reads the kernel's ring buffer as events arrive (tokio
+`AsyncFd`), decodes them and applies them to the socket table. Closed sockets
+feed the CLOSE_WAIT duration histogram.
+*/
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use cwatch_common::{EVENT_ENTER, EVENT_LEAVE, Event};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, warn};
+
+use crate::{
+    Shared,
+    table::{SockEntry, SocketTable},
+};
+
+/// What applying one event did.
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    Entered,
+    /// Left CLOSE_WAIT after this long; `None` when the start was not seen
+    /// (the socket predates cwatch) or only estimated.
+    Left(Option<Duration>),
+    Ignored,
+}
+
+/// Decodes one ring buffer record. `None` for a record of the wrong size
+/// (an object/daemon mismatch: counted by the caller, never trusted).
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is repr(C) plain data and `bytes` holds enough of it;
+    // read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Applies one event to the table.
+pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
+    match event.kind {
+        EVENT_ENTER => {
+            table.insert(SockEntry::from_record(&event.rec));
+            Applied::Entered
+        }
+        EVENT_LEAVE => {
+            let start = match table.remove(event.rec.cookie) {
+                Some(entry) if !entry.age_estimated => Some(entry.start_ns),
+                Some(_) => None,
+                // Missed the enter event: the kernel's record still knows.
+                None => (event.rec.start_ns != 0).then_some(event.rec.start_ns),
+            };
+            Applied::Left(start.map(|s| Duration::from_nanos(event.ts_ns.saturating_sub(s))))
+        }
+        _ => Applied::Ignored,
+    }
+}
+
+/// Drains the ring buffer whenever the kernel signals data, until the task is
+/// aborted at shutdown.
+pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+    let mut batch: Vec<Event> = Vec::with_capacity(1024);
+    loop {
+        let mut guard = ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut malformed = 0u64;
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Some(event) => batch.push(event),
+                None => malformed += 1,
+            }
+        }
+        guard.clear_ready();
+        if malformed > 0 {
+            shared.metrics.malformed_events(malformed);
+            warn!(
+                malformed,
+                "ring buffer records of the wrong size (eBPF object mismatch?)"
+            );
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut durations = Vec::new();
+        {
+            let mut table = shared.lock_table();
+            for event in &batch {
+                if let Applied::Left(Some(d)) = apply(&mut table, event) {
+                    durations.push(d);
+                }
+            }
+        }
+        debug!(
+            events = batch.len(),
+            closed = durations.len(),
+            "applied events"
+        );
+        for d in durations {
+            shared.metrics.observe_closed(d);
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cwatch_common::tcp_state;
+
+    use super::*;
+    use crate::table::tests::record;
+
+    fn event(kind: u32, ts_ns: u64, rec: cwatch_common::SockRecord) -> Event {
+        Event {
+            kind,
+            oldstate: tcp_state::ESTABLISHED as u16,
+            newstate: tcp_state::CLOSE_WAIT as u16,
+            ts_ns,
+            rec,
+        }
+    }
+
+    #[test]
+    fn enter_then_leave_measures_the_duration() {
+        let mut t = SocketTable::new();
+        assert_eq!(
+            apply(&mut t, &event(EVENT_ENTER, 5, record(1, 5, None))),
+            Applied::Entered
+        );
+        assert_eq!(t.len(), 1);
+        let left = apply(
+            &mut t,
+            &event(EVENT_LEAVE, 2_000_000_005, record(1, 5, None)),
+        );
+        assert_eq!(left, Applied::Left(Some(Duration::from_secs(2))));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn leave_without_enter_uses_the_kernel_record_or_nothing() {
+        let mut t = SocketTable::new();
+        let left = apply(&mut t, &event(EVENT_LEAVE, 3_000, record(2, 1_000, None)));
+        assert_eq!(left, Applied::Left(Some(Duration::from_nanos(2_000))));
+        let unknown = apply(&mut t, &event(EVENT_LEAVE, 3_000, record(3, 0, None)));
+        assert_eq!(
+            unknown,
+            Applied::Left(None),
+            "no start seen: no histogram sample"
+        );
+    }
+
+    #[test]
+    fn estimated_starts_stay_out_of_the_histogram() {
+        let mut t = SocketTable::new();
+        let mut entry = SockEntry::from_record(&record(4, 10, None));
+        entry.age_estimated = true;
+        t.insert(entry);
+        assert_eq!(
+            apply(&mut t, &event(EVENT_LEAVE, 99, record(4, 10, None))),
+            Applied::Left(None)
+        );
+    }
+
+    #[test]
+    fn decode_round_trips_and_rejects_short_records() {
+        let ev = event(EVENT_ENTER, 42, record(5, 41, Some((7, "x"))));
+        // SAFETY: viewing a repr(C) value as bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
+        assert_eq!(decode(bytes), Some(ev));
+        assert_eq!(decode(&bytes[..size_of::<Event>() - 1]), None);
+        assert_eq!(
+            apply(&mut SocketTable::new(), &event(99, 0, record(6, 0, None))),
+            Applied::Ignored
+        );
+    }
+}

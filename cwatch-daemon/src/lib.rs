@@ -1,0 +1,166 @@
+/*!
+cwatch: follows TCP sockets into CLOSE_WAIT in the kernel, names their owner,
+ages them and serves Prometheus metrics.
+
+The data's path, one module per stage: [`probe`] (load and attach) →
+[`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
+[`reconcile`] (against the kernel's map) → [`aging`] (ages, summaries) →
+[`metrics`] / [`http`] → [`config`] (flags and file). [`ls`] is the client
+side of `cwatch ls`.
+*/
+pub mod aging;
+pub mod config;
+pub mod http;
+pub mod intake;
+pub mod ls;
+pub mod metrics;
+pub mod probe;
+pub mod reconcile;
+pub mod table;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use cwatch_common::SockRecord;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+
+use crate::{
+    aging::Clock, config::Config, metrics::KernelCounters, probe::Probes, table::SocketTable,
+};
+
+/// State shared by the tasks and the HTTP handlers.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: metrics::Metrics,
+    pub clock: Box<dyn Clock>,
+    table: Mutex<SocketTable>,
+    probes: Mutex<Option<Probes>>,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config, clock: Box<dyn Clock>) -> Self {
+        Self {
+            config,
+            metrics: metrics::Metrics::new(),
+            clock,
+            table: Mutex::new(SocketTable::new()),
+            probes: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The table; a panic elsewhere while holding it does not poison it for
+    /// good (the data is a cache the next reconciliation repairs).
+    pub fn lock_table(&self) -> MutexGuard<'_, SocketTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_probes(&self) -> MutexGuard<'_, Option<Probes>> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Kernel counter totals, `None` before the probes are loaded or when the
+    /// map cannot be read (logged).
+    pub fn kernel_counters(&self) -> Option<KernelCounters> {
+        let probes = self.lock_probes();
+        match probes.as_ref()?.counter_totals() {
+            Ok(totals) => Some(totals),
+            Err(err) => {
+                tracing::warn!("reading kernel counters: {err}");
+                None
+            }
+        }
+    }
+
+    /// A snapshot of the kernel's CLOSE_WAIT map.
+    pub fn kernel_records(&self) -> anyhow::Result<HashMap<u64, SockRecord>> {
+        let probes = self.lock_probes();
+        let probes = probes.as_ref().context("probes are not loaded")?;
+        let mut out = HashMap::new();
+        for item in probes.records.iter() {
+            let (cookie, rec) = item.context("walking the kernel CLOSE_WAIT map")?;
+            out.insert(cookie, rec);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM: serves HTTP at once (503 on
+/// /healthz until ready), loads and attaches the probes, reconciles once,
+/// then reports ready. On return every program is detached and every map
+/// closed.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(config, Box::new(aging::BootClock)));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, Arc::clone(&shared), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    info!(%listen, "serving /metrics, /healthz, /api/v1/sockets");
+
+    let result = start_and_wait(&shared).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    // Detach everything before returning, whatever happened.
+    shared.lock_probes().take();
+    info!("stopped; probes detached");
+    result
+}
+
+async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let mut probes = tokio::task::spawn_blocking(probe::load)
+        .await
+        .context("probe loader task")??;
+    let events = probes.events.take().context("ring buffer already taken")?;
+    *shared.lock_probes() = Some(probes);
+    let mut intake = tokio::spawn(intake::run(events, Arc::clone(shared)));
+    let pass = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || reconcile::run_once(&pass))
+        .await
+        .context("first reconciliation task")??;
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared)));
+    shared.ready.store(true, Ordering::Release);
+    info!("ready: probes attached, first reconciliation done");
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => signal,
+        ended = &mut intake => intake_ended(ended),
+    };
+    intake.abort();
+    reconciler.abort();
+    outcome
+}
+
+fn intake_ended(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match joined {
+        Ok(Ok(())) => anyhow::bail!("event intake stopped"),
+        Ok(Err(err)) => Err(err.context("event intake failed")),
+        Err(err) => Err(anyhow::anyhow!("event intake task failed: {err}")),
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}

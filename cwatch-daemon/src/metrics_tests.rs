@@ -1,0 +1,148 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    aging::summarize,
+    table::{SockEntry, SocketTable, tests::record},
+};
+
+const S: u64 = 1_000_000_000;
+
+fn lines_starting(text: &str, prefix: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn gauges_carry_the_contract_labels_and_vanish_at_zero() {
+    let m = Metrics::new();
+    let mut t = SocketTable::new();
+    t.insert(SockEntry::from_record(&record(
+        1,
+        10 * S,
+        Some((4242, "leaky \"q\"")),
+    )));
+    t.insert(SockEntry::from_record(&record(
+        2,
+        95 * S,
+        Some((4242, "leaky \"q\"")),
+    )));
+    let text = m.render(&summarize(&t, 100 * S, Duration::from_secs(60)), None);
+    assert_eq!(
+        lines_starting(&text, "cwatch_process_close_wait_sockets{"),
+        vec![r#"cwatch_process_close_wait_sockets{comm="leaky \"q\"",pid="4242"} 2"#]
+    );
+    assert_eq!(
+        lines_starting(&text, "cwatch_process_leaked_sockets{"),
+        vec![r#"cwatch_process_leaked_sockets{comm="leaky \"q\"",pid="4242"} 1"#]
+    );
+    assert_eq!(
+        lines_starting(&text, "cwatch_process_oldest_close_wait_seconds{"),
+        vec![r#"cwatch_process_oldest_close_wait_seconds{comm="leaky \"q\"",pid="4242"} 90"#]
+    );
+    assert_eq!(
+        lines_starting(&text, "cwatch_peer_close_wait_sockets{"),
+        vec![r#"cwatch_peer_close_wait_sockets{peer_addr="127.0.1.1",peer_port="7000"} 2"#]
+    );
+    assert!(text.contains(&format!(
+        "cwatch_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    t.remove(1);
+    t.remove(2);
+    let text = m.render(&summarize(&t, 100 * S, Duration::from_secs(60)), None);
+    for family in [
+        "cwatch_process_close_wait_sockets{",
+        "cwatch_process_leaked_sockets{",
+        "cwatch_process_oldest_close_wait_seconds{",
+        "cwatch_peer_close_wait_sockets{",
+        "cwatch_peer_leaked_sockets{",
+        "cwatch_peer_oldest_close_wait_seconds{",
+    ] {
+        assert!(
+            lines_starting(&text, family).is_empty(),
+            "{family} left behind:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn unattributed_sockets_count_under_unknown() {
+    let m = Metrics::new();
+    let mut t = SocketTable::new();
+    t.insert(SockEntry::from_record(&record(3, S, None)));
+    let text = m.render(&summarize(&t, 2 * S, Duration::from_secs(60)), None);
+    assert!(
+        text.contains(r#"cwatch_process_close_wait_sockets{comm="[unknown]",pid=""} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cwatch_peer_close_wait_sockets{peer_addr="127.0.1.1",peer_port="*"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn kernel_counters_are_mirrored_exactly() {
+    let m = Metrics::new();
+    let empty = Summary::default();
+    let mut k: KernelCounters = [0; counter::LEN as usize];
+    k[counter::TRANSITIONS as usize] = 10;
+    k[counter::CLOSED as usize] = 4;
+    k[counter::RECORDS_FULL as usize] = 1;
+    k[counter::OWNERS_FULL as usize] = 2;
+    let text = m.render(&empty, Some(&k));
+    assert!(
+        text.contains("cwatch_close_wait_transitions_total 10\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cwatch_close_wait_closed_total 4\n"),
+        "{text}"
+    );
+    assert!(text.contains("cwatch_events_lost_total 0\n"), "{text}");
+    assert!(
+        text.contains("cwatch_kernel_errors_total{kind=\"map_full\"} 3\n"),
+        "{text}"
+    );
+    k[counter::TRANSITIONS as usize] = 25;
+    let text = m.render(&empty, Some(&k));
+    assert!(
+        text.contains("cwatch_close_wait_transitions_total 25\n"),
+        "{text}"
+    );
+    // Rendering again without change must not double count.
+    let text = m.render(&empty, Some(&k));
+    assert!(
+        text.contains("cwatch_close_wait_transitions_total 25\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn histogram_uses_the_fixed_buckets() {
+    let m = Metrics::new();
+    m.observe_closed(Duration::from_millis(5));
+    m.observe_closed(Duration::from_secs(400));
+    let text = m.render(&Summary::default(), None);
+    let buckets = lines_starting(&text, "cwatch_close_wait_duration_seconds_bucket");
+    let les: Vec<&str> = buckets
+        .iter()
+        .map(|l| l.split('"').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        les,
+        vec![
+            "0.001", "0.01", "0.1", "1", "10", "60", "300", "1800", "3600", "21600", "86400",
+            "+Inf"
+        ]
+    );
+    assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"0.01\"} 1\n"));
+    assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"300\"} 1\n"));
+    assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"1800\"} 2\n"));
+    assert!(text.contains("cwatch_close_wait_duration_seconds_count 2\n"));
+    assert!(text.contains("cwatch_close_wait_duration_seconds_sum 400.005\n"));
+}

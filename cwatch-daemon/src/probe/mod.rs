@@ -1,0 +1,169 @@
+/*!
+Probe loading: mounts what the kernel interfaces need, resolves struct
+offsets from BTF, loads the embedded eBPF object with them, attaches every
+program, and hands out the maps the rest of the daemon reads.
+
+Dropping [`Probes`] detaches the programs and closes the maps: nothing is left
+in the kernel after the daemon exits.
+*/
+pub mod mounts;
+pub mod offsets;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use cwatch_common::{SockRecord, counter, names};
+use tracing::{info, warn};
+
+/// The object built by build.rs from cwatch-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cwatch-ebpf"));
+
+/// Programs attached by cwatch, by tracepoint name.
+pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE, names::PROG_DESTROY];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("reading kernel BTF for the loader: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("loading the eBPF object: {0} (cwatch needs root, or CAP_BPF + CAP_PERFMON)")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF object has no {what} `{name}` (daemon and object out of step)")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded, attached programs and the maps userspace reads.
+pub struct Probes {
+    /// Owns the programs and their links; dropping it detaches them.
+    _ebpf: Ebpf,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub records: HashMap<MapData, u64, SockRecord>,
+    /// Taken by intake.
+    pub events: Option<RingBuf<MapData>>,
+}
+
+impl Probes {
+    /// Sums of the per-CPU kernel counters, indexed by `cwatch_common::counter`.
+    pub fn counter_totals(&self) -> Result<[u64; counter::LEN as usize], ProbeError> {
+        let mut totals = [0u64; counter::LEN as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values =
+                self.counters
+                    .get(&(index as u32), 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: names::MAP_COUNTERS,
+                        source,
+                    })?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+}
+
+/// Loads and attaches everything. Blocking (BTF parsing, verifier): call it
+/// from a blocking task.
+pub fn load() -> Result<Probes, ProbeError> {
+    mounts::ensure_all();
+    raise_memlock();
+    let kernel_offsets = offsets::from_running_kernel()?;
+    let btf = Btf::from_sys_fs()?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
+        .load(OBJECT)
+        .map_err(ProbeError::Load)?;
+    if let Err(err) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_logger) {
+        warn!("eBPF log channel unavailable, kernel-side warnings will not be shown: {err}");
+    }
+    for &name in PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing {
+                what: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .load(name, &btf)
+            .and_then(|()| program.attach().map(drop))
+            .map_err(|source| ProbeError::Program { name, source })?;
+        info!(program = name, "attached tp_btf/{name}");
+    }
+    let counters = take_map(&mut ebpf, names::MAP_COUNTERS)?;
+    let records = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
+    let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
+    Ok(Probes {
+        _ebpf: ebpf,
+        counters,
+        records,
+        events: Some(events),
+    })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(ProbeError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the
+/// cgroup. Lifting the limit is harmless either way.
+fn raise_memlock() {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
+    };
+    if let Err(err) = setrlimit(Resource::Memlock, unlimited) {
+        tracing::debug!("could not lift RLIMIT_MEMLOCK: {err}");
+    }
+}
+
+/// Forwards kernel-side aya-log records (rare: error paths only) to our log.
+fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // owns the logger.
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
+    else {
+        warn!("eBPF log channel cannot be polled");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(err) => {
+                    warn!("eBPF log channel failed: {err}");
+                    return;
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,215 @@
+/*!
+Resolves the kernel struct offsets the eBPF programs need from the running
+kernel's BTF (`/sys/kernel/btf/vmlinux`).
+
+Rust eBPF has no CO-RE relocations, so the programs read fields at offsets we
+pass them as a global. A wrong offset of the right size would not be caught by
+the verifier: every field is therefore looked up by name, through anonymous
+unions and typedefs, and checked for the size the program reads. Anything
+unexpected (missing field, bitfield, other size) is an error naming the field.
+*/
+use btf_rs::{Btf, Type};
+use cwatch_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error("kernel BTF: cannot read {path}: {source}")]
+    Read { path: String, source: anyhow::Error },
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF: `{strukt}` has no field `{field}`")]
+    NoField { strukt: String, field: String },
+    #[error("kernel BTF: `{strukt}.{path}` is {found} bytes, cwatch reads {expected}")]
+    Size {
+        strukt: String,
+        path: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error("kernel BTF: `{strukt}.{path}` is a bitfield or not byte aligned")]
+    Bitfield { strukt: String, path: String },
+    #[error("kernel BTF: malformed type while resolving `{strukt}.{path}`: {source}")]
+    Malformed {
+        strukt: String,
+        path: String,
+        source: anyhow::Error,
+    },
+}
+
+/// Reads the running kernel's BTF and resolves every offset.
+pub fn from_running_kernel() -> Result<KernelOffsets, OffsetsError> {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| OffsetsError::Read {
+        path: VMLINUX_BTF.to_string(),
+        source,
+    })?;
+    resolve(&btf)
+}
+
+/// Resolves every field of `KernelOffsets` in `btf`.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
+    let sock = |path: &str, size: usize| field(btf, "sock", path, size);
+    let v6 = (
+        sock("__sk_common.skc_v6_rcv_saddr", 16),
+        sock("__sk_common.skc_v6_daddr", 16),
+    );
+    let (sk_v6_rcv_saddr, sk_v6_daddr, has_ipv6) = match v6 {
+        (Ok(local), Ok(peer)) => (local, peer, 1),
+        // A kernel without CONFIG_IPV6 has no such fields and no such sockets.
+        (Err(OffsetsError::NoField { .. }), Err(OffsetsError::NoField { .. })) => (0, 0, 0),
+        (Err(err), _) | (_, Err(err)) => return Err(err),
+    };
+    Ok(KernelOffsets {
+        sk_family: sock("__sk_common.skc_family", 2)?,
+        sk_protocol: sock("sk_protocol", 2)?,
+        sk_num: sock("__sk_common.skc_num", 2)?,
+        sk_dport: sock("__sk_common.skc_dport", 2)?,
+        sk_rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
+        sk_daddr: sock("__sk_common.skc_daddr", 4)?,
+        sk_v6_rcv_saddr,
+        sk_v6_daddr,
+        sk_net: sock("__sk_common.skc_net.net", 8)?,
+        sk_cookie: sock("__sk_common.skc_cookie", 8)?,
+        net_ns_inum: field(btf, "net", "ns.inum", 4)?,
+        task_group_leader: field(btf, "task_struct", "group_leader", 8)?,
+        task_comm: field(btf, "task_struct", "comm", 16)?,
+        has_ipv6,
+    })
+}
+
+/// Byte offset of the dotted `path` inside struct `strukt`, checking that the
+/// field is `expected` bytes wide. Anonymous struct/union members are searched
+/// through, as C does.
+pub fn field(btf: &Btf, strukt: &str, path: &str, expected: usize) -> Result<u32, OffsetsError> {
+    let malformed = |source| OffsetsError::Malformed {
+        strukt: strukt.to_string(),
+        path: path.to_string(),
+        source,
+    };
+    let mut ty = find_struct(btf, strukt)?;
+    let mut bits = 0u64;
+    let mut bitfield = false;
+    let mut walked = String::new();
+    for name in path.split('.') {
+        let Some(member) = find_member(btf, &ty, name).map_err(malformed)? else {
+            let owner = if walked.is_empty() {
+                strukt.to_string()
+            } else {
+                format!("{strukt}.{walked}")
+            };
+            return Err(OffsetsError::NoField {
+                strukt: owner,
+                field: name.to_string(),
+            });
+        };
+        bits += member.bit_offset;
+        bitfield |= member.bitfield;
+        ty = strip_modifiers(btf, member.ty).map_err(malformed)?;
+        walked = if walked.is_empty() {
+            name.to_string()
+        } else {
+            format!("{walked}.{name}")
+        };
+    }
+    if bitfield || !bits.is_multiple_of(8) {
+        return Err(OffsetsError::Bitfield {
+            strukt: strukt.to_string(),
+            path: path.to_string(),
+        });
+    }
+    let found = type_size(btf, &ty).map_err(malformed)?;
+    if found != expected {
+        return Err(OffsetsError::Size {
+            strukt: strukt.to_string(),
+            path: path.to_string(),
+            found,
+            expected,
+        });
+    }
+    u32::try_from(bits / 8).map_err(|e| malformed(e.into()))
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<Type, OffsetsError> {
+    btf.resolve_types_by_name(name)
+        .ok()
+        .and_then(|types| {
+            types
+                .into_iter()
+                .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+        })
+        .ok_or_else(|| OffsetsError::NoStruct(name.to_string()))
+}
+
+/// A member found by name, with its bit offset from the start of the struct
+/// it was looked up in.
+struct Member {
+    bit_offset: u64,
+    bitfield: bool,
+    ty: Type,
+}
+
+/// Finds member `name` of a struct/union, descending into anonymous members.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> anyhow::Result<Option<Member>> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    for member in members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let bit_offset = u64::from(member.bit_offset());
+        let bitfield = member.bitfield_size().is_some_and(|bits| bits != 0);
+        if member_name == name {
+            let ty = btf.resolve_chained_type(member)?;
+            return Ok(Some(Member {
+                bit_offset,
+                bitfield,
+                ty,
+            }));
+        }
+        if member_name.is_empty() {
+            let inner = strip_modifiers(btf, btf.resolve_chained_type(member)?)?;
+            if let Some(found) = find_member(btf, &inner, name)? {
+                return Ok(Some(Member {
+                    bit_offset: bit_offset + found.bit_offset,
+                    ..found
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedef/const/volatile/restrict/type-tag to the underlying type.
+fn strip_modifiers(btf: &Btf, mut ty: Type) -> anyhow::Result<Type> {
+    for _ in 0..32 {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Const(t) => btf.resolve_chained_type(t)?,
+            Type::Volatile(t) => btf.resolve_chained_type(t)?,
+            Type::Restrict(t) => btf.resolve_chained_type(t)?,
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        };
+    }
+    anyhow::bail!("type chain too deep")
+}
+
+fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
+    Ok(match ty {
+        Type::Int(i) => i.size(),
+        Type::Ptr(_) => 8,
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        Type::Enum(e) => e.size(),
+        Type::Enum64(e) => e.size(),
+        Type::Array(a) => {
+            let elem = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
+            type_size(btf, &elem)? * a.len()
+        }
+        other => anyhow::bail!("unexpected {} type", other.name()),
+    })
+}
+
+#[cfg(test)]
+#[path = "offsets_tests.rs"]
+mod tests;

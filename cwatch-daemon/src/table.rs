@@ -1,0 +1,245 @@
+/*!
+The socket table: every socket cwatch knows to be in CLOSE_WAIT, keyed by the
+kernel's socket cookie. Pure data and logic, no I/O: intake and
+reconciliation change it, metrics and the API read it.
+*/
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, SockRecord, TASK_COMM_LEN};
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// We connect()ed to the peer.
+    Outbound,
+    /// The peer connected to one of our listeners and we accepted it.
+    Inbound,
+    /// Still in a listener's accept queue: nobody ever called accept().
+    Unaccepted,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+            Direction::Unaccepted => "unaccepted",
+        }
+    }
+}
+
+/// A process name as the kernel keeps it: up to 15 bytes, NUL padded. Kept
+/// inline so a million sockets do not mean a million small allocations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm([u8; TASK_COMM_LEN]);
+
+impl Comm {
+    pub fn from_bytes(bytes: [u8; TASK_COMM_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_str(&self) -> Cow<'_, str> {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        String::from_utf8_lossy(&self.0[..len])
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// The process holding a socket: thread-group id in the host pid namespace
+/// and the group leader's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+/// One socket in CLOSE_WAIT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockEntry {
+    pub cookie: u64,
+    /// CLOCK_BOOTTIME ns of the transition into CLOSE_WAIT.
+    pub start_ns: u64,
+    /// The start was not seen, only estimated.
+    pub age_estimated: bool,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub netns: u32,
+    pub direction: Direction,
+    pub owner: Option<Owner>,
+}
+
+impl SockEntry {
+    /// The entry for a kernel record. IPv4-mapped IPv6 addresses become IPv4.
+    pub fn from_record(rec: &SockRecord) -> Self {
+        let owner = (rec.owner_tgid != 0).then(|| Owner {
+            pid: rec.owner_tgid,
+            comm: Comm::from_bytes(rec.owner_comm),
+        });
+        let direction = if rec.flags & REC_OUTBOUND != 0 {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        Self {
+            cookie: rec.cookie,
+            start_ns: rec.start_ns,
+            age_estimated: false,
+            local: SocketAddr::new(ip(rec.family, &rec.local_addr), rec.local_port),
+            peer: SocketAddr::new(ip(rec.family, &rec.peer_addr), rec.peer_port),
+            netns: rec.netns,
+            direction,
+            owner,
+        }
+    }
+}
+
+/// An address as users read it: IPv4, or IPv6 unless it is IPv4-mapped.
+/// An unknown family (the kernel read failed) shows as 0.0.0.0.
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*bytes);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// All sockets now in CLOSE_WAIT, by cookie.
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    socks: HashMap<u64, SockEntry>,
+}
+
+impl SocketTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the entry for `entry.cookie`; returns the old one.
+    pub fn insert(&mut self, entry: SockEntry) -> Option<SockEntry> {
+        self.socks.insert(entry.cookie, entry)
+    }
+
+    pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
+        self.socks.remove(&cookie)
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&SockEntry> {
+        self.socks.get(&cookie)
+    }
+
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SockEntry> {
+        self.socks.values()
+    }
+
+    pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.socks.keys().copied()
+    }
+
+    /// Entries sorted oldest first (ties broken by cookie, so the order is
+    /// stable from one call to the next).
+    pub fn oldest_first(&self) -> Vec<&SockEntry> {
+        let mut all: Vec<&SockEntry> = self.socks.values().collect();
+        all.sort_unstable_by_key(|e| (e.start_ns, e.cookie));
+        all
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A record as the kernel would write it, for tests across the crate.
+    pub fn record(cookie: u64, start_ns: u64, owner: Option<(u32, &str)>) -> SockRecord {
+        let mut rec = SockRecord::zeroed();
+        rec.cookie = cookie;
+        rec.start_ns = start_ns;
+        rec.family = AF_INET;
+        rec.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        rec.peer_addr[..4].copy_from_slice(&[127, 0, 1, 1]);
+        rec.local_port = 40000;
+        rec.peer_port = 7000;
+        rec.netns = 4026531840;
+        if let Some((pid, comm)) = owner {
+            rec.owner_tgid = pid;
+            rec.owner_comm[..comm.len()].copy_from_slice(comm.as_bytes());
+            rec.flags = REC_OUTBOUND;
+        }
+        rec
+    }
+
+    #[test]
+    fn records_become_entries() {
+        let e = SockEntry::from_record(&record(7, 100, Some((42, "leaky"))));
+        assert_eq!(e.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(e.peer, "127.0.1.1:7000".parse().unwrap());
+        assert_eq!(e.direction, Direction::Outbound);
+        let owner = e.owner.unwrap();
+        assert_eq!((owner.pid, owner.comm.as_str().as_ref()), (42, "leaky"));
+
+        let anon = SockEntry::from_record(&record(8, 100, None));
+        assert_eq!(anon.owner, None);
+        assert_eq!(anon.direction, Direction::Inbound);
+    }
+
+    #[test]
+    fn ipv6_is_canonical_and_mapped_ipv4_is_ipv4() {
+        let mut rec = record(9, 1, None);
+        rec.family = AF_INET6;
+        rec.local_addr = "::ffff:127.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
+        rec.peer_addr = "2001:db8:0:0:0:0:0:1".parse::<Ipv6Addr>().unwrap().octets();
+        let e = SockEntry::from_record(&rec);
+        assert_eq!(e.local.ip().to_string(), "127.0.0.9");
+        assert_eq!(e.peer.ip().to_string(), "2001:db8::1");
+        rec.family = 0;
+        assert_eq!(
+            SockEntry::from_record(&rec).peer.ip().to_string(),
+            "0.0.0.0"
+        );
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_survives_bad_utf8() {
+        let mut raw = [0u8; 16];
+        raw[..5].copy_from_slice(b"nginx");
+        assert_eq!(Comm::from_bytes(raw).as_str(), "nginx");
+        assert_eq!(Comm::from_bytes([b'x'; 16]).as_str(), "x".repeat(16));
+        raw[0] = 0xff;
+        assert_eq!(Comm::from_bytes(raw).as_str(), "\u{fffd}ginx");
+    }
+
+    #[test]
+    fn oldest_first_is_stable() {
+        let mut t = SocketTable::new();
+        for (cookie, start) in [(3, 30), (1, 10), (2, 10), (4, 5)] {
+            t.insert(SockEntry::from_record(&record(cookie, start, None)));
+        }
+        let order: Vec<u64> = t.oldest_first().iter().map(|e| e.cookie).collect();
+        assert_eq!(order, vec![4, 1, 2, 3]);
+        assert!(t.remove(1).is_some());
+        assert!(t.remove(1).is_none());
+        assert_eq!(t.len(), 3);
+    }
+}

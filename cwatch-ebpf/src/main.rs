@@ -1,0 +1,19 @@
+//! cwatch's kernel side: tracepoint programs that follow TCP sockets into and
+//! out of CLOSE_WAIT. Each program lives in `probes/`; the maps they share in
+//! `maps.rs`; reading kernel structs at BTF-resolved offsets in `kernel.rs`.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

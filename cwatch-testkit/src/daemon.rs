@@ -1,0 +1,197 @@
+//! A real `cwatch run` process for a test: started on a free loopback port,
+//! read through its HTTP endpoints, stopped with SIGTERM (SIGKILL if it does
+//! not stop) by pid when dropped. Its log goes to a file the test can print.
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::{prom::Scrape, wait_for, workspace_binary};
+
+pub struct Daemon {
+    child: Option<Child>,
+    /// One keep-alive connection for all requests: every connection a test
+    /// closed would itself pass through CLOSE_WAIT on the daemon's side and
+    /// move the host-wide counters the tests compare.
+    agent: ureq::Agent,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    log: PathBuf,
+}
+
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// The `cwatch` binary under test (`CWATCH_BIN`, set by `cargo xtask test`).
+pub fn cwatch_bin() -> anyhow::Result<PathBuf> {
+    workspace_binary("CWATCH_BIN", "cwatch")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Daemon {
+    /// Starts `cwatch run --listen 127.0.0.1:<free> ARGS` and waits until
+    /// /healthz says ready.
+    pub fn start(args: &[&str]) -> anyhow::Result<Daemon> {
+        let daemon = Self::spawn(args)?;
+        daemon.wait_ready(Duration::from_secs(60))?;
+        Ok(daemon)
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(args: &[&str]) -> anyhow::Result<Daemon> {
+        Self::spawn_wrapped(&[], args)
+    }
+
+    /// Starts `WRAPPER… cwatch run …` (e.g. under `unshare`) without waiting.
+    /// The wrapper must exec cwatch, so that its pid is the daemon's.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("cwatch-test-{}-{n}.log", std::process::id()));
+        let log_file = File::create(&log)?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(cwatch_bin()?);
+                cmd
+            }
+            None => Command::new(cwatch_bin()?),
+        };
+        let child = cmd
+            .arg("run")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .env("RUST_LOG", "info,cwatch_daemon=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting cwatch")?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .max_idle_connections_per_host(1)
+            .max_idle_age(Duration::from_secs(24 * 3600))
+            .build()
+            .into();
+        Ok(Daemon {
+            pid: child.id(),
+            child: Some(child),
+            agent,
+            addr,
+            log,
+        })
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_for("cwatch /healthz = 200", timeout, || {
+            match self.get("/healthz") {
+                Ok((200, _)) => Ok(()),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        })
+        .with_context(|| format!("daemon log:\n{}", self.log()))
+    }
+
+    /// GET `path`; returns the status and body whatever the status.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut response = self
+            .agent
+            .get(&format!("http://{}{path}", self.addr))
+            .call()?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string()?;
+        Ok((status, body))
+    }
+
+    pub fn metrics(&self) -> anyhow::Result<Scrape> {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Scrape::parse(&body)
+    }
+
+    pub fn sockets(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (status, body) = self.get("/api/v1/sockets")?;
+        if status != 200 {
+            bail!("/api/v1/sockets answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = Pid::from_raw(self.pid as i32).context("pid 0")?;
+        kill_process(pid, signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 20 s) and returns the exit status.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.stop_inner()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("already stopped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "cwatch did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_inner(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        let _ = self.signal(Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let status = child.wait()?;
+        bail!("cwatch ignored SIGTERM for 20 s and was killed ({status})")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop_inner();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,83 @@
+//! Shared by the kernel tests: serialisation, preflight, and ground-truth
+//! queries scoped to one test's port.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, TcpListener},
+    sync::{Mutex, MutexGuard},
+};
+
+use cwatch_testkit::ss::{self, SsSocket};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Call first in every test: checks the machine can run kernel tests (and
+/// fails loudly when it cannot: these tests are never skipped) and makes
+/// tests run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the kernel tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN); run them with `sudo -E cargo xtask test`"
+    );
+    assert!(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux); cwatch needs CONFIG_DEBUG_INFO_BTF"
+    );
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A port free on every one of `ips` (each a loopback address).
+pub fn free_port_on(ips: &[&str]) -> u16 {
+    'search: for _ in 0..100 {
+        let port = TcpListener::bind((ips[0], 0))
+            .and_then(|l| l.local_addr())
+            .expect("bind a loopback port")
+            .port();
+        for ip in &ips[1..] {
+            if TcpListener::bind((*ip, port)).is_err() {
+                continue 'search;
+            }
+        }
+        return port;
+    }
+    panic!("no port free on all of {ips:?}")
+}
+
+/// CLOSE_WAIT sockets (per `ss`) whose peer port is `port`.
+pub fn ss_to_port(port: u16) -> Vec<SsSocket> {
+    ss::close_wait()
+        .expect("ss works")
+        .into_iter()
+        .filter(|s| s.peer.port() == port)
+        .collect()
+}
+
+/// How many of `socks` each pid holds (a socket counts for its lowest pid).
+pub fn count_by_pid(socks: &[SsSocket]) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for s in socks {
+        if let Some(pid) = s.users.iter().map(|u| u.pid).min() {
+            *out.entry(pid).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// How many of `socks` go to each peer address (as cwatch shows it).
+pub fn count_by_peer(socks: &[SsSocket]) -> BTreeMap<IpAddr, u64> {
+    let mut out = BTreeMap::new();
+    for s in socks {
+        *out.entry(ss::shown(s.peer.ip())).or_default() += 1;
+    }
+    out
+}
+
+/// API entries (JSON) whose peer port is `port`.
+pub fn api_to_port(sockets: &[serde_json::Value], port: u16) -> Vec<serde_json::Value> {
+    sockets
+        .iter()
+        .filter(|s| s["peer_port"] == port)
+        .cloned()
+        .collect()
+}
+
+pub const SECOND: u64 = 1_000_000_000;

@@ -1,0 +1,20 @@
+//! `cargo xtask lint`: formatting and clippy with warnings denied, for the
+//! userspace crates and (checked for the host, as aya-template does) the
+//! eBPF crate.
+use crate::{build, setup, util};
+
+pub fn run() -> anyhow::Result<()> {
+    setup::ensure_build_toolchain(false)?;
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate alone (its own feature set), non-test targets; a
+    // separate target dir keeps feature unification from rebuilding the rest.
+    let ebpf_dir = build::target_dir().join("clippy-ebpf");
+    util::run(
+        util::cargo()
+            .args(["clippy", "--package", "cwatch-ebpf", "--target-dir"])
+            .arg(ebpf_dir)
+            .args(["--", "-C", "panic=abort", "-D", "warnings"]),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask`: the commands a developer and CI type. One file per command.
+mod build;
+mod lint;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test cwatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the eBPF toolchain and install what is missing (as root).
+    Setup(setup::Options),
+    /// Build the eBPF object and the `cwatch` binary that embeds it.
+    Build(build::Options),
+    /// Build, then run `cwatch run` as root with the given arguments.
+    Run(run::Options),
+    /// cargo fmt --check and clippy -D warnings, eBPF crate included.
+    Lint,
+    /// The whole suite: unit tests, then the privileged kernel tests.
+    Test(test::Options),
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup(opts) => setup::run(&opts),
+        Command::Build(opts) => build::run(&opts).map(drop),
+        Command::Run(opts) => run::run(&opts),
+        Command::Lint => lint::run(),
+        Command::Test(opts) => test::run(&opts),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask setup`: makes sure this machine can build the eBPF object and
+//! run the kernel tests, installing what is missing when we are root, or
+//! printing the exact commands when we are not. With everything present it
+//! only looks (well under 2 s).
+use std::{process::Command, time::Instant};
+
+use anyhow::bail;
+use cwatch_build::{DEBIAN_PACKAGES, LLVM_PREFIX};
+
+use crate::util::{self, is_root};
+
+#[derive(clap::Args, Default)]
+pub struct Options {
+    /// Only report; install nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The tools the kernel tests call, with the Debian package providing each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("ss", "iproute2"),
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("unshare", "util-linux"),
+];
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    ensure_build_toolchain(opts.check)?;
+    ensure_test_tools(opts.check)?;
+    Ok(())
+}
+
+/// Ensures the eBPF object can be built; returns quickly when it can.
+pub fn ensure_build_toolchain(check_only: bool) -> anyhow::Result<()> {
+    let found = cwatch_build::detect();
+    if found.is_complete() {
+        if let Some(toolchain) = &found.toolchain {
+            eprintln!("xtask: eBPF toolchain: {toolchain}");
+        }
+        return Ok(());
+    }
+    if check_only || !can_install() {
+        bail!("{}", found.missing_help());
+    }
+    if found.toolchain.is_none() || found.bpf_linker.is_none() {
+        // The Debian packages give both the BPF core and the LLVM that
+        // bpf-linker is built against.
+        apt_install(DEBIAN_PACKAGES)?;
+    }
+    if found.bpf_linker.is_none() {
+        install_bpf_linker()?;
+    }
+    let again = cwatch_build::detect();
+    if !again.is_complete() {
+        bail!("installed, but still: {}", again.missing_help());
+    }
+    Ok(())
+}
+
+pub fn ensure_test_tools(check_only: bool) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(tool, _)| which::which(tool).is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if check_only || !can_install() {
+        bail!(
+            "the kernel tests need {}; install with: apt-get install -y {}",
+            packages.join(", "),
+            packages.join(" ")
+        );
+    }
+    apt_install(&packages)
+}
+
+fn can_install() -> bool {
+    is_root() && which::which("apt-get").is_ok()
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!(
+        "xtask: installing Debian packages {} (about a minute)…",
+        packages.join(" ")
+    );
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    util::run(&mut update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    util::run(&mut install)?;
+    eprintln!("xtask: packages installed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// bpf-linker, built against Debian's LLVM 22 (no download of a prebuilt
+/// LLVM, which this network does not allow).
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!("xtask: building bpf-linker against LLVM 22 (about a minute)…");
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = util::cargo();
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--version",
+        "0.13.0",
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("PATH", path)
+    .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+    .env("LLVM_PREFIX", LLVM_PREFIX);
+    util::run(&mut cmd)?;
+    eprintln!("xtask: bpf-linker installed in {:.0?}", started.elapsed());
+    Ok(())
+}
