@@ -73,8 +73,6 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     /// `struct sock`: `__sk_common.skc_net.net` (pointer).
     pub sk_net: u32,
-    /// `struct sock`: `__sk_common.skc_cookie` (u64; 0 until a cookie is made).
-    pub sk_cookie: u32,
     /// `struct net`: `ns.inum` (u32).
     pub net_ns_inum: u32,
     /// `struct task_struct`: `group_leader` (pointer).
@@ -83,6 +81,7 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     /// 1 when the kernel has the IPv6 fields (CONFIG_IPV6), else 0.
     pub has_ipv6: u32,
+    pub _pad: u32,
 }
 
 /// `SockRecord::flags`: the owner was learned in the kernel at connect()
@@ -135,7 +134,7 @@ impl SockRecord {
 }
 
 /// The owner of an outbound socket, recorded at connect() time in the
-/// kernel's `OWNERS` map (key: socket cookie).
+/// kernel's `OWNERS` socket storage.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
@@ -174,12 +173,10 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 2;
     /// Inserts into `CLOSE_WAIT` that failed (map full).
     pub const RECORDS_FULL: u32 = 3;
-    /// Inserts into `OWNERS` that failed (map full).
+    /// Owners that could not be stored (socket storage allocation failed).
     pub const OWNERS_FULL: u32 = 4;
-    /// Reads of kernel structs that failed (the record is incomplete).
-    pub const READ_ERRORS: u32 = 5;
     /// Number of counters.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 5;
 }
 
 /// Names of the maps and programs in the object, shared so both sides agree.
@@ -190,7 +187,6 @@ pub mod names {
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
-    pub const PROG_DESTROY: &str = "tcp_destroy_sock";
 }
 
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 80);

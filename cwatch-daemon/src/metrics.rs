@@ -92,7 +92,7 @@ impl Metrics {
             kernel_errors: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("cwatch_kernel_errors_total", "Kernel-side failures: map_full (a record or owner could not be stored), read (a struct sock field could not be read)."),
+                    Opts::new("cwatch_kernel_errors_total", "Kernel-side failures: map_full (a CLOSE_WAIT record or a socket owner could not be stored)."),
                     &["kind"],
                 )
                 .expect("valid counter"),
@@ -150,10 +150,6 @@ impl Metrics {
             advance(&self.transitions, counter::TRANSITIONS);
             advance(&self.closed, counter::CLOSED);
             advance(&self.lost, counter::EVENTS_LOST);
-            advance(
-                &self.kernel_errors.with_label_values(&["read"]),
-                counter::READ_ERRORS,
-            );
             let full = self.kernel_errors.with_label_values(&["map_full"]);
             advance(&full, counter::RECORDS_FULL);
             advance(&full, counter::OWNERS_FULL);

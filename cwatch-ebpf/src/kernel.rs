@@ -1,10 +1,11 @@
 //! Reading kernel structs at offsets resolved from the running kernel's BTF.
 //!
-//! The daemon fills `OFFSETS` before loading (it lands in .rodata, which is
-//! frozen, so the verifier sees constants). Every read goes through
-//! `bpf_probe_read_kernel`, which turns a bad pointer into an error instead of
-//! a verifier rejection.
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+//! The daemon fills `OFFSETS` before loading. It lands in .rodata, which aya
+//! freezes, so the verifier sees each offset as a constant: `sk + offset` on
+//! the tracepoint's BTF-typed `struct sock *` is then a plain load that the
+//! verifier checks against the kernel's BTF and turns into a fault-tolerant
+//! (PROBE_MEM) load. No helper call per field.
+use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use cwatch_common::{AF_INET, AF_INET6, KernelOffsets, SockRecord, TASK_COMM_LEN};
 
 #[unsafe(no_mangle)]
@@ -18,11 +19,11 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_v6_rcv_saddr: 0,
     sk_v6_daddr: 0,
     sk_net: 0,
-    sk_cookie: 0,
     net_ns_inum: 0,
     task_group_leader: 0,
     task_comm: 0,
     has_ipv6: 0,
+    _pad: 0,
 };
 
 /// Reads one field of `OFFSETS`, volatile so the compiler cannot fold the
@@ -39,53 +40,62 @@ fn offset(field: *const u32) -> usize {
     unsafe { core::ptr::read_volatile(field) as usize }
 }
 
+/// A `T` at `base + offset`. `base` must be a BTF-typed kernel pointer (the
+/// verifier rejects anything else) and `offset` one of `OFFSETS`.
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, offset: usize) -> Result<T, i32> {
-    // SAFETY: bpf_probe_read_kernel checks the address at run time.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()) }
+unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: see above; the verifier makes the load fault-tolerant.
+    unsafe { core::ptr::read(base.add(offset).cast::<T>()) }
+}
+
+/// An IPv6 address field (`struct in6_addr`, 4-byte aligned).
+#[inline(always)]
+unsafe fn load_in6(base: *const u8, offset: usize) -> [u8; 16] {
+    let words: [u32; 4] = unsafe { load(base, offset) };
+    // SAFETY: same size, any bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// `sk->sk_protocol`.
 #[inline(always)]
-pub fn protocol(sk: *const u8) -> Result<u16, i32> {
-    unsafe { read::<u16>(sk, off!(sk_protocol)) }
-}
-
-/// `sk->__sk_common.skc_cookie`: 0 while no cookie was ever made for it.
-#[inline(always)]
-pub fn cookie_if_made(sk: *const u8) -> Result<u64, i32> {
-    unsafe { read::<u64>(sk, off!(sk_cookie)) }
+pub fn protocol(sk: *const u8) -> u16 {
+    unsafe { load::<u16>(sk, off!(sk_protocol)) }
 }
 
 /// Fills family, addresses, ports and network namespace of `rec` from `sk`.
 #[inline(always)]
-pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) -> Result<(), i32> {
+pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
     unsafe {
-        rec.family = read::<u16>(sk, off!(sk_family))?;
-        rec.local_port = read::<u16>(sk, off!(sk_num))?;
-        rec.peer_port = u16::from_be(read::<u16>(sk, off!(sk_dport))?);
+        rec.family = load::<u16>(sk, off!(sk_family));
+        rec.local_port = load::<u16>(sk, off!(sk_num));
+        rec.peer_port = u16::from_be(load::<u16>(sk, off!(sk_dport)));
         if rec.family == AF_INET {
-            let local = read::<[u8; 4]>(sk, off!(sk_rcv_saddr))?;
-            let peer = read::<[u8; 4]>(sk, off!(sk_daddr))?;
+            let local: [u8; 4] = load::<u32>(sk, off!(sk_rcv_saddr)).to_ne_bytes();
+            let peer: [u8; 4] = load::<u32>(sk, off!(sk_daddr)).to_ne_bytes();
             rec.local_addr[..4].copy_from_slice(&local);
             rec.peer_addr[..4].copy_from_slice(&peer);
         } else if rec.family == AF_INET6 && off!(has_ipv6) != 0 {
-            rec.local_addr = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr))?;
-            rec.peer_addr = read::<[u8; 16]>(sk, off!(sk_v6_daddr))?;
+            rec.local_addr = load_in6(sk, off!(sk_v6_rcv_saddr));
+            rec.peer_addr = load_in6(sk, off!(sk_v6_daddr));
         }
-        let net = read::<*const u8>(sk, off!(sk_net))?;
-        rec.netns = read::<u32>(net, off!(net_ns_inum))?;
+        let net = load::<*const u8>(sk, off!(sk_net));
+        if !net.is_null() {
+            rec.netns = load::<u32>(net, off!(net_ns_inum));
+        }
     }
-    Ok(())
 }
 
 /// The process name of the current thread's group leader (`comm` of the
 /// current task is the thread's name, which is not what users look for).
 #[inline(always)]
-pub fn leader_comm() -> Result<[u8; TASK_COMM_LEN], i32> {
+pub fn leader_comm() -> [u8; TASK_COMM_LEN] {
     unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let leader = read::<*const u8>(task, off!(task_group_leader))?;
-        read::<[u8; TASK_COMM_LEN]>(leader, off!(task_comm))
+        let task = bpf_get_current_task_btf() as *const u8;
+        let leader = load::<*const u8>(task, off!(task_group_leader));
+        if leader.is_null() {
+            return [0; TASK_COMM_LEN];
+        }
+        let words: [u64; 2] = load(leader, off!(task_comm));
+        core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(words)
     }
 }

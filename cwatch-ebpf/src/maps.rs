@@ -1,13 +1,14 @@
 //! The maps shared by the programs. Sizes here are defaults: the daemon may
 //! resize them at load time.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use cwatch_common::{Owner, SockRecord, counter};
 
-/// Allocate hash map elements on demand instead of up front: the maps are
-/// sized for a million sockets but are usually nearly empty.
+/// Allocate hash map elements on demand instead of up front: the map is
+/// sized for a million sockets but usually nearly empty.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Events for the daemon (`cwatch_common::Event`).
@@ -20,11 +21,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 pub static CLOSE_WAIT: HashMap<u64, SockRecord> =
     HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// Owners of outbound sockets, learned at connect() (SYN_SENT) in the owner's
-/// context, keyed by socket cookie. Entries move into the CLOSE_WAIT record or
-/// are deleted when the socket is destroyed.
-#[map]
-pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+/// The owner of each outbound socket, learned at connect() (SYN_SENT) in the
+/// owner's context. Socket-local storage: the kernel frees it with the
+/// socket, so it is bounded by the live sockets and needs no cleanup hook.
+#[btf_map]
+pub static OWNERS: SkStorage<Owner> = SkStorage::new();
 
 /// Per-CPU counters, indexed by `cwatch_common::counter`.
 #[map]
@@ -33,8 +34,23 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::L
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, and tracing programs do not nest on one CPU
-        // for the same program.
+        // SAFETY: a per-CPU slot; one program run at a time per CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// `OWNERS` entry of `sk`: `create` makes a zeroed one when there is none.
+#[inline(always)]
+pub fn owner_of(sk: *mut core::ffi::c_void, create: bool) -> Option<*mut Owner> {
+    use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
+    use aya_ebpf::helpers::generated::bpf_sk_storage_get;
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    let map = (&raw const OWNERS).cast_mut().cast::<core::ffi::c_void>();
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket, as the helper needs.
+    let ptr = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
+    (!ptr.is_null()).then_some(ptr.cast::<Owner>())
 }

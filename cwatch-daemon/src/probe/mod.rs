@@ -15,13 +15,13 @@ use aya::{
     programs::BtfTracePoint,
 };
 use cwatch_common::{SockRecord, counter, names};
-use tracing::{info, warn};
+use tracing::info;
 
 /// The object built by build.rs from cwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cwatch-ebpf"));
 
 /// Programs attached by cwatch, by tracepoint name.
-pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE, names::PROG_DESTROY];
+pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -90,9 +90,6 @@ pub fn load() -> Result<Probes, ProbeError> {
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
-    if let Err(err) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_logger) {
-        warn!("eBPF log channel unavailable, kernel-side warnings will not be shown: {err}");
-    }
     for &name in PROGRAMS {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
@@ -140,30 +137,4 @@ fn raise_memlock() {
     if let Err(err) = setrlimit(Resource::Memlock, unlimited) {
         tracing::debug!("could not lift RLIMIT_MEMLOCK: {err}");
     }
-}
-
-/// Forwards kernel-side aya-log records (rare: error paths only) to our log.
-fn spawn_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
-    // owns the logger.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
-    else {
-        warn!("eBPF log channel cannot be polled");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            match fd.readable_mut().await {
-                Ok(mut guard) => {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-                Err(err) => {
-                    warn!("eBPF log channel failed: {err}");
-                    return;
-                }
-            }
-        }
-    });
 }

@@ -70,11 +70,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         sk_v6_rcv_saddr,
         sk_v6_daddr,
         sk_net: sock("__sk_common.skc_net.net", 8)?,
-        sk_cookie: sock("__sk_common.skc_cookie", 8)?,
         net_ns_inum: field(btf, "net", "ns.inum", 4)?,
         task_group_leader: field(btf, "task_struct", "group_leader", 8)?,
         task_comm: field(btf, "task_struct", "comm", 16)?,
         has_ipv6,
+        _pad: 0,
     })
 }
 

@@ -2,97 +2,84 @@
 //! every TCP state change.
 //!
 //! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
-//!   the owner for this socket cookie.
+//!   the owner in the socket's own storage.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
 //!   not the owner). Start a record, count it, tell the daemon.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
 //!   kernel reset it (CLOSE). End the record, count it, tell the daemon.
+//!
+//! Every other transition returns after two loads and three compares.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use cwatch_common::{
-    EVENT_ENTER, EVENT_LEAVE, Event, IPPROTO_TCP, Owner, REC_OUTBOUND, SockRecord, counter,
+    EVENT_ENTER, EVENT_LEAVE, Event, IPPROTO_TCP, REC_OUTBOUND, SockRecord, counter,
     tcp_state::{CLOSE_WAIT, SYN_SENT},
 };
 
-use aya_log_ebpf::warn;
-
 use crate::{
     kernel,
-    maps::{self, EVENTS, OWNERS},
+    maps::{self, CLOSE_WAIT as RECORDS, EVENTS},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    match try_inet_sock_set_state(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let oldstate: i32 = ctx.arg(1);
-    let newstate: i32 = ctx.arg(2);
-    let (old, new) = (oldstate as u32, newstate as u32);
-    // The fast path: most transitions are none of ours.
+    let old = ctx.arg::<i32>(1) as u32;
+    let new = ctx.arg::<i32>(2) as u32;
     let entering = new == CLOSE_WAIT && old != CLOSE_WAIT;
     let leaving = old == CLOSE_WAIT && new != CLOSE_WAIT;
     if !(entering || leaving || new == SYN_SENT) {
-        return Ok(());
+        return 0;
     }
-    let sk: *const u8 = ctx.arg(0);
-    if kernel::protocol(sk)? != IPPROTO_TCP {
-        return Ok(()); // MPTCP and SCTP fire the same tracepoint
+    let sk: *mut c_void = ctx.arg(0);
+    if kernel::protocol(sk.cast()) != IPPROTO_TCP {
+        return 0; // MPTCP and SCTP fire the same tracepoint
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`, which is
-    // what the helper asks for.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.arg::<*mut core::ffi::c_void>(0)) };
     if new == SYN_SENT {
-        remember_owner(cookie);
-        Ok(())
-    } else if entering {
-        enter(ctx, sk, cookie, old, new);
-        Ok(())
+        remember_owner(sk);
+        return 0;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    if entering {
+        enter(sk, cookie, old, new);
     } else {
         leave(cookie, old, new);
-        Ok(())
+    }
+    0
+}
+
+fn remember_owner(sk: *mut c_void) {
+    match maps::owner_of(sk, true) {
+        Some(owner) => unsafe {
+            (*owner).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*owner).comm = kernel::leader_comm();
+        },
+        None => maps::count(counter::OWNERS_FULL),
     }
 }
 
-fn remember_owner(cookie: u64) {
-    let owner = Owner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: kernel::leader_comm().unwrap_or([0; 16]),
-    };
-    if OWNERS.insert(cookie, owner, 0).is_err() {
-        maps::count(counter::OWNERS_FULL);
-    }
-}
-
-fn enter(ctx: &BtfTracePointContext, sk: *const u8, cookie: u64, old: u32, new: u32) {
+fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
     maps::count(counter::TRANSITIONS);
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     let mut rec = SockRecord::zeroed();
     rec.cookie = cookie;
     rec.start_ns = ts;
-    if let Err(err) = kernel::fill_endpoints(sk, &mut rec) {
-        // The record still counts; its addresses are incomplete.
-        maps::count(counter::READ_ERRORS);
-        warn!(
-            ctx,
-            "cookie {}: reading struct sock failed: {}", cookie, err
-        );
+    kernel::fill_endpoints(sk.cast(), &mut rec);
+    if let Some(owner) = maps::owner_of(sk, false) {
+        // SAFETY: storage of this socket, valid for this program run.
+        let owner = unsafe { *owner };
+        if owner.tgid != 0 {
+            rec.owner_tgid = owner.tgid;
+            rec.owner_comm = owner.comm;
+            rec.flags |= REC_OUTBOUND;
+        }
     }
-    // SAFETY: NO_PREALLOC map, the value is copied out at once.
-    if let Some(owner) = unsafe { OWNERS.get(cookie) } {
-        rec.owner_tgid = owner.tgid;
-        rec.owner_comm = owner.comm;
-        rec.flags |= REC_OUTBOUND;
-        let _ = OWNERS.remove(cookie);
-    }
-    if maps::CLOSE_WAIT.insert(cookie, rec, 0).is_err() {
+    if RECORDS.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
     }
     emit(EVENT_ENTER, old, new, ts, &rec);
@@ -102,7 +89,7 @@ fn leave(cookie: u64, old: u32, new: u32) {
     maps::count(counter::CLOSED);
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: copied out before the remove below.
-    let rec = match unsafe { maps::CLOSE_WAIT.get(cookie) } {
+    let rec = match unsafe { RECORDS.get(cookie) } {
         Some(rec) => *rec,
         None => {
             let mut rec = SockRecord::zeroed();
@@ -110,12 +97,19 @@ fn leave(cookie: u64, old: u32, new: u32) {
             rec
         }
     };
-    let _ = maps::CLOSE_WAIT.remove(cookie);
+    let _ = RECORDS.remove(cookie);
     emit(EVENT_LEAVE, old, new, ts, &rec);
 }
 
+/// Wake the daemon only once this much is waiting. Waking it per event costs
+/// an inter-processor interrupt per event (a VM exit on virtual machines,
+/// microseconds each); the daemon also drains the ring on a short timer, so a
+/// quiet trickle of events still shows within its poll period.
+const WAKEUP_BYTES: u64 = 256 << 10;
+
 #[inline(always)]
 fn emit(kind: u32, old: u32, new: u32, ts: u64, rec: &SockRecord) {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -125,7 +119,13 @@ fn emit(kind: u32, old: u32, new: u32, ts: u64, rec: &SockRecord) {
                 ts_ns: ts,
                 rec: *rec,
             });
-            entry.submit(0);
+            let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+            let flags = if waiting >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(u64::from(flags));
         }
         None => maps::count(counter::EVENTS_LOST),
     }

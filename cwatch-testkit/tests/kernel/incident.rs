@@ -268,8 +268,70 @@ fn incident_two_dead_instances_360_wide() {
         assert_eq!(peer_gauge(&m, "cwatch_peer_leaked_sockets", ip, port), None);
     }
 
-    // The server still holds the live instances' accepted sockets, which the
-    // clients' close put in CLOSE_WAIT (inbound, not ours to count above).
+    // The server never closes its accepted sockets of the live instances, so
+    // the clients' close put them in CLOSE_WAIT: inbound sockets, whose owner
+    // this release does not learn. They must still be counted, under
+    // pid="" comm="[unknown]", with peer_port="*".
+    let inbound_truth = wait_for(
+        "ss: the server's sockets in CLOSE_WAIT",
+        Duration::from_secs(5),
+        || {
+            let n = cwatch_testkit::ss::close_wait()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|s| s.local.port() == port)
+                .count();
+            if n == 2 * live.len() * WIDTH {
+                Ok(n)
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .unwrap();
+    let inbound = wait_for("the API shows them", Duration::from_secs(1), || {
+        let ours: Vec<_> = daemon
+            .sockets()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|s| s["local_port"] == port)
+            .collect();
+        if ours.len() == inbound_truth {
+            Ok(ours)
+        } else {
+            Err(format!("{}", ours.len()))
+        }
+    })
+    .unwrap();
+    assert!(
+        inbound
+            .iter()
+            .all(|s| s["direction"] == "inbound" && s["pid"].is_null()),
+        "{:?}",
+        inbound[0]
+    );
+    let m = daemon.metrics().unwrap();
+    let unknown = m
+        .get(
+            "cwatch_process_close_wait_sockets",
+            &[("pid", ""), ("comm", "[unknown]")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        unknown >= inbound_truth as f64,
+        "unattributed gauge {unknown} < our {inbound_truth} inbound sockets"
+    );
+    let star = m
+        .get(
+            "cwatch_peer_close_wait_sockets",
+            &[("peer_addr", "127.0.0.1"), ("peer_port", "*")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        star >= inbound_truth as f64,
+        "peer 127.0.0.1:* gauge {star} < {inbound_truth}"
+    );
+
     // Let the instances go too: then nothing of this test remains.
     prompt.ask("close-all", "closed").unwrap();
     for inst in live {

@@ -82,8 +82,8 @@ fn stop_and_kill_leave_nothing_behind() {
         let daemon = Daemon::start(&[]).unwrap();
         let (progs, maps) = bpf_objects_of(daemon.pid);
         assert!(
-            progs.len() >= 2,
-            "expected both programs held by pid {}: {progs:?}",
+            !progs.is_empty(),
+            "expected the program held by pid {}",
             daemon.pid
         );
         assert!(
