@@ -25,7 +25,12 @@ use std::{
 pub const TOOLCHAIN_ENV: &str = "CWATCH_EBPF_TOOLCHAIN";
 
 /// The Debian packages behind the system path.
-pub const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
 /// Where llvm-22-dev puts LLVM; bpf-linker is built against it.
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -92,7 +97,7 @@ impl Detection {
             missing.push(format!(
                 "no toolchain can build for bpfel-unknown-none (neither rustup nightly with \
                  rust-src nor Debian's /usr/bin/cargo with {})",
-                DEBIAN_PACKAGES[1]
+                DEBIAN_PACKAGES[2]
             ));
         }
         if self.bpf_linker.is_none() {

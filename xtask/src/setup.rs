@@ -92,7 +92,7 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     util::run(&mut update)?;
     let mut install = Command::new("apt-get");
     install
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(["install", "-y", "-q"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     util::run(&mut install)?;
