@@ -108,7 +108,7 @@ impl Detection {
              Fix: `cargo xtask setup` (as root: installs what is missing), or by hand:\n  \
              apt-get install -y {} bpftool\n  \
              PATH={LLVM_PREFIX}/bin:$PATH LLVM_SYS_221_PREFIX={LLVM_PREFIX} LLVM_PREFIX={LLVM_PREFIX} \
-             cargo install bpf-linker --no-default-features --features llvm-22\n\
+             cargo install bpf-linker --version 0.13.0 --locked --no-default-features --features llvm-22\n\
              (or, with rustup nightly: rustup component add rust-src --toolchain nightly && \
              cargo install bpf-linker)",
             missing.join("; "),

@@ -2,7 +2,11 @@
 //! run the kernel tests, installing what is missing when we are root, or
 //! printing the exact commands when we are not. With everything present it
 //! only looks (well under 2 s).
-use std::{process::Command, time::Instant};
+use std::{
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::bail;
 use cwatch_build::{DEBIAN_PACKAGES, LLVM_PREFIX};
@@ -82,14 +86,15 @@ fn can_install() -> bool {
 }
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    static UPDATED: AtomicBool = AtomicBool::new(false);
     let started = Instant::now();
     eprintln!(
         "xtask: installing Debian packages {} (about a minute)…",
         packages.join(" ")
     );
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-q"]);
-    util::run(&mut update)?;
+    if !UPDATED.swap(true, Ordering::Relaxed) {
+        util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-q"])
