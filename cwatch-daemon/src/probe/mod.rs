@@ -27,22 +27,22 @@ pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE];
 pub enum ProbeError {
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetsError),
-    #[error("reading kernel BTF for the loader: {0}")]
-    Btf(#[from] aya::BtfError),
-    #[error("loading the eBPF object: {0} (cwatch needs root, or CAP_BPF + CAP_PERFMON)")]
+    #[error("reading kernel BTF for the loader")]
+    Btf(#[source] aya::BtfError),
+    #[error("loading the eBPF object (cwatch needs root, or CAP_BPF + CAP_PERFMON)")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF object has no {what} `{name}` (daemon and object out of step)")]
     Missing {
         what: &'static str,
         name: &'static str,
     },
-    #[error("program `{name}`: {source}")]
+    #[error("program `{name}`")]
     Program {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("map `{name}`: {source}")]
+    #[error("map `{name}`")]
     Map {
         name: &'static str,
         #[source]
@@ -84,7 +84,7 @@ pub fn load() -> Result<Probes, ProbeError> {
     mounts::ensure_all();
     raise_memlock();
     let kernel_offsets = offsets::from_running_kernel()?;
-    let btf = Btf::from_sys_fs()?;
+    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)

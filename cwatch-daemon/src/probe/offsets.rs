@@ -15,8 +15,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
-    #[error("kernel BTF: cannot read {path}: {source}")]
-    Read { path: String, source: anyhow::Error },
+    #[error("kernel BTF: cannot read {path}: {reason}")]
+    Read { path: String, reason: anyhow::Error },
     #[error("kernel BTF has no struct `{0}`")]
     NoStruct(String),
     #[error("kernel BTF: `{strukt}` has no field `{field}`")]
@@ -30,19 +30,19 @@ pub enum OffsetsError {
     },
     #[error("kernel BTF: `{strukt}.{path}` is a bitfield or not byte aligned")]
     Bitfield { strukt: String, path: String },
-    #[error("kernel BTF: malformed type while resolving `{strukt}.{path}`: {source}")]
+    #[error("kernel BTF: malformed type while resolving `{strukt}.{path}`: {reason}")]
     Malformed {
         strukt: String,
         path: String,
-        source: anyhow::Error,
+        reason: anyhow::Error,
     },
 }
 
 /// Reads the running kernel's BTF and resolves every offset.
 pub fn from_running_kernel() -> Result<KernelOffsets, OffsetsError> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| OffsetsError::Read {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|reason| OffsetsError::Read {
         path: VMLINUX_BTF.to_string(),
-        source,
+        reason,
     })?;
     resolve(&btf)
 }
@@ -82,10 +82,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
 /// field is `expected` bytes wide. Anonymous struct/union members are searched
 /// through, as C does.
 pub fn field(btf: &Btf, strukt: &str, path: &str, expected: usize) -> Result<u32, OffsetsError> {
-    let malformed = |source| OffsetsError::Malformed {
+    let malformed = |reason| OffsetsError::Malformed {
         strukt: strukt.to_string(),
         path: path.to_string(),
-        source,
+        reason,
     };
     let mut ty = find_struct(btf, strukt)?;
     let mut bits = 0u64;
