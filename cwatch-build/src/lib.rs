@@ -24,13 +24,10 @@ use std::{
 /// or a path prefix such as `/usr` holding `bin/cargo` and a BPF `core`.
 pub const TOOLCHAIN_ENV: &str = "CWATCH_EBPF_TOOLCHAIN";
 
+/// The Debian package with the prebuilt `core` for the BPF targets.
+pub const BPF_CORE_PACKAGE: &str = "libstd-rust-web-dev-bpf";
 /// The Debian packages behind the system path.
-pub const DEBIAN_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-];
+pub const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", BPF_CORE_PACKAGE, "llvm-22-dev"];
 /// Where llvm-22-dev puts LLVM; bpf-linker is built against it.
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -96,8 +93,7 @@ impl Detection {
         } else if self.toolchain.is_none() {
             missing.push(format!(
                 "no toolchain can build for bpfel-unknown-none (neither rustup nightly with \
-                 rust-src nor Debian's /usr/bin/cargo with {})",
-                DEBIAN_PACKAGES[2]
+                 rust-src nor Debian's /usr/bin/cargo with {BPF_CORE_PACKAGE})"
             ));
         }
         if self.bpf_linker.is_none() {

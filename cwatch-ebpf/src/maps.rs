@@ -1,5 +1,4 @@
-//! The maps shared by the programs. Sizes here are defaults: the daemon may
-//! resize them at load time.
+//! The maps the programs share with each other and with the daemon.
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
