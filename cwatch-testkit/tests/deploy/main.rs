@@ -9,3 +9,5 @@
 mod caps;
 mod common;
 mod notify;
+mod prometheus;
+mod promserver;
