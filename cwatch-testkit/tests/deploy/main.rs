@@ -11,3 +11,5 @@ mod common;
 mod notify;
 mod prometheus;
 mod promserver;
+mod rules;
+mod systemd;

@@ -65,13 +65,21 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
     let leaky = Load::client("promleak", &targets, "leak").unwrap();
     let prompt = Load::client("promclose", &targets[..1], "close").unwrap();
     server
-        .ask(&format!("wait-accepted {} {}", instances[0], 2 * WIDTH), "accepted")
+        .ask(
+            &format!("wait-accepted {} {}", instances[0], 2 * WIDTH),
+            "accepted",
+        )
         .unwrap();
     server
-        .ask(&format!("wait-accepted {} {WIDTH}", instances[1]), "accepted")
+        .ask(
+            &format!("wait-accepted {} {WIDTH}", instances[1]),
+            "accepted",
+        )
         .unwrap();
     // The first instance goes away.
-    server.ask(&format!("close {}", instances[0]), "closed").unwrap();
+    server
+        .ask(&format!("close {}", instances[0]), "closed")
+        .unwrap();
 
     // Ground truth: the leaking client holds WIDTH sockets in CLOSE_WAIT to
     // the dead instance, the prompt one none.
@@ -99,19 +107,22 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
 
     // The series in Prometheus, as scraped.
     let pid = leaky.pid.to_string();
-    let leaked_q = format!(
-        "cwatch_process_leaked_sockets{{job=\"cwatch\",pid=\"{pid}\",comm=\"promleak\"}}"
-    );
-    wait_for("Prometheus: 360 leaked for promleak", Duration::from_secs(30), || {
-        match prom.value(&leaked_q).map_err(|e| e.to_string())? {
+    let leaked_q =
+        format!("cwatch_process_leaked_sockets{{job=\"cwatch\",pid=\"{pid}\",comm=\"promleak\"}}");
+    wait_for(
+        "Prometheus: 360 leaked for promleak",
+        Duration::from_secs(30),
+        || match prom.value(&leaked_q).map_err(|e| e.to_string())? {
             Some(v) if v == WIDTH as f64 => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\nprometheus log:\n{}", prom.log()));
     let one = |expr: String| prom.value(&expr).unwrap();
     assert_eq!(
-        one(format!("cwatch_process_close_wait_sockets{{pid=\"{pid}\"}}")),
+        one(format!(
+            "cwatch_process_close_wait_sockets{{pid=\"{pid}\"}}"
+        )),
         Some(WIDTH as f64)
     );
     assert_eq!(
@@ -130,13 +141,22 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
         "the live instance has no CLOSE_WAIT"
     );
     assert_eq!(
-        one(format!("cwatch_process_close_wait_sockets{{pid=\"{}\"}}", prompt.pid)),
+        one(format!(
+            "cwatch_process_close_wait_sockets{{pid=\"{}\"}}",
+            prompt.pid
+        )),
         None,
         "the prompt client holds nothing"
     );
-    let age = one(format!("cwatch_process_oldest_close_wait_seconds{{pid=\"{pid}\"}}")).unwrap();
+    let age = one(format!(
+        "cwatch_process_oldest_close_wait_seconds{{pid=\"{pid}\"}}"
+    ))
+    .unwrap();
     assert!(age >= 2.0, "oldest age {age} (leaked means ≥ leak-after)");
-    assert_eq!(one("cwatch_events_lost_total{job=\"cwatch\"}".into()), Some(0.0));
+    assert_eq!(
+        one("cwatch_events_lost_total{job=\"cwatch\"}".into()),
+        Some(0.0)
+    );
     assert_eq!(one("up{job=\"cwatch\"}".into()), Some(1.0));
 
     // The real rules (for: 3s) fire for the leaking process and the dead
@@ -159,7 +179,10 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
     assert_eq!(proc_alert["labels"]["comm"], "promleak");
     let summary = proc_alert["annotations"]["summary"].as_str().unwrap();
     assert!(
-        summary.starts_with(&format!("promleak (pid {pid}) on {} leaks sockets: 360", daemon.addr)),
+        summary.starts_with(&format!(
+            "promleak (pid {pid}) on {} leaks sockets: 360",
+            daemon.addr
+        )),
         "{summary}"
     );
     let peer_alert = alert_for(&alerts, "CwatchPeerMassLeak", "peer_addr", ips[0]).unwrap();
@@ -183,7 +206,10 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
         let result = prom
             .query(&expr)
             .unwrap_or_else(|e| panic!("panel {title:?}: {expr} failed: {e:#}"));
-        assert!(!result.is_empty(), "panel {title:?}: {expr} returned no data");
+        assert!(
+            !result.is_empty(),
+            "panel {title:?}: {expr} returned no data"
+        );
     }
     // The per-process panel shows the leak with its owner.
     let (_, per_process) = queries

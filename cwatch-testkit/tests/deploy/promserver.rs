@@ -28,7 +28,10 @@ pub fn rules_with_for(hold: &str) -> String {
     read_repo_file("deploy/prometheus/cwatch-rules.yml")
         .lines()
         .map(|line| match line.trim_start().strip_prefix("for: ") {
-            Some(_) => format!("{}for: {hold}", &line[..line.len() - line.trim_start().len()]),
+            Some(_) => format!(
+                "{}for: {hold}",
+                &line[..line.len() - line.trim_start().len()]
+            ),
             None => line.to_string(),
         })
         .collect::<Vec<_>>()
@@ -78,13 +81,15 @@ impl Prometheus {
             addr,
             dir,
         };
-        wait_for("prometheus /-/ready", Duration::from_secs(60), || {
-            match prom.get("/-/ready", &[]) {
+        wait_for(
+            "prometheus /-/ready",
+            Duration::from_secs(60),
+            || match prom.get("/-/ready", &[]) {
                 Ok((200, _)) => Ok(()),
                 Ok((code, body)) => Err(format!("{code} {body}")),
                 Err(e) => Err(format!("{e:#}")),
-            }
-        })
+            },
+        )
         .with_context(|| format!("prometheus log:\n{}", prom.log()))?;
         Ok(prom)
     }
