@@ -78,7 +78,7 @@ fn works_with(wrapper_caps: &[&str]) {
         || {
             let m = daemon.metrics().map_err(|e| e.to_string())?;
             match m.get("cwatch_process_leaked_sockets", &labels) {
-                Some(v) if v == 20.0 => Ok(()),
+                Some(20.0) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },

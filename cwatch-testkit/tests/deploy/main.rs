@@ -8,7 +8,9 @@
 //! through `cargo xtask setup`).
 mod caps;
 mod common;
+mod kubernetes;
 mod notify;
+mod package;
 mod prometheus;
 mod promserver;
 mod rules;

@@ -177,7 +177,7 @@ fn every_syscall_the_daemon_makes_is_allowed_by_the_unit() {
             "cwatch_process_leaked_sockets",
             &[("pid", pid.as_str()), ("comm", "traceleak")],
         ) {
-            Some(v) if v == 10.0 => Ok(()),
+            Some(10.0) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
