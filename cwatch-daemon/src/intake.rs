@@ -97,6 +97,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
     loop {
+        let drain_start = shared.clock.now_ns();
         let malformed = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -114,6 +115,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             );
         }
         if batch.is_empty() {
+            shared.set_drained(drain_start);
             continue;
         }
         let mut durations = Vec::new();
@@ -133,6 +135,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
         for d in durations {
             shared.metrics.observe_closed(d);
         }
+        shared.set_drained(drain_start);
         batch.clear();
     }
 }
