@@ -4,7 +4,8 @@ ages them and serves Prometheus metrics.
 
 The data's path, one module per stage: [`probe`] (load and attach) →
 [`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
-[`reconcile`] (against the kernel's map) → [`aging`] (ages, summaries) →
+[`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
+every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
 [`metrics`] / [`http`] → [`config`] (flags and file). [`ls`] is the client
 side of `cwatch ls`. Running as a service: [`caps`] (dropping capabilities
 once ready) and [`service`] (sd_notify).
@@ -16,21 +17,24 @@ pub mod http;
 pub mod intake;
 pub mod ls;
 pub mod metrics;
+pub mod netns;
+pub mod owners;
 pub mod probe;
 pub mod reconcile;
 pub mod service;
+pub mod sockdiag;
 pub mod table;
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
 use anyhow::Context as _;
-use cwatch_common::SockRecord;
+use cwatch_common::{Event, SockRecord};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
@@ -43,9 +47,13 @@ pub struct Shared {
     pub config: Config,
     pub metrics: metrics::Metrics,
     pub clock: Box<dyn Clock>,
+    pub owners: owners::Handle,
     table: Mutex<SocketTable>,
     probes: Mutex<Option<Probes>>,
     ready: AtomicBool,
+    /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
+    /// every event recorded before it has been read (or was lost).
+    drained_ns: AtomicU64,
 }
 
 impl Shared {
@@ -54,9 +62,11 @@ impl Shared {
             config,
             metrics: metrics::Metrics::new(),
             clock,
+            owners: owners::Handle::default(),
             table: Mutex::new(SocketTable::new()),
             probes: Mutex::new(None),
             ready: AtomicBool::new(false),
+            drained_ns: AtomicU64::new(0),
         }
     }
 
@@ -68,6 +78,15 @@ impl Shared {
 
     fn lock_probes(&self) -> MutexGuard<'_, Option<Probes>> {
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn drained_ns(&self) -> u64 {
+        self.drained_ns.load(Ordering::Acquire)
+    }
+
+    /// Intake: a drain that began at `ns` is complete.
+    pub fn set_drained(&self, ns: u64) {
+        self.drained_ns.fetch_max(ns, Ordering::AcqRel);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -98,6 +117,46 @@ impl Shared {
         }
         Ok(out)
     }
+
+    /// A snapshot of the kernel's LINGER map (sockets that left CLOSE_WAIT
+    /// and are not destroyed yet).
+    pub fn linger_records(&self) -> anyhow::Result<HashMap<u64, Event>> {
+        let probes = self.lock_probes();
+        let probes = probes.as_ref().context("probes are not loaded")?;
+        let mut out = HashMap::new();
+        for item in probes.linger.iter() {
+            let (cookie, ev) = item.context("walking the kernel LINGER map")?;
+            out.insert(cookie, ev);
+        }
+        Ok(out)
+    }
+
+    /// Inserts `add` into the kernel's CLOSE_WAIT map and deletes `remove`.
+    pub fn update_kernel_records(&self, add: &[SockRecord], remove: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for rec in add {
+            probes
+                .records
+                .insert(rec.cookie, *rec, 0)
+                .context("re-inserting a CLOSE_WAIT record")?;
+        }
+        for cookie in remove {
+            // Gone already (the kernel raced us) is fine.
+            let _ = probes.records.remove(cookie);
+        }
+        Ok(())
+    }
+
+    /// Deletes `cookies` from the kernel's LINGER map.
+    pub fn forget_linger(&self, cookies: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for cookie in cookies {
+            let _ = probes.linger.remove(cookie);
+        }
+        Ok(())
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM: serves HTTP at once (503 on
@@ -126,17 +185,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    let mut probes = tokio::task::spawn_blocking(probe::load)
+    let options = probe::LoadOptions {
+        pin_dir: shared.config.pin_dir.clone(),
+        ring_bytes: shared.config.ring_buffer_size,
+    };
+    let mut probes = tokio::task::spawn_blocking(move || probe::load(&options))
         .await
         .context("probe loader task")??;
     let events = probes.events.take().context("ring buffer already taken")?;
     *shared.lock_probes() = Some(probes);
     let mut intake = tokio::spawn(intake::run(events, Arc::clone(shared)));
     let pass = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || reconcile::run_once(&pass))
-        .await
-        .context("first reconciliation task")??;
-    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared)));
+    let suspects = tokio::task::spawn_blocking(move || {
+        let mut suspects = reconcile::Suspects::default();
+        reconcile::run_once(&pass, &mut suspects)?;
+        owners::walk_now(&pass);
+        anyhow::Ok(suspects)
+    })
+    .await
+    .context("first reconciliation task")??;
+    owners::Handle::start(shared).context("starting the attribution thread")?;
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared), suspects));
     drop_capabilities();
     shared.ready.store(true, Ordering::Release);
     info!("ready: probes attached, first reconciliation done");
@@ -150,6 +219,7 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     service::stopping();
     intake.abort();
     reconciler.abort();
+    shared.owners.stop();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }

@@ -27,6 +27,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),
+    ("strace", "strace"),
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {

@@ -4,9 +4,13 @@
 //! They need root and run one at a time (every daemon sees every socket of
 //! the host, and the counters they compare are host-wide): `cargo xtask test`.
 //! They only look at what they created: their ports, pids and cookies.
+mod attribution;
 mod common;
+mod dead;
+mod drift;
 mod fields;
 mod incident;
 mod ipv6;
 mod lifecycle;
 mod prompt_close;
+mod restart;
