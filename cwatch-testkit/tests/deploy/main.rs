@@ -13,5 +13,6 @@ mod notify;
 mod package;
 mod prometheus;
 mod promserver;
+mod replay;
 mod rules;
 mod systemd;

@@ -39,7 +39,7 @@ pub fn rules_with_for(hold: &str) -> String {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `target` (job "cwatch") every second and
+    /// Starts Prometheus scraping `target` (job "cwatch") every 2 s and
     /// evaluating `rules` every second; returns once it is ready.
     pub fn start(target: SocketAddr, rules: &str) -> anyhow::Result<Prometheus> {
         let binary = tool("prometheus");
@@ -47,7 +47,7 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - rules.yml\n\
-             scrape_configs:\n  - job_name: cwatch\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    \
+             scrape_configs:\n  - job_name: cwatch\n    scrape_interval: 2s\n    scrape_timeout: 2s\n    \
              static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config)?;
@@ -139,6 +139,22 @@ impl Prometheus {
                 Ok(Some(text.parse()?))
             }
             many => bail!("{expr} gave {} series: {many:?}", many.len()),
+        }
+    }
+
+    /// The scrape targets' health and last error, for failure messages.
+    pub fn targets(&self) -> String {
+        match self.api("targets", &[]) {
+            Ok(data) => data["activeTargets"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| format!("{} {} {}", t["scrapeUrl"], t["health"], t["lastError"]))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default(),
+            Err(e) => format!("{e:#}"),
         }
     }
 

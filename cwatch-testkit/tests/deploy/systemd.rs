@@ -182,7 +182,7 @@ fn every_syscall_the_daemon_makes_is_allowed_by_the_unit() {
         }
     })
     .unwrap();
-    daemon.sockets().unwrap();
+    daemon.get("/healthz").unwrap();
     // SIGTERM to cwatch itself (strace's child); strace exits with it.
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", daemon.pid)).unwrap();
