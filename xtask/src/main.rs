@@ -1,6 +1,8 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
 mod build;
+mod deploy_tools;
 mod lint;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -25,8 +27,10 @@ enum Command {
     Run(run::Options),
     /// cargo fmt --check and clippy -D warnings, eBPF crate included.
     Lint,
-    /// The whole suite: unit tests, then the privileged kernel tests.
+    /// The whole suite: unit tests, then the privileged kernel and deploy tests.
     Test(test::Options),
+    /// Build the .deb (cargo-deb): binary, unit, config, rules, dashboard.
+    Package,
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Lint => lint::run(),
         Command::Test(opts) => test::run(&opts),
+        Command::Package => package::run().map(|deb| println!("{}", deb.display())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
