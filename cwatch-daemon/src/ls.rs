@@ -7,25 +7,13 @@ use std::{collections::BTreeMap, io::Write, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::{config::LsArgs, http::api::ApiSocket};
+use crate::{cli::LsArgs, http::api::ApiSocket};
+
+/// Sockets asked for per request; `ls` follows the cursor for the rest.
+const PAGE: usize = 10_000;
 
 pub fn run(args: &LsArgs, target: SocketAddr) -> anyhow::Result<()> {
-    let url = format!("http://{target}/api/v1/sockets");
-    let mut response = ureq::get(&url).call().map_err(|err| match err {
-        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-            anyhow::anyhow!(
-                "no cwatch daemon answers at {target} ({err}); start one with `cwatch run`, \
-                 or pass --listen ADDR:PORT"
-            )
-        }
-        other => anyhow::anyhow!("asking the daemon at {url}: {other}"),
-    })?;
-    let mut sockets: Vec<ApiSocket> = response.body_mut().read_json().with_context(|| {
-        format!("the daemon at {url} sent something that is not the socket list")
-    })?;
-    if args.leaked {
-        sockets.retain(|s| s.leaked);
-    }
+    let sockets = fetch(args, target)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &sockets)?;
@@ -34,6 +22,83 @@ pub fn run(args: &LsArgs, target: SocketAddr) -> anyhow::Result<()> {
         out.write_all(render(&sockets).as_bytes())?;
     }
     Ok(())
+}
+
+/// The query string for `args` (filters done by the daemon).
+pub fn query(args: &LsArgs, cursor: Option<&str>) -> String {
+    let mut q = vec![format!("limit={PAGE}")];
+    if args.leaked {
+        q.push("leaked=true".into());
+    }
+    if let Some(pid) = args.pid {
+        q.push(format!("pid={pid}"));
+    }
+    if let Some(peer) = &args.peer {
+        q.push(format!("peer={}", encode(peer)));
+    }
+    if let Some(c) = cursor {
+        q.push(format!("cursor={}", encode(c)));
+    }
+    q.join("&")
+}
+
+/// Percent-encodes what a peer or cursor may hold that a query cannot.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every matching socket, page by page, oldest first.
+fn fetch(args: &LsArgs, target: SocketAddr) -> anyhow::Result<Vec<ApiSocket>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = format!(
+            "http://{target}/api/v1/sockets?{}",
+            query(args, cursor.as_deref())
+        );
+        let mut response = agent.get(&url).call().map_err(|err| match err {
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+                anyhow::anyhow!(
+                    "no cwatch daemon answers at {target} ({err}); start one with `cwatch run`, \
+                     or pass --listen ADDR:PORT"
+                )
+            }
+            other => anyhow::anyhow!("asking the daemon at {url}: {other}"),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            anyhow::bail!("the daemon at {target} answered {status}: {}", body.trim());
+        }
+        let next = response
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let page: Vec<ApiSocket> = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .with_context(|| {
+                format!("the daemon at {url} sent something that is not the socket list")
+            })?;
+        all.extend(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(all),
+        }
+    }
 }
 
 /// The table and the summaries, as text.
@@ -47,7 +112,7 @@ pub fn render(sockets: &[ApiSocket]) -> String {
             "{:<10} {:<24} {:<5} {:<30} {:<30} {:<10} {}\n",
             age(sock),
             owner(sock),
-            sock.fd.map_or("-".to_string(), |fd| fd.to_string()),
+            fd(sock),
             endpoint(&sock.local_addr, &sock.local_port.to_string()),
             endpoint(&sock.peer_addr, &sock.peer_port.to_string()),
             sock.direction,
@@ -103,6 +168,23 @@ fn owner(sock: &ApiSocket) -> String {
     }
 }
 
+/// The owner's fd: the socket's own `fd`, else the owner's entry among the
+/// holders; "+N" when N more processes hold it too.
+fn fd(sock: &ApiSocket) -> String {
+    let own = sock.fd.or_else(|| {
+        sock.holders
+            .iter()
+            .find(|h| Some(h.pid) == sock.pid)
+            .and_then(|h| h.fd)
+    });
+    let mut text = own.map_or("-".to_string(), |fd| fd.to_string());
+    let others = sock.holders.iter().filter(|h| Some(h.pid) != sock.pid).count();
+    if others > 0 {
+        text += &format!("+{others}");
+    }
+    text
+}
+
 fn endpoint(addr: &str, port: &str) -> String {
     if addr.contains(':') {
         format!("[{addr}]:{port}")
@@ -140,6 +222,27 @@ mod tests {
             age_estimated: false,
             leaked,
         }
+    }
+
+    #[test]
+    fn fd_comes_from_the_owner_holder_and_query_is_encoded() {
+        let mut s = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
+        assert_eq!(fd(&s), "-");
+        s.holders = vec![
+            crate::http::api::Holder { pid: 42, comm: "leaky".into(), fd: Some(7) },
+            crate::http::api::Holder { pid: 43, comm: "child".into(), fd: Some(9) },
+        ];
+        assert_eq!(fd(&s), "7+1");
+        let args = LsArgs {
+            leaked: true,
+            pid: Some(42),
+            peer: Some("[::1]:7000".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            query(&args, Some("a-b")),
+            "limit=10000&leaked=true&pid=42&peer=%5B%3A%3A1%5D%3A7000&cursor=a-b"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn run_once(shared: &Shared) -> anyhow::Result<Corrections> {
 
 /// Reconciles every `reconcile_interval` until aborted.
 pub async fn run(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.reconcile_interval);
+    let mut tick = tokio::time::interval(shared.config().reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first pass already ran at start-up
     loop {

@@ -6,6 +6,7 @@ them back with the same types.
 */
 use serde::{Deserialize, Serialize};
 
+use super::query::{Cursor, SocketQuery};
 use crate::{
     aging::{age, is_leaked},
     table::{SockEntry, SocketTable},
@@ -69,6 +70,39 @@ impl ApiSocket {
             leaked: is_leaked(age, leak_after),
         }
     }
+}
+
+/// One page: the sockets matching `query` (and `keep`, the configured
+/// filters), oldest first, at most `query.limit`; plus the cursor of the next
+/// page when more match.
+pub fn select(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    query: &SocketQuery,
+    mut keep: impl FnMut(&SockEntry) -> bool,
+) -> (Vec<ApiSocket>, Option<Cursor>) {
+    let mut hits: Vec<&SockEntry> = table
+        .iter()
+        .filter(|e| query.matches(e, is_leaked(age(now_ns, e.start_ns), leak_after)) && keep(e))
+        .collect();
+    let order = |e: &&SockEntry| (e.start_ns, e.cookie);
+    let mut next = None;
+    if let Some(limit) = query.limit.filter(|l| *l < hits.len()) {
+        // Only the page needs sorting: partition around the limit first.
+        hits.select_nth_unstable_by_key(limit - 1, order);
+        hits.truncate(limit);
+        next = hits.iter().map(order).max().map(|(start_ns, cookie)| Cursor {
+            start_ns,
+            cookie,
+        });
+    }
+    hits.sort_unstable_by_key(order);
+    let page = hits
+        .into_iter()
+        .map(|e| ApiSocket::of(e, now_ns, leak_after))
+        .collect();
+    (page, next)
 }
 
 /// Every socket in the table, oldest first.
@@ -136,6 +170,38 @@ mod tests {
             json[0]["holders"],
             serde_json::json!([{"pid": 7, "comm": "app", "fd": null}])
         );
+    }
+
+    #[test]
+    fn pages_walk_every_socket_once_in_order() {
+        let mut t = SocketTable::new();
+        for cookie in 1..=25u64 {
+            // Several sockets share a start time: the cookie breaks ties.
+            t.insert(SockEntry::from_record(&record(cookie, (cookie % 7) * 1_000, None)));
+        }
+        let mut query = SocketQuery {
+            limit: Some(4),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, |_| true);
+            assert!(page.len() <= 4);
+            seen.extend(page.iter().map(|s| s.cookie));
+            match next {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        let all: Vec<u64> = sockets(&t, 10_000, Duration::from_secs(1))
+            .iter()
+            .map(|s| s.cookie)
+            .collect();
+        assert_eq!(seen, all, "pages concatenate to the full list");
+        let (odd, _) = select(&t, 10_000, Duration::from_secs(1), &SocketQuery::default(), |e| {
+            e.cookie % 2 == 1
+        });
+        assert_eq!(odd.len(), 13);
     }
 
     #[test]
