@@ -48,8 +48,10 @@ pub enum Command {
     #[command(after_help = EXAMPLES)]
     Run(RunArgs),
     /// List the sockets now in CLOSE_WAIT, oldest first, with counts per peer and process.
-    #[command(after_help = "Examples:\n  cwatch ls\n  cwatch ls --leaked --pid 4242\n  \
-                            cwatch ls --peer 10.1.2.3 --json\n  cwatch ls --listen 127.0.0.1:9478")]
+    #[command(
+        after_help = "Examples:\n  cwatch ls\n  cwatch ls --leaked --pid 4242\n  \
+                            cwatch ls --peer 10.1.2.3 --json\n  cwatch ls --listen 127.0.0.1:9478"
+    )]
     Ls(LsArgs),
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig(CheckConfigArgs),

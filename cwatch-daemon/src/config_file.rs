@@ -81,8 +81,7 @@ pub(super) fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         c.labels.set(&labels);
     }
     if let Some(v) = file.process_key {
-        c.labels.process_key =
-            cli::parse_process_key(&v).map_err(|r| bad("process_key", &v, r))?;
+        c.labels.process_key = cli::parse_process_key(&v).map_err(|r| bad("process_key", &v, r))?;
     }
     if let Some(v) = file.max_process_series {
         c.max_process_series = v;
@@ -129,11 +128,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         include: Some(c.filters.include.iter().map(|r| r.to_string()).collect()),
         exclude: Some(c.filters.exclude.iter().map(|r| r.to_string()).collect()),
         web: Some(FileWeb {
-            config_file: c
-                .web
-                .config_file
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            config_file: c.web.config_file.as_ref().map(|p| p.display().to_string()),
             request_timeout: Some(duration(c.web.request_timeout)),
             max_connections: Some(c.web.max_connections),
         }),

@@ -36,18 +36,30 @@ max_connections = 8
 #[test]
 fn every_setting_is_a_flag() {
     let args = run_args(&[
-        "--log-level", "warn",
-        "--label", "unit,container",
-        "--label", "exe",
-        "--process-key", "unit",
-        "--max-process-series", "7",
-        "--max-peer-series", "0",
-        "--include", "peer_port:7000",
-        "--exclude", "unit:sshd.service",
-        "--exclude", "local_cidr:127.0.0.0/8",
-        "--web.config.file", "/tmp/web.yml",
-        "--web.request-timeout", "2s",
-        "--web.max-connections", "3",
+        "--log-level",
+        "warn",
+        "--label",
+        "unit,container",
+        "--label",
+        "exe",
+        "--process-key",
+        "unit",
+        "--max-process-series",
+        "7",
+        "--max-peer-series",
+        "0",
+        "--include",
+        "peer_port:7000",
+        "--exclude",
+        "unit:sshd.service",
+        "--exclude",
+        "local_cidr:127.0.0.0/8",
+        "--web.config.file",
+        "/tmp/web.yml",
+        "--web.request-timeout",
+        "2s",
+        "--web.max-connections",
+        "3",
     ])
     .unwrap();
     let c = Config::from_run_args(&args).unwrap();
@@ -57,7 +69,10 @@ fn every_setting_is_a_flag() {
     assert_eq!((c.max_process_series, c.max_peer_series), (7, 0));
     assert_eq!(c.filters.include.len(), 1);
     assert_eq!(c.filters.exclude.len(), 2);
-    assert_eq!(c.web.config_file.as_deref(), Some(std::path::Path::new("/tmp/web.yml")));
+    assert_eq!(
+        c.web.config_file.as_deref(),
+        Some(std::path::Path::new("/tmp/web.yml"))
+    );
     assert_eq!(c.web.request_timeout, Duration::from_secs(2));
     assert_eq!(c.web.max_connections, 3);
 }
@@ -73,7 +88,11 @@ fn every_setting_is_a_file_key_and_check_config_round_trips() {
     assert_eq!(c.filters.include[1].to_string(), "port:7000-7010");
     assert_eq!(c.web.max_connections, 8);
     let printed = c.to_toml();
-    assert_eq!(parse_file("printed.toml", &printed).unwrap(), c, "{printed}");
+    assert_eq!(
+        parse_file("printed.toml", &printed).unwrap(),
+        c,
+        "{printed}"
+    );
     let defaults = Config::default().to_toml();
     assert!(defaults.contains("leak_after = \"5m\""), "{defaults}");
     assert_eq!(parse_file("d.toml", &defaults).unwrap(), Config::default());
@@ -87,7 +106,10 @@ fn bad_new_values_name_flag_or_key() {
         (&["--include", "host:x"][..], "host:x"),
         (&["--exclude", "peer_port:99999"][..], "99999"),
         (&["--web.max-connections", "0"][..], "--web.max-connections"),
-        (&["--web.request-timeout", "0s"][..], "--web.request-timeout"),
+        (
+            &["--web.request-timeout", "0s"][..],
+            "--web.request-timeout",
+        ),
         (&["--log-level", "loud=="][..], "loud=="),
         (&["--max-peer-series", "-1"][..], "-1"),
     ] {
@@ -101,7 +123,10 @@ fn bad_new_values_name_flag_or_key() {
         ("labels = [\"pid\"]\n", "labels = \"pid\""),
         ("include = [\"port:x\"]\n", "include = \"port:x\""),
         ("process_key = \"tid\"\n", "process_key"),
-        ("[web]\nrequest_timeout = \"never\"\n", "web.request_timeout"),
+        (
+            "[web]\nrequest_timeout = \"never\"\n",
+            "web.request_timeout",
+        ),
         ("max_process_series = -3\n", "line 1"),
     ] {
         let err = parse_file("c.toml", text).unwrap_err().to_string();
@@ -116,14 +141,26 @@ fn help_and_version_read_like_a_tool() {
     let err = Cli::try_parse_from(["cwatch", "--version"]).unwrap_err();
     assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
     assert!(err.to_string().contains(env!("CARGO_PKG_VERSION")));
-    let help = Cli::try_parse_from(["cwatch", "run", "--help"]).unwrap_err().to_string();
-    for needle in ["--leak-after", "--web.config.file", "--include", "Examples:", "cwatch ls --leaked", "SIGHUP"] {
+    let help = Cli::try_parse_from(["cwatch", "run", "--help"])
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "--leak-after",
+        "--web.config.file",
+        "--include",
+        "Examples:",
+        "cwatch ls --leaked",
+        "SIGHUP",
+    ] {
         assert!(help.contains(needle), "{needle} missing from run --help");
     }
     let ls = Cli::try_parse_from(["cwatch", "ls", "--peer", "nohost"]).unwrap_err();
     assert_eq!(ls.exit_code(), 2);
     assert!(ls.to_string().lines().next().unwrap().contains("nohost"));
-    let Command::CheckConfig(a) = Cli::try_parse_from(["cwatch", "check-config", "x.toml"]).unwrap().command else {
+    let Command::CheckConfig(a) = Cli::try_parse_from(["cwatch", "check-config", "x.toml"])
+        .unwrap()
+        .command
+    else {
         panic!("check-config");
     };
     assert_eq!(a.file, std::path::Path::new("x.toml"));
@@ -172,11 +209,18 @@ fn bad_flags_are_usage_errors_naming_the_value() {
 #[test]
 fn zero_or_tiny_durations_are_rejected() {
     let err = run_args(&["--leak-after", "0s"]).unwrap_err().to_string();
-    assert!(err.contains("'0s'") && err.contains("--leak-after"), "{err}");
+    assert!(
+        err.contains("'0s'") && err.contains("--leak-after"),
+        "{err}"
+    );
     assert!(err.contains("longer than zero"), "{err}");
-    let err = run_args(&["--reconcile-interval", "10ms"]).unwrap_err().to_string();
+    let err = run_args(&["--reconcile-interval", "10ms"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at least 100ms"), "{err}");
-    let err = parse_file("c.toml", "leak_after = \"0s\"").unwrap_err().to_string();
+    let err = parse_file("c.toml", "leak_after = \"0s\"")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("longer than zero"), "{err}");
 }
 

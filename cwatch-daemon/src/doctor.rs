@@ -117,16 +117,32 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
     for (tp, required, why) in [
         ("sock/inet_sock_set_state", true, "every TCP state change"),
         ("tcp/tcp_destroy_sock", false, "sockets freed by the kernel"),
-        ("syscalls/sys_enter_close", false, "close() per fd; needs CONFIG_FTRACE_SYSCALLS"),
+        (
+            "syscalls/sys_enter_close",
+            false,
+            "close() per fd; needs CONFIG_FTRACE_SYSCALLS",
+        ),
     ] {
-        let present = tracefs.as_ref().is_some_and(|t| t.join("events").join(tp).is_dir());
+        let present = tracefs
+            .as_ref()
+            .is_some_and(|t| t.join("events").join(tp).is_dir());
         out.push(match (present, required) {
             (true, _) => check(Level::Ok, format!("tracepoint {tp}"), ""),
-            (false, true) => check(Level::Fail, format!("tracepoint {tp} is missing ({why})"), "cwatch needs it: use a kernel with CONFIG_TRACEPOINTS and CONFIG_INET"),
-            (false, false) => check(Level::Warn, format!("tracepoint {tp} is missing ({why})"), "cwatch runs without it, with less detail"),
+            (false, true) => check(
+                Level::Fail,
+                format!("tracepoint {tp} is missing ({why})"),
+                "cwatch needs it: use a kernel with CONFIG_TRACEPOINTS and CONFIG_INET",
+            ),
+            (false, false) => check(
+                Level::Warn,
+                format!("tracepoint {tp} is missing ({why})"),
+                "cwatch runs without it, with less detail",
+            ),
         });
     }
     let bpffs = host.path("/sys/fs/bpf");
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
     let is_bpffs = rustix::fs::statfs(&bpffs).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC);
     out.push(if is_bpffs {
         check(Level::Ok, "bpffs at /sys/fs/bpf", "")
@@ -143,7 +159,11 @@ fn pin_dir_check(dir: &Path, bpffs: bool) -> Check {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             let n = entries.count();
-            check(Level::Ok, format!("pin directory {shown} exists ({n} pinned objects)"), "")
+            check(
+                Level::Ok,
+                format!("pin directory {shown} exists ({n} pinned objects)"),
+                "",
+            )
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && bpffs => check(
             Level::Ok,
@@ -165,13 +185,21 @@ fn pin_dir_check(dir: &Path, bpffs: bool) -> Check {
 
 fn capability_checks(caps: Option<u64>) -> Vec<Check> {
     let Some(caps) = caps else {
-        return vec![check(Level::Warn, "cannot read CapEff from /proc/self/status", "run as root or with CAP_BPF and CAP_PERFMON")];
+        return vec![check(
+            Level::Warn,
+            "cannot read CapEff from /proc/self/status",
+            "run as root or with CAP_BPF and CAP_PERFMON",
+        )];
     };
     let mut out = Vec::new();
     let admin = has(caps, CAP_SYS_ADMIN);
     for (cap, name, why) in [
         (CAP_BPF, "CAP_BPF", "load programs and create maps"),
-        (CAP_PERFMON, "CAP_PERFMON", "attach tracing programs and read kernel memory"),
+        (
+            CAP_PERFMON,
+            "CAP_PERFMON",
+            "attach tracing programs and read kernel memory",
+        ),
     ] {
         out.push(if has(caps, cap) || admin {
             check(Level::Ok, format!("{name} ({why})"), "")
@@ -180,14 +208,30 @@ fn capability_checks(caps: Option<u64>) -> Vec<Check> {
         });
     }
     for (cap, name, why) in [
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE", "read other users' /proc/<pid>/fd to find socket owners"),
-        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH", "read other users' /proc/<pid>/fd"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "mount bpffs/tracefs when missing and enter network namespaces"),
+        (
+            CAP_SYS_PTRACE,
+            "CAP_SYS_PTRACE",
+            "read other users' /proc/<pid>/fd to find socket owners",
+        ),
+        (
+            CAP_DAC_READ_SEARCH,
+            "CAP_DAC_READ_SEARCH",
+            "read other users' /proc/<pid>/fd",
+        ),
+        (
+            CAP_SYS_ADMIN,
+            "CAP_SYS_ADMIN",
+            "mount bpffs/tracefs when missing and enter network namespaces",
+        ),
     ] {
         out.push(if has(caps, cap) {
             check(Level::Ok, format!("{name} ({why})"), "")
         } else {
-            check(Level::Warn, format!("missing {name}: cannot {why}"), format!("grant {name} if you need it"))
+            check(
+                Level::Warn,
+                format!("missing {name}: cannot {why}"),
+                format!("grant {name} if you need it"),
+            )
         });
     }
     out
@@ -213,7 +257,10 @@ pub fn report(checks: &[Check]) -> (String, bool) {
     if fails == 0 {
         let _ = writeln!(s, "\ncwatch can run here ({warns} warnings).");
     } else {
-        let _ = writeln!(s, "\ncwatch cannot run here: {fails} problems above ({warns} warnings).");
+        let _ = writeln!(
+            s,
+            "\ncwatch cannot run here: {fails} problems above ({warns} warnings)."
+        );
     }
     (s, fails == 0)
 }
@@ -235,7 +282,8 @@ mod tests {
     #[test]
     fn a_bare_host_fails_with_fixes() {
         let root = std::env::temp_dir().join(format!("cwatch-doctor-{}", std::process::id()));
-        std::fs::create_dir_all(root.join("sys/kernel/tracing/events/tcp/tcp_destroy_sock")).unwrap();
+        std::fs::create_dir_all(root.join("sys/kernel/tracing/events/tcp/tcp_destroy_sock"))
+            .unwrap();
         let host = Host {
             root: root.clone(),
             kernel_release: "5.4.0".into(),

@@ -232,7 +232,10 @@ mod tests {
         assert!(f(&["peer_port:7000", "comm:x"], &[]).keeps(&e, o));
         assert!(!f(&["comm:x"], &[]).keeps(&e, o));
         assert!(!f(&["peer_port:7000"], &["comm:leaky"]).keeps(&e, o));
-        assert!(f(&[], &["unit:a.service"]).keeps(&e, o), "no unit known: no match");
+        assert!(
+            f(&[], &["unit:a.service"]).keeps(&e, o),
+            "no unit known: no match"
+        );
         assert!(f(&[], &["unit:a.service"]).needs_unit());
     }
 }

@@ -134,11 +134,9 @@ impl Shared {
                 .own
                 .map_fill("close_wait", table_len, probes.records_capacity());
         }
-        let body = self.metrics.render_families(
-            &families,
-            &config.labels.label_names(),
-            kernel.as_ref(),
-        );
+        let body =
+            self.metrics
+                .render_families(&families, &config.labels.label_names(), kernel.as_ref());
         self.metrics.own.scrape_took(started.elapsed());
         body
     }
@@ -220,11 +218,7 @@ pub async fn run_with(
     let shared = Arc::new(Shared::new(config, Box::new(aging::BootClock)));
     shared.set_web_security(web);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(http::server::serve(
-        listener,
-        Arc::clone(&shared),
-        stop_rx,
-    ));
+    let server = tokio::spawn(http::server::serve(listener, Arc::clone(&shared), stop_rx));
     info!(%listen, tls, basic_auth = auth, "serving /metrics, /healthz, /api/v1/sockets");
     let reloader = tokio::spawn(reload::run(Arc::clone(&shared), args));
     let notices = tokio::spawn(notices::run(Arc::clone(&shared)));

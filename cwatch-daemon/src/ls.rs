@@ -178,7 +178,11 @@ fn fd(sock: &ApiSocket) -> String {
             .and_then(|h| h.fd)
     });
     let mut text = own.map_or("-".to_string(), |fd| fd.to_string());
-    let others = sock.holders.iter().filter(|h| Some(h.pid) != sock.pid).count();
+    let others = sock
+        .holders
+        .iter()
+        .filter(|h| Some(h.pid) != sock.pid)
+        .count();
     if others > 0 {
         text += &format!("+{others}");
     }
@@ -229,8 +233,16 @@ mod tests {
         let mut s = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
         assert_eq!(fd(&s), "-");
         s.holders = vec![
-            crate::http::api::Holder { pid: 42, comm: "leaky".into(), fd: Some(7) },
-            crate::http::api::Holder { pid: 43, comm: "child".into(), fd: Some(9) },
+            crate::http::api::Holder {
+                pid: 42,
+                comm: "leaky".into(),
+                fd: Some(7),
+            },
+            crate::http::api::Holder {
+                pid: 43,
+                comm: "child".into(),
+                fd: Some(9),
+            },
         ];
         assert_eq!(fd(&s), "7+1");
         let args = LsArgs {

@@ -58,9 +58,30 @@ impl ProcessGauges {
         let opts = |name: &str, help: &str| Opts::new(name, help);
         Self {
             names: names.to_vec(),
-            sockets: IntGaugeVec::new(opts("cwatch_process_close_wait_sockets", "Sockets of this process now in CLOSE_WAIT."), names).expect("valid gauge"),
-            leaked: IntGaugeVec::new(opts("cwatch_process_leaked_sockets", "Sockets of this process in CLOSE_WAIT for at least leak-after."), names).expect("valid gauge"),
-            oldest: prometheus::GaugeVec::new(opts("cwatch_process_oldest_close_wait_seconds", "Age of this process's oldest CLOSE_WAIT socket."), names).expect("valid gauge"),
+            sockets: IntGaugeVec::new(
+                opts(
+                    "cwatch_process_close_wait_sockets",
+                    "Sockets of this process now in CLOSE_WAIT.",
+                ),
+                names,
+            )
+            .expect("valid gauge"),
+            leaked: IntGaugeVec::new(
+                opts(
+                    "cwatch_process_leaked_sockets",
+                    "Sockets of this process in CLOSE_WAIT for at least leak-after.",
+                ),
+                names,
+            )
+            .expect("valid gauge"),
+            oldest: prometheus::GaugeVec::new(
+                opts(
+                    "cwatch_process_oldest_close_wait_seconds",
+                    "Age of this process's oldest CLOSE_WAIT socket.",
+                ),
+                names,
+            )
+            .expect("valid gauge"),
         }
     }
 
@@ -200,7 +221,8 @@ impl Metrics {
             advance(&full, counter::OWNERS_FULL);
         }
         self.fill_gauges(families, process_labels);
-        self.own.folded(families.folded_process, families.folded_peer);
+        self.own
+            .folded(families.folded_process, families.folded_peer);
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -225,15 +247,30 @@ impl Metrics {
             if labels.len() != process_labels.len() {
                 continue;
             }
-            process.sockets.with_label_values(&labels).set(s.stats.sockets as i64);
-            process.leaked.with_label_values(&labels).set(s.stats.leaked as i64);
-            process.oldest.with_label_values(&labels).set(s.stats.oldest.as_secs_f64());
+            process
+                .sockets
+                .with_label_values(&labels)
+                .set(s.stats.sockets as i64);
+            process
+                .leaked
+                .with_label_values(&labels)
+                .set(s.stats.leaked as i64);
+            process
+                .oldest
+                .with_label_values(&labels)
+                .set(s.stats.oldest.as_secs_f64());
         }
         for s in &families.peer {
             let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
-            self.peer_sockets.with_label_values(&labels).set(s.stats.sockets as i64);
-            self.peer_leaked.with_label_values(&labels).set(s.stats.leaked as i64);
-            self.peer_oldest.with_label_values(&labels).set(s.stats.oldest.as_secs_f64());
+            self.peer_sockets
+                .with_label_values(&labels)
+                .set(s.stats.sockets as i64);
+            self.peer_leaked
+                .with_label_values(&labels)
+                .set(s.stats.leaked as i64);
+            self.peer_oldest
+                .with_label_values(&labels)
+                .set(s.stats.oldest.as_secs_f64());
         }
     }
 }

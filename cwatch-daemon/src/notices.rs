@@ -52,7 +52,12 @@ impl Notices {
     }
 
     /// The lines to log for `families` at `now`.
-    pub fn check(&mut self, families: &Families, process_names: &[&str], now: Instant) -> Vec<String> {
+    pub fn check(
+        &mut self,
+        families: &Families,
+        process_names: &[&str],
+        now: Instant,
+    ) -> Vec<String> {
         if now.duration_since(self.window_start) >= WINDOW {
             self.window_start = now;
             self.sent = 0;
@@ -180,16 +185,25 @@ mod tests {
         f.process[0].stats.leaked = 0;
         assert!(n.check(&f, &names, t0).is_empty());
         f.process[0].stats.leaked = 1;
-        assert_eq!(n.check(&f, &names, t0).len(), 1, "named again after recovering");
+        assert_eq!(
+            n.check(&f, &names, t0).len(),
+            1,
+            "named again after recovering"
+        );
 
         // 20 new peers at once: BURST lines per minute, then a summary line.
         let many = Families {
-            peer: (0..20).map(|i| series(&[&format!("10.0.0.{i}"), "80"], 1)).collect(),
+            peer: (0..20)
+                .map(|i| series(&[&format!("10.0.0.{i}"), "80"], 1))
+                .collect(),
             ..Default::default()
         };
         let mut n = Notices::new(t0);
         assert_eq!(n.check(&many, &names, t0).len(), BURST as usize);
-        assert!(n.check(&many, &names, t0 + Duration::from_secs(1)).is_empty());
+        assert!(
+            n.check(&many, &names, t0 + Duration::from_secs(1))
+                .is_empty()
+        );
         let later = n.check(&many, &names, t0 + WINDOW);
         assert_eq!(later.len(), 1);
         assert!(later[0].contains("10 more"), "{later:?}");

@@ -106,7 +106,8 @@ impl SelfMetrics {
     /// Advances the per-program counters to the kernel's totals. A program
     /// whose totals went backwards (reloaded) starts over from them.
     pub fn programs(&self, stats: &[ProgramStats]) {
-        self.bpf_stats_enabled.set(f64::from(u8::from(stats_enabled())));
+        self.bpf_stats_enabled
+            .set(f64::from(u8::from(stats_enabled())));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         for s in stats {
             let (time0, count0) = seen.get(&s.name).copied().unwrap_or_default();
@@ -126,8 +127,7 @@ impl SelfMetrics {
 
 /// Whether the kernel now counts BPF program run time (sysctl).
 pub fn stats_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .is_ok_and(|v| v.trim() == "1")
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
 #[cfg(test)]
@@ -163,9 +163,18 @@ mod tests {
                 .unwrap();
             String::from_utf8(out).unwrap()
         };
-        assert!(text.contains("cwatch_map_fill_ratio{map=\"close_wait\"} 0.25"), "{text}");
-        assert!(text.contains("cwatch_series_folded{family=\"process\"} 2"), "{text}");
-        assert!(text.contains("cwatch_series_folded_total{family=\"process\"} 5"), "{text}");
+        assert!(
+            text.contains("cwatch_map_fill_ratio{map=\"close_wait\"} 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cwatch_series_folded{family=\"process\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cwatch_series_folded_total{family=\"process\"} 5"),
+            "{text}"
+        );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }
 }

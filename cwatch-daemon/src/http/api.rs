@@ -92,10 +92,11 @@ pub fn select(
         // Only the page needs sorting: partition around the limit first.
         hits.select_nth_unstable_by_key(limit - 1, order);
         hits.truncate(limit);
-        next = hits.iter().map(order).max().map(|(start_ns, cookie)| Cursor {
-            start_ns,
-            cookie,
-        });
+        next = hits
+            .iter()
+            .map(order)
+            .max()
+            .map(|(start_ns, cookie)| Cursor { start_ns, cookie });
     }
     hits.sort_unstable_by_key(order);
     let page = hits
@@ -177,7 +178,11 @@ mod tests {
         let mut t = SocketTable::new();
         for cookie in 1..=25u64 {
             // Several sockets share a start time: the cookie breaks ties.
-            t.insert(SockEntry::from_record(&record(cookie, (cookie % 7) * 1_000, None)));
+            t.insert(SockEntry::from_record(&record(
+                cookie,
+                (cookie % 7) * 1_000,
+                None,
+            )));
         }
         let mut query = SocketQuery {
             limit: Some(4),
@@ -198,9 +203,13 @@ mod tests {
             .map(|s| s.cookie)
             .collect();
         assert_eq!(seen, all, "pages concatenate to the full list");
-        let (odd, _) = select(&t, 10_000, Duration::from_secs(1), &SocketQuery::default(), |e| {
-            e.cookie % 2 == 1
-        });
+        let (odd, _) = select(
+            &t,
+            10_000,
+            Duration::from_secs(1),
+            &SocketQuery::default(),
+            |e| e.cookie % 2 == 1,
+        );
         assert_eq!(odd.len(), 13);
     }
 

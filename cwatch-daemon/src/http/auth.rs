@@ -31,7 +31,10 @@ const CACHE_MAX: usize = 256;
 
 impl AuthCache {
     pub fn clear(&self) {
-        self.passed.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.passed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn contains(&self, key: &[u8; 32]) -> bool {

@@ -38,8 +38,7 @@ impl PeerFilter {
     }
 
     pub fn matches(&self, entry: &SockEntry) -> bool {
-        canonical(self.addr) == entry.peer.ip()
-            && self.port.is_none_or(|p| p == entry.peer.port())
+        canonical(self.addr) == entry.peer.ip() && self.port.is_none_or(|p| p == entry.peer.port())
     }
 }
 

@@ -89,7 +89,7 @@ pub fn load(path: Option<&Path>) -> Result<WebSecurity, WebConfigError> {
         serde_yaml::from_str(&text).map_err(|e| err(e.to_string().replace('\n', " ")))?
     };
     for (user, hash) in &file.basic_auth_users {
-        if bcrypt::verify("", hash).is_err() && !hash.starts_with("$2") {
+        if hash.parse::<bcrypt::HashParts>().is_err() {
             return Err(err(format!(
                 "basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':'`)"
             )));
@@ -147,8 +147,11 @@ fn tls_config(base: &Path, t: &TlsFile) -> Result<ServerConfig, String> {
             for cert in CertificateDer::pem_file_iter(&ca_path)
                 .map_err(|e| format!("client_ca_file {}: {e}", ca_path.display()))?
             {
-                let cert = cert.map_err(|e| format!("client_ca_file {}: {e}", ca_path.display()))?;
-                roots.add(cert).map_err(|e| format!("client_ca_file: {e}"))?;
+                let cert =
+                    cert.map_err(|e| format!("client_ca_file {}: {e}", ca_path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("client_ca_file: {e}"))?;
             }
             Some(
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -188,8 +191,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cwatch-webcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cases = [
-            ("unknown.yml", "http_server_config:\n  http2: true\n", "http_server_config"),
-            ("hash.yml", "basic_auth_users:\n  bob: hunter2\n", "not a bcrypt hash"),
+            (
+                "unknown.yml",
+                "http_server_config:\n  http2: true\n",
+                "http_server_config",
+            ),
+            (
+                "hash.yml",
+                "basic_auth_users:\n  bob: hunter2\n",
+                "not a bcrypt hash",
+            ),
             (
                 "cert.yml",
                 "tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n",
