@@ -46,8 +46,11 @@ pub struct Metrics {
 }
 
 /// The three per-process gauge families, with their current label names.
+/// They live in a registry of their own: a registry never accepts a family
+/// again under other label names, and a reload may change them.
 struct ProcessGauges {
     names: Vec<&'static str>,
+    registry: Registry,
     sockets: IntGaugeVec,
     leaked: IntGaugeVec,
     oldest: prometheus::GaugeVec,
@@ -55,46 +58,46 @@ struct ProcessGauges {
 
 impl ProcessGauges {
     fn new(names: &[&'static str]) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
         let opts = |name: &str, help: &str| Opts::new(name, help);
         Self {
             names: names.to_vec(),
-            sockets: IntGaugeVec::new(
-                opts(
-                    "cwatch_process_close_wait_sockets",
-                    "Sockets of this process now in CLOSE_WAIT.",
-                ),
-                names,
-            )
-            .expect("valid gauge"),
-            leaked: IntGaugeVec::new(
-                opts(
-                    "cwatch_process_leaked_sockets",
-                    "Sockets of this process in CLOSE_WAIT for at least leak-after.",
-                ),
-                names,
-            )
-            .expect("valid gauge"),
-            oldest: prometheus::GaugeVec::new(
-                opts(
-                    "cwatch_process_oldest_close_wait_seconds",
-                    "Age of this process's oldest CLOSE_WAIT socket.",
-                ),
-                names,
-            )
-            .expect("valid gauge"),
+            sockets: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "cwatch_process_close_wait_sockets",
+                        "Sockets of this process now in CLOSE_WAIT.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            leaked: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "cwatch_process_leaked_sockets",
+                        "Sockets of this process in CLOSE_WAIT for at least leak-after.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            oldest: register(
+                r,
+                prometheus::GaugeVec::new(
+                    opts(
+                        "cwatch_process_oldest_close_wait_seconds",
+                        "Age of this process's oldest CLOSE_WAIT socket.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            registry,
         }
-    }
-
-    fn register(&self, r: &Registry) {
-        let _ = r.register(Box::new(self.sockets.clone()));
-        let _ = r.register(Box::new(self.leaked.clone()));
-        let _ = r.register(Box::new(self.oldest.clone()));
-    }
-
-    fn unregister(&self, r: &Registry) {
-        let _ = r.unregister(Box::new(self.sockets.clone()));
-        let _ = r.unregister(Box::new(self.leaked.clone()));
-        let _ = r.unregister(Box::new(self.oldest.clone()));
     }
 }
 
@@ -124,7 +127,6 @@ impl Metrics {
             register(&r, IntCounter::new(name, help).expect("valid counter"))
         };
         let process = ProcessGauges::new(&["pid", "comm"]);
-        process.register(&r);
         let peer = &["peer_addr", "peer_port"];
         let build_info = gauge(
             "cwatch_build_info",
@@ -223,18 +225,25 @@ impl Metrics {
         self.fill_gauges(families, process_labels);
         self.own
             .folded(families.folded_process, families.folded_peer);
+        let mut gathered = self.registry.gather();
+        gathered.extend(
+            self.process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .registry
+                .gather(),
+        );
+        gathered.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&gathered, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
     fn fill_gauges(&self, families: &Families, process_labels: &[&'static str]) {
         let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
         if process.names != process_labels {
-            process.unregister(&self.registry);
             *process = ProcessGauges::new(process_labels);
-            process.register(&self.registry);
         }
         process.sockets.reset();
         process.leaked.reset();

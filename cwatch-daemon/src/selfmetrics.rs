@@ -54,7 +54,7 @@ impl SelfMetrics {
             run_seconds: reg(r, CounterVec::new(Opts::new("cwatch_bpf_program_run_seconds_total", "Kernel time spent in this BPF program (counted while kernel.bpf_stats_enabled=1)."), &["program"]).expect("valid")),
             runs: reg(r, IntCounterVec::new(Opts::new("cwatch_bpf_program_runs_total", "Runs of this BPF program (counted while kernel.bpf_stats_enabled=1)."), &["program"]).expect("valid")),
             fill: reg(r, GaugeVec::new(Opts::new("cwatch_map_fill_ratio", "Entries in this BPF map divided by its capacity."), &["map"]).expect("valid")),
-            bpf_stats_enabled: reg(r, Gauge::new("cwatch_bpf_stats_enabled", "1 when kernel.bpf_stats_enabled is on (program run time and counts are collected).").expect("valid")),
+            bpf_stats_enabled: reg(r, Gauge::new("cwatch_bpf_stats_enabled", "The kernel.bpf_stats_enabled sysctl (1: program run time and counts are collected; a BPF_ENABLE_STATS holder can also turn counting on without showing here).").expect("valid")),
             reload_ok: reg(r, Gauge::new("cwatch_config_last_reload_successful", "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.").expect("valid")),
             reloads: reg(r, IntCounterVec::new(Opts::new("cwatch_config_reloads_total", "SIGHUP reloads, by result (success, failure)."), &["result"]).expect("valid")),
             seen: Mutex::new(HashMap::new()),
