@@ -42,6 +42,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probes and serve /metrics, /healthz and /api/v1/sockets.
@@ -75,6 +77,17 @@ pub struct RunArgs {
     /// How often the daemon re-reads the kernel's own records [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Option<Duration>,
+    /// How often the fds holding tracked sockets are re-checked [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_min_100ms)]
+    pub holders_refresh: Option<Duration>,
+    /// bpffs directory for the maps that survive restarts; "" to not pin
+    /// [default: /sys/fs/bpf/cwatch].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the kernel→daemon event ring: bytes, a power of two, at least
+    /// 4096; suffixes KiB and MiB [default: 8MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub ring_buffer_size: Option<u32>,
     /// Log filter: error, warn, info, debug, trace, or tracing directives
     /// such as `info,cwatch_daemon=debug` [default: info]. RUST_LOG wins when set.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
@@ -146,7 +159,7 @@ pub struct CheckConfigArgs {
 #[derive(Debug, Args, Default, Clone)]
 pub struct DoctorArgs {
     /// The directory cwatch pins its maps under.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/cwatch")]
+    #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -165,11 +178,44 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+    parse_min_100ms(text)
+}
+
+pub fn parse_min_100ms(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d < Duration::from_millis(100) {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
+}
+
+/// The ring size: bytes, or with a KiB/MiB suffix; a power of two of at
+/// least 4096 (the kernel's rule for ring buffers).
+pub fn parse_size(text: &str) -> Result<u32, String> {
+    let (digits, unit) = match text.trim() {
+        t if t.ends_with("MiB") => (&t[..t.len() - 3], 1u64 << 20),
+        t if t.ends_with("KiB") => (&t[..t.len() - 3], 1u64 << 10),
+        t => (t, 1u64),
+    };
+    let bytes = digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| "not a size (use bytes, or a number with KiB or MiB)".to_string())?;
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
+        return Err("must be a power of two between 4KiB and 1024MiB".into());
+    }
+    Ok(bytes as u32)
+}
+
+/// The ring size as `parse_size` reads it back.
+pub fn format_size(bytes: u32) -> String {
+    match bytes {
+        b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => b.to_string(),
+    }
 }
 
 pub fn parse_log_level(text: &str) -> Result<String, String> {

@@ -23,6 +23,9 @@ mod file;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
 pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
@@ -44,6 +47,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub leak_after: Duration,
     pub reconcile_interval: Duration,
+    /// How often the fds holding tracked sockets are re-checked.
+    pub holders_refresh: Duration,
+    /// `None`: maps are not pinned.
+    pub pin_dir: Option<PathBuf>,
+    pub ring_buffer_size: u32,
     pub log_level: String,
     pub labels: LabelConfig,
     /// 0 = no limit.
@@ -62,6 +70,9 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             leak_after: DEFAULT_LEAK_AFTER,
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            holders_refresh: DEFAULT_HOLDERS_REFRESH,
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             labels: LabelConfig::default(),
             max_process_series: DEFAULT_MAX_PROCESS_SERIES,
@@ -108,9 +119,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks that need more than one setting (none yet beyond the
-    /// per-value parsers; kept so every path validates the same way).
+    /// Checks beyond the per-value parsers.
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.pin_dir
+            && !dir.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--pin-dir",
+                value: dir.display().to_string(),
+                reason: "must be an absolute path on a bpf filesystem".into(),
+            });
+        }
         Ok(())
     }
 
@@ -129,6 +148,15 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     }
     if let Some(v) = args.reconcile_interval {
         config.reconcile_interval = v;
+    }
+    if let Some(v) = args.holders_refresh {
+        config.holders_refresh = v;
+    }
+    if let Some(dir) = &args.pin_dir {
+        config.pin_dir = pin_dir_setting(dir);
+    }
+    if let Some(v) = args.ring_buffer_size {
+        config.ring_buffer_size = v;
     }
     if let Some(v) = &args.log_level {
         config.log_level = v.clone();
@@ -160,6 +188,12 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(v) = args.web_max_connections {
         config.web.max_connections = v;
     }
+}
+
+/// `""` (or `none`) means "do not pin".
+pub fn pin_dir_setting(value: &Path) -> Option<PathBuf> {
+    let text = value.as_os_str();
+    (!text.is_empty() && text != "none").then(|| value.to_path_buf())
 }
 
 /// The listen address `cwatch ls` should ask.

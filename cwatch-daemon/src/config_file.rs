@@ -18,6 +18,12 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     reconcile_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    holders_refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pin_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_buffer_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Vec<String>>,
@@ -70,6 +76,15 @@ pub(super) fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         c.reconcile_interval =
             cli::parse_reconcile_interval(&v).map_err(|r| bad("reconcile_interval", &v, r))?;
     }
+    if let Some(v) = file.holders_refresh {
+        c.holders_refresh = cli::parse_min_100ms(&v).map_err(|r| bad("holders_refresh", &v, r))?;
+    }
+    if let Some(v) = file.pin_dir {
+        c.pin_dir = super::pin_dir_setting(std::path::Path::new(&v));
+    }
+    if let Some(v) = file.ring_buffer_size {
+        c.ring_buffer_size = cli::parse_size(&v).map_err(|r| bad("ring_buffer_size", &v, r))?;
+    }
     if let Some(v) = file.log_level {
         c.log_level = cli::parse_log_level(&v).map_err(|r| bad("log_level", &v, r))?;
     }
@@ -120,6 +135,13 @@ pub(super) fn to_toml(c: &Config) -> String {
         listen: Some(c.listen.to_string()),
         leak_after: Some(duration(c.leak_after)),
         reconcile_interval: Some(duration(c.reconcile_interval)),
+        holders_refresh: Some(duration(c.holders_refresh)),
+        pin_dir: Some(
+            c.pin_dir
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+        ),
+        ring_buffer_size: Some(cli::format_size(c.ring_buffer_size)),
         log_level: Some(c.log_level.clone()),
         labels: Some(c.labels.enabled().iter().map(|l| l.to_string()).collect()),
         process_key: Some(c.labels.process_key.to_string()),

@@ -4,7 +4,8 @@ ages them and serves Prometheus metrics.
 
 The data's path, one module per stage: [`probe`] (load and attach) →
 [`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
-[`reconcile`] (against the kernel's map) → [`aging`] (ages, summaries) →
+[`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
+every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
 [`series`] (filters, labels, [`cardinality`] limits) → [`metrics`] /
 [`http`]. [`cli`] and [`config`] are the flags and the file, [`reload`] the
 SIGHUP path, [`logging`] and [`notices`] what goes to the journal,
@@ -24,25 +25,28 @@ pub mod labels;
 pub mod logging;
 pub mod ls;
 pub mod metrics;
+pub mod netns;
 pub mod notices;
+pub mod owners;
 pub mod probe;
 pub mod reconcile;
 pub mod reload;
 pub mod selfmetrics;
 pub mod series;
+pub mod sockdiag;
 pub mod table;
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
 
 use anyhow::Context as _;
-use cwatch_common::SockRecord;
+use cwatch_common::{Event, SockRecord};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
@@ -70,10 +74,14 @@ pub struct Shared {
     pub auth_cache: AuthCache,
     pub metrics: metrics::Metrics,
     pub clock: Box<dyn Clock>,
+    pub owners: owners::Handle,
     table: Mutex<SocketTable>,
     series: Mutex<SeriesBuilder>,
     probes: Mutex<Option<Probes>>,
     ready: AtomicBool,
+    /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
+    /// every event recorded before it has been read (or was lost).
+    drained_ns: AtomicU64,
 }
 
 impl Shared {
@@ -84,10 +92,12 @@ impl Shared {
             auth_cache: AuthCache::default(),
             metrics: metrics::Metrics::new(),
             clock,
+            owners: owners::Handle::default(),
             table: Mutex::new(SocketTable::new()),
             series: Mutex::new(SeriesBuilder::default()),
             probes: Mutex::new(None),
             ready: AtomicBool::new(false),
+            drained_ns: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +172,15 @@ impl Shared {
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn drained_ns(&self) -> u64 {
+        self.drained_ns.load(Ordering::Acquire)
+    }
+
+    /// Intake: a drain that began at `ns` is complete.
+    pub fn set_drained(&self, ns: u64) {
+        self.drained_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -189,6 +208,46 @@ impl Shared {
             out.insert(cookie, rec);
         }
         Ok(out)
+    }
+
+    /// A snapshot of the kernel's LINGER map (sockets that left CLOSE_WAIT
+    /// and are not destroyed yet).
+    pub fn linger_records(&self) -> anyhow::Result<HashMap<u64, Event>> {
+        let probes = self.lock_probes();
+        let probes = probes.as_ref().context("probes are not loaded")?;
+        let mut out = HashMap::new();
+        for item in probes.linger.iter() {
+            let (cookie, ev) = item.context("walking the kernel LINGER map")?;
+            out.insert(cookie, ev);
+        }
+        Ok(out)
+    }
+
+    /// Inserts `add` into the kernel's CLOSE_WAIT map and deletes `remove`.
+    pub fn update_kernel_records(&self, add: &[SockRecord], remove: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for rec in add {
+            probes
+                .records
+                .insert(rec.cookie, *rec, 0)
+                .context("re-inserting a CLOSE_WAIT record")?;
+        }
+        for cookie in remove {
+            // Gone already (the kernel raced us) is fine.
+            let _ = probes.records.remove(cookie);
+        }
+        Ok(())
+    }
+
+    /// Deletes `cookies` from the kernel's LINGER map.
+    pub fn forget_linger(&self, cookies: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for cookie in cookies {
+            let _ = probes.linger.remove(cookie);
+        }
+        Ok(())
     }
 }
 
@@ -235,17 +294,27 @@ pub async fn run_with(
 }
 
 async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    let mut probes = tokio::task::spawn_blocking(probe::load)
+    let options = probe::LoadOptions {
+        pin_dir: shared.config().pin_dir.clone(),
+        ring_bytes: shared.config().ring_buffer_size,
+    };
+    let mut probes = tokio::task::spawn_blocking(move || probe::load(&options))
         .await
         .context("probe loader task")??;
     let events = probes.events.take().context("ring buffer already taken")?;
     *shared.lock_probes() = Some(probes);
     let mut intake = tokio::spawn(intake::run(events, Arc::clone(shared)));
     let pass = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || reconcile::run_once(&pass))
-        .await
-        .context("first reconciliation task")??;
-    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared)));
+    let suspects = tokio::task::spawn_blocking(move || {
+        let mut suspects = reconcile::Suspects::default();
+        reconcile::run_once(&pass, &mut suspects)?;
+        owners::walk_now(&pass);
+        anyhow::Ok(suspects)
+    })
+    .await
+    .context("first reconciliation task")??;
+    owners::Handle::start(shared).context("starting the attribution thread")?;
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared), suspects));
     shared.ready.store(true, Ordering::Release);
     info!("ready: probes attached, first reconciliation done");
 
@@ -255,6 +324,7 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     };
     intake.abort();
     reconciler.abort();
+    shared.owners.stop();
     outcome
 }
 

@@ -22,6 +22,9 @@ use crate::{
 pub struct Families {
     pub process: Vec<Series>,
     pub peer: Vec<Series>,
+    /// `cwatch_process_dead_sockets_held`: (pid, comm) → count. Never
+    /// folded: only processes holding fds of closed sockets appear.
+    pub dead: Vec<(Vec<String>, u64)>,
     /// Groups folded into `[other]`, per family.
     pub folded_process: usize,
     pub folded_peer: usize,
@@ -46,6 +49,11 @@ impl Families {
                     labels: vec![k.addr.to_string(), k.port_label()],
                     stats: *stats,
                 })
+                .collect(),
+            dead: summary
+                .dead
+                .iter()
+                .map(|(k, n)| (vec![k.pid_label(), k.comm_label()], *n))
                 .collect(),
             folded_process: 0,
             folded_peer: 0,
@@ -107,6 +115,18 @@ impl SeriesBuilder {
                 live.insert(o.pid);
             }
         }
+        let mut dead: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+        for d in table.dead().filter(|d| d.verified) {
+            if self.keeps(&d.sock, config) {
+                let key = ProcessKey::of(&d.sock);
+                *dead
+                    .entry(vec![key.pid_label(), key.comm_label()])
+                    .or_default() += 1;
+                if let Some(o) = d.sock.owner {
+                    live.insert(o.pid);
+                }
+            }
+        }
         self.cache.retain(&live);
         let process = process
             .into_iter()
@@ -130,6 +150,7 @@ impl SeriesBuilder {
         Families {
             process,
             peer,
+            dead: dead.into_iter().collect(),
             folded_process,
             folded_peer,
         }

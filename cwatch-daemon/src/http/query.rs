@@ -50,16 +50,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Position after the last socket of a page: (start_ns, cookie).
+/// Position of the last socket of a page: CLOSE_WAIT sockets come before
+/// dead ones, each by (start_ns, cookie).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
+    pub dead: bool,
     pub start_ns: u64,
     pub cookie: u64,
 }
 
+impl Cursor {
+    pub fn at(dead: bool, entry: &SockEntry) -> Self {
+        Self {
+            dead,
+            start_ns: entry.start_ns,
+            cookie: entry.cookie,
+        }
+    }
+}
+
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}-{:x}", self.start_ns, self.cookie)
+        let part = if self.dead { "d" } else { "" };
+        write!(f, "{part}{:x}-{:x}", self.start_ns, self.cookie)
     }
 }
 
@@ -67,8 +80,13 @@ impl FromStr for Cursor {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("cursor {s:?} is not one this daemon gave out");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (dead, rest) = match s.strip_prefix('d') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (a, b) = rest.split_once('-').ok_or_else(bad)?;
         Ok(Self {
+            dead,
             start_ns: u64::from_str_radix(a, 16).map_err(|_| bad())?,
             cookie: u64::from_str_radix(b, 16).map_err(|_| bad())?,
         })
@@ -118,19 +136,15 @@ impl SocketQuery {
     }
 
     /// Whether `entry` passes the filters (`leaked` is decided by the caller,
-    /// who knows the time).
+    /// who knows the time; the cursor by the caller, who knows the order).
+    /// `pid` matches any process holding the socket.
     pub fn matches(&self, entry: &SockEntry, leaked: bool) -> bool {
         self.leaked.is_none_or(|want| want == leaked)
-            && self
-                .pid
-                .is_none_or(|pid| entry.owner.is_some_and(|o| o.pid == pid))
-            && self.peer.is_none_or(|p| p.matches(entry))
-            && self.cursor.is_none_or(|c| {
-                Cursor {
-                    start_ns: entry.start_ns,
-                    cookie: entry.cookie,
-                } > c
+            && self.pid.is_none_or(|pid| {
+                entry.owner.is_some_and(|o| o.pid == pid)
+                    || entry.holders.iter().any(|h| h.pid == pid)
             })
+            && self.peer.is_none_or(|p| p.matches(entry))
     }
 }
 
@@ -161,6 +175,7 @@ mod tests {
         assert_eq!(
             q.cursor,
             Some(Cursor {
+                dead: false,
                 start_ns: 10,
                 cookie: 11
             })
@@ -188,12 +203,11 @@ mod tests {
         assert!(!q(&[("peer", "127.0.1.1:7001")]).matches(&e, false));
         assert!(q(&[("peer", "[::ffff:127.0.1.1]:7000")]).matches(&e, false));
         assert!(!q(&[("leaked", "true")]).matches(&e, false));
-        let at = Cursor {
-            start_ns: 100,
-            cookie: 5,
-        };
+        let at = Cursor::at(false, &e);
         assert_eq!(at.to_string().parse::<Cursor>().unwrap(), at);
-        assert!(!q(&[("cursor", &at.to_string())]).matches(&e, false));
-        assert!(q(&[("cursor", "64-4")]).matches(&e, false));
+        let dead = Cursor::at(true, &e);
+        assert_eq!(dead.to_string(), "d64-5");
+        assert_eq!(dead.to_string().parse::<Cursor>().unwrap(), dead);
+        assert!(dead > at, "dead sockets come after CLOSE_WAIT ones");
     }
 }

@@ -4,7 +4,10 @@
 //! They need root and run one at a time (every daemon sees every socket of
 //! the host, and the counters they compare are host-wide): `cargo xtask test`.
 //! They only look at what they created: their ports, pids and cookies.
+mod attribution;
 mod common;
+mod dead;
+mod drift;
 mod fields;
 mod incident;
 mod ipv6;
@@ -12,6 +15,7 @@ mod lifecycle;
 mod operator_ls;
 mod preflight;
 mod prompt_close;
+mod restart;
 mod self_metrics;
 mod series_limits;
 mod web;
