@@ -65,6 +65,17 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
                     SockEntry::from_record(&event.rec),
                 ),
             };
+            // The per-fd story: the task the kernel closed it in, and its
+            // fd among the holders known a moment ago.
+            if let Some(h) = sock.holders.iter().find(|h| h.pid == event.tgid) {
+                debug!(
+                    cookie = sock.cookie,
+                    pid = h.pid,
+                    fd = h.fd,
+                    newstate = event.newstate,
+                    "left CLOSE_WAIT"
+                );
+            }
             table.insert_dead(DeadEntry {
                 sock,
                 left_ns: event.ts_ns,

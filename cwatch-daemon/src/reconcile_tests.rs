@@ -74,8 +74,10 @@ fn the_kernel_map_keeps_true_starts_of_lost_enters() {
     ]
     .into_iter()
     .collect();
-    let mut suspects = Suspects::default();
-    suspects.first_pass = false;
+    let mut suspects = Suspects {
+        first_pass: false,
+        ..Default::default()
+    };
     let c = sync(
         &mut table,
         &view(&[(4, None), (5, None)]),
