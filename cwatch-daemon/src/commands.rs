@@ -15,8 +15,8 @@ use crate::{
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run_daemon(args),
-        Command::Ls(args) => match config::ls_target(&args) {
-            Ok(target) => outcome(crate::ls::run(&args, target)),
+        Command::Ls(args) => match config::ls_settings(&args) {
+            Ok((target, leak_after)) => outcome(crate::ls::run(&args, target, leak_after)),
             Err(err) => usage_error(&err),
         },
         Command::CheckConfig(args) => check_config(&args),

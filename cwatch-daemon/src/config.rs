@@ -207,6 +207,16 @@ pub fn ls_target(args: &LsArgs) -> Result<SocketAddr, ConfigError> {
     }
 }
 
+/// The daemon `cwatch ls` asks, and the leak-after it judges by when it
+/// reads the kernel itself (from `--config`, else the default).
+pub fn ls_settings(args: &LsArgs) -> Result<(SocketAddr, Duration), ConfigError> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => Config::default(),
+    };
+    Ok((args.listen.unwrap_or(file.listen), file.leak_after))
+}
+
 /// Reads and parses a config file over the defaults.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();

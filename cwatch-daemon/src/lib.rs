@@ -24,6 +24,7 @@ pub mod intake;
 pub mod labels;
 pub mod logging;
 pub mod ls;
+pub mod ls_direct;
 pub mod metrics;
 pub mod netns;
 pub mod notices;

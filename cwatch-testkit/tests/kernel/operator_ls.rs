@@ -222,3 +222,95 @@ fn ls_and_api_agree_with_ss_and_reload_applies_live() {
     drop((one, two, server));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `ls` fed by `args`, returning (stdout, stderr); must succeed.
+fn ls_raw(args: &[&str]) -> (String, String) {
+    let out = Command::new(cwatch_bin().unwrap())
+        .arg("ls")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "cwatch ls {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[test]
+fn ls_shows_keepalive_and_reads_the_kernel_when_no_daemon_runs() {
+    let _serial = serial();
+    let port = crate::common::free_port_on(&["127.0.2.3"]);
+    let daemon = Daemon::start(&[]).unwrap();
+    // Two connections held by this test process; one with SO_KEEPALIVE.
+    let listener = std::net::TcpListener::bind(("127.0.2.3", port)).unwrap();
+    let armed = std::net::TcpStream::connect(("127.0.2.3", port)).unwrap();
+    let plain = std::net::TcpStream::connect(("127.0.2.3", port)).unwrap();
+    rustix::net::sockopt::set_socket_keepalive(&armed, true).unwrap();
+    for _ in 0..2 {
+        drop(listener.accept().unwrap().0); // FIN: ours go to CLOSE_WAIT
+    }
+    let me = std::process::id();
+    let truth = wait_for("both in CLOSE_WAIT", Duration::from_secs(10), || {
+        let t = ss_to_port(port);
+        if t.len() == 2 {
+            Ok(t)
+        } else {
+            Err(format!("{}", t.len()))
+        }
+    })
+    .unwrap();
+    let peer = format!("127.0.2.3:{port}");
+    let rows = wait_for("ls through the daemon", Duration::from_secs(10), || {
+        let rows = rows_to_port(&ls(&daemon, &["--peer", &peer]), port);
+        if rows.len() == 2 {
+            Ok(rows)
+        } else {
+            Err(format!("{}", rows.len()))
+        }
+    })
+    .unwrap();
+    let keepalive_of = |rows: &[Vec<String>], local: std::net::SocketAddr| {
+        rows.iter()
+            .find(|r| r[3] == local.to_string())
+            .map(|r| r[6].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        keepalive_of(&rows, armed.local_addr().unwrap()),
+        "on",
+        "{rows:?}"
+    );
+    assert_eq!(
+        keepalive_of(&rows, plain.local_addr().unwrap()),
+        "off",
+        "{rows:?}"
+    );
+
+    // No daemon at this address: the kernel's table, said so, ages marked.
+    let nobody = format!("127.0.0.1:{}", cwatch_testkit::daemon::free_port().unwrap());
+    let (table, stderr) = ls_raw(&["--listen", &nobody, "--peer", &peer]);
+    assert!(
+        stderr.contains("no daemon answers") && stderr.contains("estimated"),
+        "{stderr}"
+    );
+    let rows = rows_to_port(&table, port);
+    assert_eq!(rows.len(), 2, "{table}");
+    for s in &truth {
+        let row = rows.iter().find(|r| r[3] == s.local.to_string()).unwrap();
+        let user = &s.users[0];
+        assert_eq!(user.pid, me);
+        assert_eq!(row[1], format!("{}/{}", user.pid, user.comm), "{row:?}");
+        assert_eq!(row[2], user.fd.to_string(), "{row:?}");
+        assert!(row[0].starts_with('~'), "estimated age: {row:?}");
+        assert_eq!(row[7], "no", "default leak-after 5m: {row:?}");
+    }
+    assert_eq!(keepalive_of(&rows, armed.local_addr().unwrap()), "on");
+    let (json, _) = ls_raw(&["--listen", &nobody, "--json", "--pid", &me.to_string()]);
+    let json: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let ours = api_to_port(&json, port);
+    assert_eq!(ours.len(), 2);
+    assert!(
+        ours.iter()
+            .all(|s| s["age_estimated"] == true && s["pid"] == me)
+    );
+    drop((armed, plain, listener));
+}
