@@ -33,6 +33,16 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         Ok(w) => w,
         Err(err) => return usage_error(&err),
     };
+    // A kernel or permission problem that makes loading fail for certain is
+    // bad input too: say it in one line before anything starts.
+    if let Some(problem) = doctor::blocking_problem(&doctor::Host::real(
+        config
+            .pin_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(config::DEFAULT_PIN_DIR)),
+    )) {
+        return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
+    }
     logging::init(&config.log_level);
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

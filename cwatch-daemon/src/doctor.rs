@@ -140,6 +140,9 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
             ),
         });
     }
+    // Before the pin directory: without capabilities it may be unreadable,
+    // and the capabilities are then the problem to name.
+    out.extend(capability_checks(cap_eff(&host.status)));
     let bpffs = host.path("/sys/fs/bpf");
     // f_type's width differs between architectures.
     #[allow(clippy::unnecessary_cast)]
@@ -150,7 +153,6 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
         check(Level::Warn, "bpffs is not mounted at /sys/fs/bpf", "mount -t bpf bpf /sys/fs/bpf (cwatch run does this itself when it has CAP_SYS_ADMIN); without it state is not kept across restarts")
     });
     out.push(pin_dir_check(&host.pin_dir, is_bpffs));
-    out.extend(capability_checks(cap_eff(&host.status)));
     out
 }
 
@@ -237,6 +239,24 @@ fn capability_checks(caps: Option<u64>) -> Vec<Check> {
     out
 }
 
+/// The first problem that would stop `cwatch run` for certain, as one line
+/// with its fix; `None` when loading may go ahead. A missing tracefs or
+/// bpffs is not one (`run` mounts them), nor is a missing tracepoint while
+/// tracefs is not mounted (it cannot be checked).
+pub fn blocking_problem(host: &Host) -> Option<String> {
+    let checks = run_checks(host);
+    let tracefs_missing = checks
+        .iter()
+        .any(|c| c.level == Level::Fail && c.what.starts_with("tracefs"));
+    checks
+        .into_iter()
+        .filter(|c| c.level == Level::Fail)
+        .find(|c| {
+            !c.what.starts_with("tracefs") && !(tracefs_missing && c.what.starts_with("tracepoint"))
+        })
+        .map(|c| format!("{}; fix: {}", c.what, c.fix))
+}
+
 /// The report, one line per check, and whether cwatch can run.
 pub fn report(checks: &[Check]) -> (String, bool) {
     let mut s = String::new();
@@ -305,6 +325,26 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} not in:\n{text}");
         }
+        let first = blocking_problem(&host).unwrap();
+        assert!(
+            first.starts_with("kernel 5.4.0 is older than 5.12; fix: "),
+            "{first}"
+        );
+        let fine = Host {
+            kernel_release: "6.1.0".into(),
+            status: "CapEff:\t000001ffffffffff\n".into(),
+            ..host
+        };
+        std::fs::create_dir_all(root.join("sys/kernel/btf")).unwrap();
+        std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"btf").unwrap();
+        let missing_tp = blocking_problem(&fine).unwrap();
+        assert!(
+            missing_tp.contains("sock/inet_sock_set_state"),
+            "{missing_tp}"
+        );
+        std::fs::create_dir_all(root.join("sys/kernel/tracing/events/sock/inet_sock_set_state"))
+            .unwrap();
+        assert_eq!(blocking_problem(&fine), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -91,3 +91,22 @@ fn check_config_prints_the_effective_config_or_one_error_line() {
     assert!(stderr.contains("/nonexistent/web.yml"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn run_without_capabilities_is_one_line_and_exit_2() {
+    let _serial = serial();
+    // Root with an empty capability set: loading would fail for certain.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(cwatch_bin().unwrap())
+        .args(["run", "--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing CAP_BPF") && stderr.contains("fix:"),
+        "{stderr}"
+    );
+}
