@@ -248,12 +248,13 @@ pub fn blocking_problem(host: &Host) -> Option<String> {
     let tracefs_missing = checks
         .iter()
         .any(|c| c.level == Level::Fail && c.what.starts_with("tracefs"));
+    let unknowable = |c: &Check| {
+        c.what.starts_with("tracefs") || (tracefs_missing && c.what.starts_with("tracepoint"))
+    };
     checks
         .into_iter()
         .filter(|c| c.level == Level::Fail)
-        .find(|c| {
-            !c.what.starts_with("tracefs") && !(tracefs_missing && c.what.starts_with("tracepoint"))
-        })
+        .find(|c| !unknowable(c))
         .map(|c| format!("{}; fix: {}", c.what, c.fix))
 }
 
