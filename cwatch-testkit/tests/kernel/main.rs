@@ -13,6 +13,7 @@ mod incident;
 mod ipv6;
 mod lifecycle;
 mod operator_ls;
+mod owner_labels;
 mod preflight;
 mod prompt_close;
 mod restart;

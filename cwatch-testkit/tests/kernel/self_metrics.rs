@@ -47,8 +47,11 @@ fn self_metrics_report_process_programs_maps_and_scrapes() {
         "our 5 sockets in the table",
         Duration::from_secs(10),
         || {
-            let n = crate::common::api_to_port(&daemon.sockets().map_err(|e| e.to_string())?, port)
-                .len();
+            // Filtered by the daemon: the host may hold many other sockets.
+            let (_, body) = daemon
+                .get(&format!("/api/v1/sockets?peer={inst}"))
+                .map_err(|e| e.to_string())?;
+            let n = serde_json::from_str::<Vec<serde_json::Value>>(&body).map_or(0, |v| v.len());
             if n == 5 { Ok(()) } else { Err(format!("{n}")) }
         },
     )
