@@ -24,7 +24,9 @@ use crate::{Shared, cardinality::Series, series::Families};
 /// Lines per minute at most.
 pub const BURST: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(60);
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A pass summarizes the whole table: every few seconds is plenty for a
+/// log line about a five-minute threshold.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Which groups were already named, and the rate limit.
 #[derive(Debug)]
@@ -126,7 +128,7 @@ fn describe(is_process: bool, s: &Series, process_names: &[&str]) -> String {
     }
 }
 
-/// Checks every second until aborted.
+/// Checks every [`CHECK_EVERY`] until aborted.
 pub async fn run(shared: Arc<Shared>) {
     let mut notices = Notices::default();
     let mut tick = tokio::time::interval(CHECK_EVERY);

@@ -216,7 +216,7 @@ fn ls_and_api_agree_with_ss_and_reload_applies_live() {
     assert!(leaked.iter().all(|r| r.last().unwrap() == "yes"));
     let m = daemon.metrics().unwrap();
     assert_eq!(m.scalar("cwatch_config_last_reload_successful"), Some(1.0));
-    let log = wait_for("the leak lines", Duration::from_secs(10), || {
+    let log = wait_for("the leak lines", Duration::from_secs(30), || {
         let log = daemon.log();
         let named = log.contains(&format!(
             "leak: process pid={} comm=ls-one holds 7 leaked",
