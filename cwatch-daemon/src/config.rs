@@ -1,6 +1,6 @@
 /*!
-The command line (as DESIGN.md names it) and the optional TOML config file,
-validated into one [`Config`] that is passed down. Flags override the file.
+The validated [`Config`] that `cwatch run` passes down: defaults, then the
+TOML file (`--config`, unknown keys rejected), then the flags on top.
 
 Errors here are the user's to fix: each is one line naming the problem and the
 offending value or file, and `main` exits with code 2 for them.
@@ -11,8 +11,14 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use crate::{
+    cli::{LsArgs, RunArgs},
+    filters::Filters,
+    labels::LabelConfig,
+};
+
+#[path = "config_file.rs"]
+mod file;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
@@ -20,72 +26,19 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
+pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "cwatch",
-    version,
-    about = "Finds TCP sockets stuck in CLOSE_WAIT, names the process that leaks them, \
-             and exports Prometheus metrics.",
-    after_help = "Examples:\n  \
-        cwatch run                          # serve http://127.0.0.1:9478/metrics\n  \
-        cwatch run --leak-after 2m --listen 0.0.0.0:9478\n  \
-        cwatch ls --leaked                  # leaked sockets, oldest first"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Load the probes and serve /metrics, /healthz and /api/v1/sockets.
-    Run(RunArgs),
-    /// List the sockets now in CLOSE_WAIT, oldest first (asks the running daemon).
-    Ls(LsArgs),
-}
-
-#[derive(Debug, Args, Default)]
-pub struct RunArgs {
-    /// TOML config file; flags override its values.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address for the HTTP endpoints [default: 127.0.0.1:9478].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// A socket is leaked once it has been in CLOSE_WAIT this long [default: 5m].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub leak_after: Option<Duration>,
-    /// How often the daemon re-reads the kernel's own records [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub reconcile_interval: Option<Duration>,
-    /// How often the fds holding tracked sockets are re-checked [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub holders_refresh: Option<Duration>,
-    /// bpffs directory for the maps that survive restarts; "none" to not pin
-    /// [default: /sys/fs/bpf/cwatch].
-    #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
-    /// Size of the kernel→daemon event ring: bytes, a power of two, at least
-    /// 4096; suffixes KiB and MiB [default: 8MiB].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub ring_buffer_size: Option<u32>,
-}
-
-#[derive(Debug, Args, Default)]
-pub struct LsArgs {
-    /// Only sockets older than leak-after.
-    #[arg(long)]
-    pub leaked: bool,
-    /// Print the daemon's JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Config file of the daemon to ask (for its listen address).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address of the daemon to ask [default: from the config, else 127.0.0.1:9478].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
+/// The HTTP endpoint's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// exporter-toolkit web config (TLS, basic auth); `None`: plain HTTP, no auth.
+    pub config_file: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// Everything `cwatch run` needs, validated.
@@ -94,10 +47,21 @@ pub struct Config {
     pub listen: SocketAddr,
     pub leak_after: Duration,
     pub reconcile_interval: Duration,
+    /// How often the fds holding tracked sockets are re-checked.
     pub holders_refresh: Duration,
     /// `None`: maps are not pinned.
     pub pin_dir: Option<PathBuf>,
     pub ring_buffer_size: u32,
+    pub log_level: String,
+    pub labels: LabelConfig,
+    /// 0 = no limit.
+    pub max_process_series: usize,
+    /// 0 = no limit.
+    pub max_peer_series: usize,
+    pub filters: Filters,
+    pub web: WebConfig,
+    /// The file the config came from (re-read on SIGHUP).
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -109,20 +73,19 @@ impl Default for Config {
             holders_refresh: DEFAULT_HOLDERS_REFRESH,
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            log_level: DEFAULT_LOG_LEVEL.to_string(),
+            labels: LabelConfig::default(),
+            max_process_series: DEFAULT_MAX_PROCESS_SERIES,
+            max_peer_series: DEFAULT_MAX_PEER_SERIES,
+            filters: Filters::default(),
+            web: WebConfig {
+                config_file: None,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+            },
+            source: None,
         }
     }
-}
-
-/// The config file's keys. Unknown keys are an error, not a silent default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    leak_after: Option<String>,
-    reconcile_interval: Option<String>,
-    holders_refresh: Option<String>,
-    pin_dir: Option<String>,
-    ring_buffer_size: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,7 +95,7 @@ pub enum ConfigError {
     #[error("config file {path}: {key} = {value:?}: {reason}")]
     Value {
         path: String,
-        key: &'static str,
+        key: String,
         value: String,
         reason: String,
     },
@@ -144,38 +107,6 @@ pub enum ConfigError {
     },
 }
 
-/// clap value parser for human durations ("500ms", "2s", "5m").
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e} (use a duration such as 500ms, 30s, 5m, 1h)"))
-}
-
-/// clap value parser for the ring size: bytes, or with a KiB/MiB suffix; a
-/// power of two of at least 4096 (the kernel's rule for ring buffers).
-pub fn parse_size(text: &str) -> Result<u32, String> {
-    let (digits, unit) = match text.trim() {
-        t if t.ends_with("MiB") => (&t[..t.len() - 3], 1u64 << 20),
-        t if t.ends_with("KiB") => (&t[..t.len() - 3], 1u64 << 10),
-        t => (t, 1u64),
-    };
-    let bytes = digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| "not a size (use bytes, or a number with KiB or MiB)".to_string())?;
-    if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
-        return Err("must be a power of two between 4KiB and 1024MiB".into());
-    }
-    Ok(bytes as u32)
-}
-
-/// `""` (or `none`) means "do not pin".
-fn pin_dir_setting(value: &Path) -> Option<PathBuf> {
-    let text = value.as_os_str();
-    (!text.is_empty() && text != "none").then(|| value.to_path_buf())
-}
-
 impl Config {
     /// Merges the config file (if any) under the flags and validates.
     pub fn from_run_args(args: &RunArgs) -> Result<Config, ConfigError> {
@@ -183,50 +114,13 @@ impl Config {
             Some(path) => load_file(path)?,
             None => Config::default(),
         };
-        if let Some(listen) = args.listen {
-            config.listen = listen;
-        }
-        if let Some(d) = args.leak_after {
-            config.leak_after = d;
-        }
-        if let Some(d) = args.reconcile_interval {
-            config.reconcile_interval = d;
-        }
-        if let Some(d) = args.holders_refresh {
-            config.holders_refresh = d;
-        }
-        if let Some(dir) = &args.pin_dir {
-            config.pin_dir = pin_dir_setting(dir);
-        }
-        if let Some(size) = args.ring_buffer_size {
-            config.ring_buffer_size = size;
-        }
+        apply_flags(&mut config, args);
         config.validate()?;
         Ok(config)
     }
 
+    /// Checks beyond the per-value parsers.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.leak_after.is_zero() {
-            return Err(ConfigError::Invalid {
-                flag: "--leak-after",
-                value: "0s".into(),
-                reason: "must be longer than zero".into(),
-            });
-        }
-        if self.reconcile_interval < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid {
-                flag: "--reconcile-interval",
-                value: humantime::format_duration(self.reconcile_interval).to_string(),
-                reason: "must be at least 100ms".into(),
-            });
-        }
-        if self.holders_refresh < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid {
-                flag: "--holders-refresh",
-                value: humantime::format_duration(self.holders_refresh).to_string(),
-                reason: "must be at least 100ms".into(),
-            });
-        }
         if let Some(dir) = &self.pin_dir
             && !dir.is_absolute()
         {
@@ -238,6 +132,68 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        file::to_toml(self)
+    }
+}
+
+fn apply_flags(config: &mut Config, args: &RunArgs) {
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.leak_after {
+        config.leak_after = v;
+    }
+    if let Some(v) = args.reconcile_interval {
+        config.reconcile_interval = v;
+    }
+    if let Some(v) = args.holders_refresh {
+        config.holders_refresh = v;
+    }
+    if let Some(dir) = &args.pin_dir {
+        config.pin_dir = pin_dir_setting(dir);
+    }
+    if let Some(v) = args.ring_buffer_size {
+        config.ring_buffer_size = v;
+    }
+    if let Some(v) = &args.log_level {
+        config.log_level = v.clone();
+    }
+    if !args.labels.is_empty() {
+        config.labels.set(&args.labels);
+    }
+    if let Some(v) = args.process_key {
+        config.labels.process_key = v;
+    }
+    if let Some(v) = args.max_process_series {
+        config.max_process_series = v;
+    }
+    if let Some(v) = args.max_peer_series {
+        config.max_peer_series = v;
+    }
+    if !args.include.is_empty() {
+        config.filters.include = args.include.clone();
+    }
+    if !args.exclude.is_empty() {
+        config.filters.exclude = args.exclude.clone();
+    }
+    if let Some(v) = &args.web_config_file {
+        config.web.config_file = Some(v.clone());
+    }
+    if let Some(v) = args.web_request_timeout {
+        config.web.request_timeout = v;
+    }
+    if let Some(v) = args.web_max_connections {
+        config.web.max_connections = v;
+    }
+}
+
+/// `""` (or `none`) means "do not pin".
+pub fn pin_dir_setting(value: &Path) -> Option<PathBuf> {
+    let text = value.as_os_str();
+    (!text.is_empty() && text != "none").then(|| value.to_path_buf())
 }
 
 /// The listen address `cwatch ls` should ask.
@@ -251,71 +207,37 @@ pub fn ls_target(args: &LsArgs) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-fn load_file(path: &Path) -> Result<Config, ConfigError> {
+/// The daemon `cwatch ls` asks, and the leak-after it judges by when it
+/// reads the kernel itself (from `--config`, else the default).
+pub fn ls_settings(args: &LsArgs) -> Result<(SocketAddr, Duration), ConfigError> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => Config::default(),
+    };
+    Ok((args.listen.unwrap_or(file.listen), file.leak_after))
+}
+
+/// Reads and parses a config file over the defaults.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
-    parse_file(&shown, &text)
-}
-
-fn parse_file(path: &str, text: &str) -> Result<Config, ConfigError> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::File {
-        path: path.to_string(),
-        reason: one_line_toml_error(text, &e),
-    })?;
-    let mut config = Config::default();
-    if let Some(listen) = file.listen {
-        config.listen = listen.parse().map_err(|e| ConfigError::Value {
-            path: path.to_string(),
-            key: "listen",
-            value: listen.clone(),
-            reason: format!("{e} (expected ADDR:PORT)"),
-        })?;
-    }
-    let duration = |key: &'static str, value: String| {
-        parse_duration(&value).map_err(|reason| ConfigError::Value {
-            path: path.to_string(),
-            key,
-            value,
-            reason,
-        })
-    };
-    if let Some(v) = file.leak_after {
-        config.leak_after = duration("leak_after", v)?;
-    }
-    if let Some(v) = file.reconcile_interval {
-        config.reconcile_interval = duration("reconcile_interval", v)?;
-    }
-    if let Some(v) = file.holders_refresh {
-        config.holders_refresh = duration("holders_refresh", v)?;
-    }
-    if let Some(v) = file.pin_dir {
-        config.pin_dir = pin_dir_setting(Path::new(&v));
-    }
-    if let Some(v) = file.ring_buffer_size {
-        config.ring_buffer_size = parse_size(&v).map_err(|reason| ConfigError::Value {
-            path: path.to_string(),
-            key: "ring_buffer_size",
-            value: v.clone(),
-            reason,
-        })?;
-    }
+    let mut config = parse_file(&shown, &text)?;
+    config.source = Some(path.to_path_buf());
+    config.validate()?;
     Ok(config)
 }
 
-/// toml's errors span several lines with a source excerpt; keep the message
-/// and the line number.
-fn one_line_toml_error(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim().replace('\n', " ");
-    match err.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {message}")
-        }
-        None => message,
-    }
+/// Parses config file text over the defaults (`path` only names it in errors).
+pub fn parse_file(path: &str, text: &str) -> Result<Config, ConfigError> {
+    file::parse(path, text)
+}
+
+/// Re-reads `args.config` with the same flags on top (SIGHUP).
+pub fn reload(args: &RunArgs) -> Result<Config, ConfigError> {
+    Config::from_run_args(args)
 }
 
 #[cfg(test)]

@@ -1,14 +1,169 @@
 use clap::Parser as _;
 
 use super::*;
+use crate::{
+    cli::{Cli, Command, parse_size},
+    labels::ProcessKeyMode,
+};
 
 fn run_args(argv: &[&str]) -> Result<RunArgs, clap::Error> {
     let mut full = vec!["cwatch", "run"];
     full.extend_from_slice(argv);
     match Cli::try_parse_from(full)?.command {
         Command::Run(args) => Ok(args),
-        Command::Ls(_) => unreachable!("asked for run"),
+        other => panic!("asked for run, got {other:?}"),
     }
+}
+
+const FULL_FILE: &str = r#"
+listen = "127.0.0.2:9000"
+leak_after = "2m"
+reconcile_interval = "5s"
+log_level = "debug"
+labels = ["unit", "exe"]
+process_key = "comm"
+max_process_series = 50
+max_peer_series = 60
+include = ["peer_cidr:10.0.0.0/8", "port:7000-7010"]
+exclude = ["comm:sshd"]
+
+[web]
+config_file = "/etc/cwatch/web.yml"
+request_timeout = "3s"
+max_connections = 8
+"#;
+
+#[test]
+fn every_setting_is_a_flag() {
+    let args = run_args(&[
+        "--log-level",
+        "warn",
+        "--label",
+        "unit,container",
+        "--label",
+        "exe",
+        "--process-key",
+        "unit",
+        "--max-process-series",
+        "7",
+        "--max-peer-series",
+        "0",
+        "--include",
+        "peer_port:7000",
+        "--exclude",
+        "unit:sshd.service",
+        "--exclude",
+        "local_cidr:127.0.0.0/8",
+        "--web.config.file",
+        "/tmp/web.yml",
+        "--web.request-timeout",
+        "2s",
+        "--web.max-connections",
+        "3",
+    ])
+    .unwrap();
+    let c = Config::from_run_args(&args).unwrap();
+    assert_eq!(c.log_level, "warn");
+    assert!(c.labels.unit && c.labels.container && c.labels.exe);
+    assert_eq!(c.labels.process_key, ProcessKeyMode::Unit);
+    assert_eq!((c.max_process_series, c.max_peer_series), (7, 0));
+    assert_eq!(c.filters.include.len(), 1);
+    assert_eq!(c.filters.exclude.len(), 2);
+    assert_eq!(
+        c.web.config_file.as_deref(),
+        Some(std::path::Path::new("/tmp/web.yml"))
+    );
+    assert_eq!(c.web.request_timeout, Duration::from_secs(2));
+    assert_eq!(c.web.max_connections, 3);
+}
+
+#[test]
+fn every_setting_is_a_file_key_and_check_config_round_trips() {
+    let c = parse_file("full.toml", FULL_FILE).unwrap();
+    assert_eq!(c.listen, "127.0.0.2:9000".parse().unwrap());
+    assert_eq!(c.log_level, "debug");
+    assert!(c.labels.unit && c.labels.exe && !c.labels.container);
+    assert_eq!(c.labels.process_key, ProcessKeyMode::Comm);
+    assert_eq!((c.max_process_series, c.max_peer_series), (50, 60));
+    assert_eq!(c.filters.include[1].to_string(), "port:7000-7010");
+    assert_eq!(c.web.max_connections, 8);
+    let printed = c.to_toml();
+    assert_eq!(
+        parse_file("printed.toml", &printed).unwrap(),
+        c,
+        "{printed}"
+    );
+    let defaults = Config::default().to_toml();
+    assert!(defaults.contains("leak_after = \"5m\""), "{defaults}");
+    assert_eq!(parse_file("d.toml", &defaults).unwrap(), Config::default());
+}
+
+#[test]
+fn bad_new_values_name_flag_or_key() {
+    for (argv, needle) in [
+        (&["--label", "cgroup"][..], "cgroup"),
+        (&["--process-key", "tid"][..], "tid"),
+        (&["--include", "host:x"][..], "host:x"),
+        (&["--exclude", "peer_port:99999"][..], "99999"),
+        (&["--web.max-connections", "0"][..], "--web.max-connections"),
+        (
+            &["--web.request-timeout", "0s"][..],
+            "--web.request-timeout",
+        ),
+        (&["--log-level", "loud=="][..], "loud=="),
+        (&["--max-peer-series", "-1"][..], "-1"),
+    ] {
+        let err = run_args(argv).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{argv:?}");
+        let first = err.to_string().lines().next().unwrap().to_string();
+        assert!(first.contains(needle), "{argv:?}: {first}");
+    }
+    for (text, needle) in [
+        ("[web]\nmax_conections = 3\n", "max_conections"),
+        ("labels = [\"pid\"]\n", "labels = \"pid\""),
+        ("include = [\"port:x\"]\n", "include = \"port:x\""),
+        ("process_key = \"tid\"\n", "process_key"),
+        (
+            "[web]\nrequest_timeout = \"never\"\n",
+            "web.request_timeout",
+        ),
+        ("max_process_series = -3\n", "line 1"),
+    ] {
+        let err = parse_file("c.toml", text).unwrap_err().to_string();
+        assert!(err.starts_with("config file c.toml: "), "{err}");
+        assert!(err.contains(needle), "{text}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn help_and_version_read_like_a_tool() {
+    let err = Cli::try_parse_from(["cwatch", "--version"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+    assert!(err.to_string().contains(env!("CARGO_PKG_VERSION")));
+    let help = Cli::try_parse_from(["cwatch", "run", "--help"])
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "--leak-after",
+        "--web.config.file",
+        "--include",
+        "Examples:",
+        "cwatch ls --leaked",
+        "SIGHUP",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from run --help");
+    }
+    let ls = Cli::try_parse_from(["cwatch", "ls", "--peer", "nohost"]).unwrap_err();
+    assert_eq!(ls.exit_code(), 2);
+    assert!(ls.to_string().lines().next().unwrap().contains("nohost"));
+    let Command::CheckConfig(a) = Cli::try_parse_from(["cwatch", "check-config", "x.toml"])
+        .unwrap()
+        .command
+    else {
+        panic!("check-config");
+    };
+    assert_eq!(a.file, std::path::Path::new("x.toml"));
 }
 
 #[test]
@@ -53,11 +208,20 @@ fn bad_flags_are_usage_errors_naming_the_value() {
 
 #[test]
 fn zero_or_tiny_durations_are_rejected() {
-    let err = Config::from_run_args(&run_args(&["--leak-after", "0s"]).unwrap()).unwrap_err();
-    assert!(err.to_string().starts_with("--leak-after 0s"), "{err}");
-    let err =
-        Config::from_run_args(&run_args(&["--reconcile-interval", "10ms"]).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("at least 100ms"), "{err}");
+    let err = run_args(&["--leak-after", "0s"]).unwrap_err().to_string();
+    assert!(
+        err.contains("'0s'") && err.contains("--leak-after"),
+        "{err}"
+    );
+    assert!(err.contains("longer than zero"), "{err}");
+    let err = run_args(&["--reconcile-interval", "10ms"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 100ms"), "{err}");
+    let err = parse_file("c.toml", "leak_after = \"0s\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longer than zero"), "{err}");
 }
 
 #[test]

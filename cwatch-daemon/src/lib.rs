@@ -6,21 +6,36 @@ The data's path, one module per stage: [`probe`] (load and attach) →
 [`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
 [`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
 every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
-[`metrics`] / [`http`] → [`config`] (flags and file). [`ls`] is the client
-side of `cwatch ls`. Running as a service: [`caps`] (dropping capabilities
-once ready) and [`service`] (sd_notify).
+[`series`] (filters, labels, [`cardinality`] limits) → [`metrics`] /
+[`http`]. [`cli`] and [`config`] are the flags and the file, [`reload`] the
+SIGHUP path, [`logging`] and [`notices`] what goes to the journal,
+[`selfmetrics`] cwatch's own health. [`ls`] is the client side of `cwatch ls`,
+[`doctor`] the preflight. Running as a service: [`caps`] (dropping
+capabilities once ready) and [`service`] (sd_notify).
 */
 pub mod aging;
 pub mod caps;
+pub mod cardinality;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod doctor;
+pub mod filters;
 pub mod http;
 pub mod intake;
+pub mod labels;
+pub mod logging;
 pub mod ls;
+pub mod ls_direct;
 pub mod metrics;
 pub mod netns;
+pub mod notices;
 pub mod owners;
 pub mod probe;
 pub mod reconcile;
+pub mod reload;
+pub mod selfmetrics;
+pub mod series;
 pub mod service;
 pub mod sockdiag;
 pub mod table;
@@ -28,9 +43,10 @@ pub mod table;
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -39,16 +55,32 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
 use crate::{
-    aging::Clock, config::Config, metrics::KernelCounters, probe::Probes, table::SocketTable,
+    aging::Clock,
+    cli::RunArgs,
+    config::Config,
+    http::{
+        api::ApiSocket,
+        auth::AuthCache,
+        query::{Cursor, SocketQuery},
+        webconfig::WebSecurity,
+    },
+    metrics::KernelCounters,
+    probe::Probes,
+    series::{Families, SeriesBuilder},
+    table::SocketTable,
 };
 
 /// State shared by the tasks and the HTTP handlers.
 pub struct Shared {
-    pub config: Config,
+    /// Replaced whole on SIGHUP; read it through [`Shared::config`].
+    config: RwLock<Arc<Config>>,
+    web: RwLock<Arc<WebSecurity>>,
+    pub auth_cache: AuthCache,
     pub metrics: metrics::Metrics,
     pub clock: Box<dyn Clock>,
     pub owners: owners::Handle,
     table: Mutex<SocketTable>,
+    series: Mutex<SeriesBuilder>,
     probes: Mutex<Option<Probes>>,
     ready: AtomicBool,
     /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
@@ -59,15 +91,79 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, clock: Box<dyn Clock>) -> Self {
         Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
+            web: RwLock::new(Arc::new(WebSecurity::default())),
+            auth_cache: AuthCache::default(),
             metrics: metrics::Metrics::new(),
             clock,
             owners: owners::Handle::default(),
             table: Mutex::new(SocketTable::new()),
+            series: Mutex::new(SeriesBuilder::default()),
             probes: Mutex::new(None),
             ready: AtomicBool::new(false),
             drained_ns: AtomicU64::new(0),
         }
+    }
+
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// TLS and basic auth now in force.
+    pub fn web_security(&self) -> Arc<WebSecurity> {
+        Arc::clone(&self.web.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_web_security(&self, web: WebSecurity) {
+        *self.web.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(web);
+        self.auth_cache.clear();
+    }
+
+    fn lock_series(&self) -> MutexGuard<'_, SeriesBuilder> {
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The per-process and per-peer series as configured, now.
+    pub fn families(&self) -> Families {
+        let config = self.config();
+        let now = self.clock.now_ns();
+        let table = self.lock_table();
+        self.lock_series().build(&table, now, &config)
+    }
+
+    /// The /metrics text; `started` is when the scrape began.
+    pub fn render_metrics(&self, started: Instant) -> String {
+        let config = self.config();
+        let families = self.families();
+        let kernel = self.kernel_counters();
+        let table_len = self.lock_table().len();
+        if let Some(probes) = self.lock_probes().as_ref() {
+            self.metrics.own.programs(&probes.program_stats());
+            self.metrics
+                .own
+                .map_fill("close_wait", table_len, probes.records_capacity());
+        }
+        let body =
+            self.metrics
+                .render_families(&families, &config.labels.label_names(), kernel.as_ref());
+        self.metrics.own.scrape_took(started.elapsed());
+        body
+    }
+
+    /// One page of `/api/v1/sockets`.
+    pub fn select_sockets(&self, query: &SocketQuery) -> (Vec<ApiSocket>, Option<Cursor>) {
+        let config = self.config();
+        let now = self.clock.now_ns();
+        let table = self.lock_table();
+        let mut series = self.lock_series();
+        http::api::select(&table, now, config.leak_after, query, |e| {
+            series.keeps(e, &config)
+        })
     }
 
     /// The table; a panic elsewhere while holding it does not poison it for
@@ -164,18 +260,35 @@ impl Shared {
 /// then reports ready. On return every program is detached and every map
 /// closed.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let web = http::webconfig::load(config.web.config_file.as_deref())?;
+    run_with(config, web, None).await
+}
+
+/// [`run`] with the web config already loaded (`main` checks it before
+/// anything starts), re-reading `args` (its `--config` under its flags) on
+/// SIGHUP.
+pub async fn run_with(
+    config: Config,
+    web: WebSecurity,
+    args: Option<RunArgs>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
+    let tls = web.tls.is_some();
+    let auth = !web.users.is_empty();
     let shared = Arc::new(Shared::new(config, Box::new(aging::BootClock)));
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, Arc::clone(&shared), async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    }));
-    info!(%listen, "serving /metrics, /healthz, /api/v1/sockets");
+    shared.set_web_security(web);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(http::server::serve(listener, Arc::clone(&shared), stop_rx));
+    info!(%listen, tls, basic_auth = auth, "serving /metrics, /healthz, /api/v1/sockets");
+    let reloader = tokio::spawn(reload::run(Arc::clone(&shared), args));
+    let notices = tokio::spawn(notices::run(Arc::clone(&shared)));
 
     let result = start_and_wait(&shared).await;
+    reloader.abort();
+    notices.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
     // Detach everything before returning, whatever happened.
@@ -186,8 +299,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let options = probe::LoadOptions {
-        pin_dir: shared.config.pin_dir.clone(),
-        ring_bytes: shared.config.ring_buffer_size,
+        pin_dir: shared.config().pin_dir.clone(),
+        ring_bytes: shared.config().ring_buffer_size,
     };
     let mut probes = tokio::task::spawn_blocking(move || probe::load(&options))
         .await

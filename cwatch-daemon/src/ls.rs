@@ -1,57 +1,186 @@
 /*!
 `cwatch ls`: asks the running daemon for its sockets and prints them like
 `ss`, oldest first, followed by the counts per peer and per process (the
-incident's `ss … | uniq -c`, done right).
+incident's `ss … | uniq -c`, done right). When no daemon answers it reads the
+kernel's socket table itself ([`crate::ls_direct`]), says so, and marks every
+age as estimated. The KEEPALIVE column comes from the kernel either way.
 */
-use std::{collections::BTreeMap, io::Write, net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    net::SocketAddr,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
-use crate::{config::LsArgs, http::api::ApiSocket};
+use crate::{
+    cli::LsArgs,
+    http::{api::ApiSocket, query::PeerFilter},
+    ls_direct,
+};
 
-pub fn run(args: &LsArgs, target: SocketAddr) -> anyhow::Result<()> {
-    let url = format!("http://{target}/api/v1/sockets");
-    let mut response = ureq::get(&url).call().map_err(|err| match err {
-        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-            anyhow::anyhow!(
-                "no cwatch daemon answers at {target} ({err}); start one with `cwatch run`, \
-                 or pass --listen ADDR:PORT"
-            )
-        }
-        other => anyhow::anyhow!("asking the daemon at {url}: {other}"),
-    })?;
-    let mut sockets: Vec<ApiSocket> = response.body_mut().read_json().with_context(|| {
-        format!("the daemon at {url} sent something that is not the socket list")
-    })?;
-    if args.leaked {
-        sockets.retain(|s| s.leaked);
+/// Sockets asked for per request; `ls` follows the cursor for the rest.
+const PAGE: usize = 10_000;
+
+/// Why the daemon's list could not be had.
+enum FetchError {
+    /// Nothing listens there: fall back to the kernel.
+    NoDaemon(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for FetchError {
+    fn from(e: anyhow::Error) -> Self {
+        FetchError::Other(e)
     }
+}
+
+pub fn run(args: &LsArgs, target: SocketAddr, leak_after: Duration) -> anyhow::Result<()> {
+    let sockets = match fetch(args, target) {
+        Ok(s) => s,
+        Err(FetchError::Other(e)) => return Err(e),
+        Err(FetchError::NoDaemon(why)) => {
+            eprintln!(
+                "cwatch: no daemon answers at {target} ({why}); reading the kernel's socket \
+                 table directly: this network namespace only, ages estimated from the last \
+                 ACK (marked ~), leak-after {}",
+                humantime::format_duration(leak_after)
+            );
+            let all = ls_direct::sockets(leak_after)
+                .context("reading the kernel's socket table (sock_diag)")?;
+            all.into_iter().filter(|s| keeps(args, s)).collect()
+        }
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &sockets)?;
         writeln!(out)?;
     } else {
-        out.write_all(render(&sockets).as_bytes())?;
+        let keepalive = ls_direct::keepalive_by_cookie();
+        out.write_all(render(&sockets, &keepalive).as_bytes())?;
     }
     Ok(())
 }
 
-/// The table and the summaries, as text.
-pub fn render(sockets: &[ApiSocket]) -> String {
+/// `--leaked`, `--pid`, `--peer` applied here (the daemon applies them
+/// itself).
+fn keeps(args: &LsArgs, s: &ApiSocket) -> bool {
+    let peer = args.peer.as_deref().and_then(|p| PeerFilter::parse(p).ok());
+    (!args.leaked || s.leaked)
+        && args
+            .pid
+            .is_none_or(|pid| s.pid == Some(pid) || s.holders.iter().any(|h| h.pid == pid))
+        && peer.is_none_or(|p| {
+            s.peer_addr == p.addr.to_string() && p.port.is_none_or(|port| port == s.peer_port)
+        })
+}
+
+/// The query string for `args` (filters done by the daemon).
+pub fn query(args: &LsArgs, cursor: Option<&str>) -> String {
+    let mut q = vec![format!("limit={PAGE}")];
+    if args.leaked {
+        q.push("leaked=true".into());
+    }
+    if let Some(pid) = args.pid {
+        q.push(format!("pid={pid}"));
+    }
+    if let Some(peer) = &args.peer {
+        q.push(format!("peer={}", encode(peer)));
+    }
+    if let Some(c) = cursor {
+        q.push(format!("cursor={}", encode(c)));
+    }
+    q.join("&")
+}
+
+/// Percent-encodes what a peer or cursor may hold that a query cannot.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every matching socket, page by page, oldest first.
+fn fetch(args: &LsArgs, target: SocketAddr) -> Result<Vec<ApiSocket>, FetchError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = format!(
+            "http://{target}/api/v1/sockets?{}",
+            query(args, cursor.as_deref())
+        );
+        let mut response = agent.get(&url).call().map_err(|err| match err {
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+                FetchError::NoDaemon(err.to_string())
+            }
+            other => FetchError::Other(anyhow::anyhow!("asking the daemon at {url}: {other}")),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(FetchError::Other(anyhow::anyhow!(
+                "the daemon at {target} answered {status}: {}",
+                body.trim()
+            )));
+        }
+        let next = response
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let page: Vec<ApiSocket> = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .with_context(|| {
+                format!("the daemon at {url} sent something that is not the socket list")
+            })?;
+        all.extend(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// The table and the summaries, as text. `keepalive`: the kernel's
+/// keepalive timer per cookie (absent: not visible from here).
+pub fn render(sockets: &[ApiSocket], keepalive: &HashMap<u64, Option<Duration>>) -> String {
     let mut s = format!(
-        "{:<10} {:<24} {:<5} {:<30} {:<30} {:<10} {}\n",
-        "AGE", "PID/COMM", "FD", "LOCAL", "PEER", "DIR", "LEAKED"
+        "{:<10} {:<24} {:<6} {:<30} {:<30} {:<10} {:<9} {}\n",
+        "AGE", "PID/COMM", "FD", "LOCAL", "PEER", "DIR", "KEEPALIVE", "LEAKED"
     );
     for sock in sockets {
+        let leaked = match (sock.state.as_str(), sock.leaked) {
+            ("CLOSE_WAIT", true) => "yes",
+            ("CLOSE_WAIT", false) => "no",
+            _ => "dead",
+        };
+        let ka = match keepalive.get(&sock.cookie) {
+            Some(Some(_)) => "on",
+            Some(None) => "off",
+            None => "?",
+        };
         s += &format!(
-            "{:<10} {:<24} {:<5} {:<30} {:<30} {:<10} {}\n",
+            "{:<10} {:<24} {:<6} {:<30} {:<30} {:<10} {:<9} {}\n",
             age(sock),
             owner(sock),
-            sock.fd.map_or("-".to_string(), |fd| fd.to_string()),
+            fd(sock),
             endpoint(&sock.local_addr, &sock.local_port.to_string()),
             endpoint(&sock.peer_addr, &sock.peer_port.to_string()),
             sock.direction,
-            if sock.leaked { "yes" } else { "no" },
+            ka,
+            leaked,
         );
     }
     let mut by_peer: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -79,7 +208,12 @@ pub fn render(sockets: &[ApiSocket]) -> String {
             s += &format!("{total:>8} {key:<40} ({leaked} leaked)\n");
         }
     }
-    s += &format!("\n{} sockets in CLOSE_WAIT\n", sockets.len());
+    let dead = sockets.iter().filter(|x| x.state != "CLOSE_WAIT").count();
+    s += &format!("\n{} sockets in CLOSE_WAIT", sockets.len() - dead);
+    if dead > 0 {
+        s += &format!(", {dead} closed by the kernel but still held (dead)");
+    }
+    s.push('\n');
     s
 }
 
@@ -101,6 +235,27 @@ fn owner(sock: &ApiSocket) -> String {
         (Some(pid), None) => pid.to_string(),
         _ => "[unknown]".to_string(),
     }
+}
+
+/// The owner's fd: the socket's own `fd`, else the owner's entry among the
+/// holders; "+N" when N more processes hold it too.
+fn fd(sock: &ApiSocket) -> String {
+    let own = sock.fd.or_else(|| {
+        sock.holders
+            .iter()
+            .find(|h| Some(h.pid) == sock.pid)
+            .and_then(|h| h.fd)
+    });
+    let mut text = own.map_or("-".to_string(), |fd| fd.to_string());
+    let others = sock
+        .holders
+        .iter()
+        .filter(|h| Some(h.pid) != sock.pid)
+        .count();
+    if others > 0 {
+        text += &format!("+{others}");
+    }
+    text
 }
 
 fn endpoint(addr: &str, port: &str) -> String {
@@ -143,12 +298,48 @@ mod tests {
     }
 
     #[test]
+    fn fd_comes_from_the_owner_holder_and_query_is_encoded() {
+        let mut s = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
+        assert_eq!(fd(&s), "-");
+        s.holders = vec![
+            crate::http::api::Holder {
+                pid: 42,
+                comm: "leaky".into(),
+                fd: Some(7),
+            },
+            crate::http::api::Holder {
+                pid: 43,
+                comm: "child".into(),
+                fd: Some(9),
+            },
+        ];
+        assert_eq!(fd(&s), "7+1");
+        let args = LsArgs {
+            leaked: true,
+            pid: Some(42),
+            peer: Some("[::1]:7000".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            query(&args, Some("a-b")),
+            "limit=10000&leaked=true&pid=42&peer=%5B%3A%3A1%5D%3A7000&cursor=a-b"
+        );
+    }
+
+    #[test]
     fn table_and_summaries() {
-        let text = render(&[
-            sock(1, Some(42), "127.0.1.1", 7000, 3725.4, true),
-            sock(2, Some(42), "127.0.1.1", 7000, 10.0, false),
-            sock(3, None, "::1", 5555, 1.0, false),
-        ]);
+        let mut dead = sock(4, Some(42), "127.0.1.1", 7000, 20.0, true);
+        dead.state = "CLOSE".into();
+        let keepalive = HashMap::from([(1, Some(Duration::from_secs(7000))), (2, None)]);
+        let text = render(
+            &[
+                sock(1, Some(42), "127.0.1.1", 7000, 3725.4, true),
+                sock(2, Some(42), "127.0.1.1", 7000, 10.0, false),
+                sock(3, None, "::1", 5555, 1.0, false),
+                dead,
+            ],
+            &keepalive,
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("AGE"));
         assert!(
@@ -166,13 +357,23 @@ mod tests {
             "{}",
             lines[3]
         );
-        assert!(text.contains("       2 127.0.1.1:7000"), "{text}");
-        assert!(text.contains("(1 leaked)"), "{text}");
+        // The dead socket counts with its peer and process, as leaked.
+        assert!(text.contains("       3 127.0.1.1:7000"), "{text}");
+        assert!(text.contains("(2 leaked)"), "{text}");
         assert!(
             text.contains("       1 [::1]:*"),
             "inbound peers group by address: {text}"
         );
-        assert!(text.contains("       2 42/leaky"), "{text}");
-        assert!(text.ends_with("3 sockets in CLOSE_WAIT\n"), "{text}");
+        assert!(text.contains("       3 42/leaky"), "{text}");
+        assert!(lines[1].contains(" on "), "{}", lines[1]);
+        assert!(lines[2].contains(" off "), "{}", lines[2]);
+        assert!(lines[3].contains(" ? "), "{}", lines[3]);
+        assert!(lines[4].ends_with("dead"), "{}", lines[4]);
+        assert!(
+            text.ends_with(
+                "3 sockets in CLOSE_WAIT, 1 closed by the kernel but still held (dead)\n"
+            ),
+            "{text}"
+        );
     }
 }

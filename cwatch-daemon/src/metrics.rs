@@ -15,7 +15,10 @@ use prometheus::{
     TextEncoder, core::Collector,
 };
 
-use crate::{aging::Summary, owners::ScanCounts, reconcile::Corrections};
+use crate::{
+    aging::Summary, owners::ScanCounts, reconcile::Corrections, selfmetrics::SelfMetrics,
+    series::Families,
+};
 
 /// Buckets of `cwatch_close_wait_duration_seconds`, fixed by the contract.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -27,9 +30,8 @@ pub type KernelCounters = [u64; counter::LEN as usize];
 
 pub struct Metrics {
     registry: Registry,
-    process_sockets: IntGaugeVec,
-    process_leaked: IntGaugeVec,
-    process_oldest: prometheus::GaugeVec,
+    /// Per-process families; rebuilt when the label set changes (reload).
+    process: Mutex<ProcessGauges>,
     peer_sockets: IntGaugeVec,
     peer_leaked: IntGaugeVec,
     peer_oldest: prometheus::GaugeVec,
@@ -45,6 +47,64 @@ pub struct Metrics {
     procfs_scans: IntCounterVec,
     /// Kernel totals already added to the counters; also serialises scrapes.
     seen: Mutex<KernelCounters>,
+    /// cwatch's own health: process, BPF programs, maps, folding, scrapes.
+    pub own: SelfMetrics,
+}
+
+/// The three per-process gauge families, with their current label names.
+/// They live in a registry of their own: a registry never accepts a family
+/// again under other label names, and a reload may change them.
+struct ProcessGauges {
+    names: Vec<&'static str>,
+    registry: Registry,
+    sockets: IntGaugeVec,
+    leaked: IntGaugeVec,
+    oldest: prometheus::GaugeVec,
+}
+
+impl ProcessGauges {
+    fn new(names: &[&'static str]) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        Self {
+            names: names.to_vec(),
+            sockets: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "cwatch_process_close_wait_sockets",
+                        "Sockets of this process now in CLOSE_WAIT.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            leaked: register(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "cwatch_process_leaked_sockets",
+                        "Sockets of this process in CLOSE_WAIT for at least leak-after.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            oldest: register(
+                r,
+                prometheus::GaugeVec::new(
+                    opts(
+                        "cwatch_process_oldest_close_wait_seconds",
+                        "Age of this process's oldest CLOSE_WAIT socket.",
+                    ),
+                    names,
+                )
+                .expect("valid gauge"),
+            ),
+            registry,
+        }
+    }
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -72,7 +132,7 @@ impl Metrics {
         let count = |name: &str, help: &str| {
             register(&r, IntCounter::new(name, help).expect("valid counter"))
         };
-        let proc = &["pid", "comm"];
+        let process = ProcessGauges::new(&["pid", "comm"]);
         let peer = &["peer_addr", "peer_port"];
         let build_info = gauge(
             "cwatch_build_info",
@@ -83,9 +143,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Self {
-            process_sockets: gauge("cwatch_process_close_wait_sockets", "Sockets of this process now in CLOSE_WAIT.", proc),
-            process_leaked: gauge("cwatch_process_leaked_sockets", "Sockets of this process in CLOSE_WAIT for at least leak-after.", proc),
-            process_oldest: fgauge("cwatch_process_oldest_close_wait_seconds", "Age of this process's oldest CLOSE_WAIT socket.", proc),
+            process: Mutex::new(process),
             peer_sockets: gauge("cwatch_peer_close_wait_sockets", "Sockets to this peer now in CLOSE_WAIT.", peer),
             peer_leaked: gauge("cwatch_peer_leaked_sockets", "Sockets to this peer in CLOSE_WAIT for at least leak-after.", peer),
             peer_oldest: fgauge("cwatch_peer_oldest_close_wait_seconds", "Age of the oldest CLOSE_WAIT socket to this peer.", peer),
@@ -117,7 +175,8 @@ impl Metrics {
                 )
                 .expect("valid histogram"),
             ),
-            dead_held: gauge("cwatch_process_dead_sockets_held", "Sockets the kernel already closed (reset, keepalive timeout, ss -K, or shut down then FIN/ACK done) whose fd this process still holds.", proc),
+            own: SelfMetrics::new(&r),
+            dead_held: gauge("cwatch_process_dead_sockets_held", "Sockets the kernel already closed (reset, keepalive timeout, ss -K, or shut down then FIN/ACK done) whose fd this process still holds.", &["pid", "comm"]),
             attribution: register(
                 &r,
                 Histogram::with_opts(
@@ -173,9 +232,21 @@ impl Metrics {
             .inc_by(c.walks);
     }
 
-    /// Renders the text exposition for `summary` and the kernel's counters
-    /// (`None` before the probes are loaded).
+    /// Renders the text exposition for `summary` with the contract's labels
+    /// and no series limit (see [`Metrics::render_families`]).
     pub fn render(&self, summary: &Summary, kernel: Option<&KernelCounters>) -> String {
+        self.render_families(&Families::from_summary(summary), &["pid", "comm"], kernel)
+    }
+
+    /// Renders the text exposition for `families` (per-process label names
+    /// `process_labels`) and the kernel's counters (`None` before the probes
+    /// are loaded).
+    pub fn render_families(
+        &self,
+        families: &Families,
+        process_labels: &[&'static str],
+        kernel: Option<&KernelCounters>,
+    ) -> String {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kernel) = kernel {
             let mut advance = |c: &IntCounter, index: u32| {
@@ -191,56 +262,69 @@ impl Metrics {
             advance(&full, counter::OWNERS_FULL);
             advance(&full, counter::LINGER_FULL);
         }
-        self.fill_gauges(summary);
+        self.fill_gauges(families, process_labels);
+        self.own
+            .folded(families.folded_process, families.folded_peer);
+        let mut gathered = self.registry.gather();
+        gathered.extend(
+            self.process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .registry
+                .gather(),
+        );
+        gathered.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&gathered, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
-    fn fill_gauges(&self, summary: &Summary) {
-        for g in [
-            &self.process_sockets,
-            &self.process_leaked,
-            &self.peer_sockets,
-            &self.peer_leaked,
-        ] {
-            g.reset();
+    fn fill_gauges(&self, families: &Families, process_labels: &[&'static str]) {
+        let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        if process.names != process_labels {
+            *process = ProcessGauges::new(process_labels);
         }
-        self.process_oldest.reset();
+        process.sockets.reset();
+        process.leaked.reset();
+        process.oldest.reset();
+        self.peer_sockets.reset();
+        self.peer_leaked.reset();
         self.peer_oldest.reset();
         self.dead_held.reset();
-        for (key, held) in &summary.dead {
-            let labels = [key.pid_label(), key.comm_label()];
-            self.dead_held
-                .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
-                .set(*held as i64);
+        for (labels, held) in &families.dead {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.dead_held.with_label_values(&labels).set(*held as i64);
         }
-        for (key, stats) in &summary.processes {
-            let labels = [key.pid_label(), key.comm_label()];
-            let labels = [labels[0].as_str(), labels[1].as_str()];
-            self.process_sockets
+        for s in &families.process {
+            let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
+            if labels.len() != process_labels.len() {
+                continue;
+            }
+            process
+                .sockets
                 .with_label_values(&labels)
-                .set(stats.sockets as i64);
-            self.process_leaked
+                .set(s.stats.sockets as i64);
+            process
+                .leaked
                 .with_label_values(&labels)
-                .set(stats.leaked as i64);
-            self.process_oldest
+                .set(s.stats.leaked as i64);
+            process
+                .oldest
                 .with_label_values(&labels)
-                .set(stats.oldest.as_secs_f64());
+                .set(s.stats.oldest.as_secs_f64());
         }
-        for (key, stats) in &summary.peers {
-            let (addr, port) = (key.addr.to_string(), key.port_label());
-            let labels = [addr.as_str(), port.as_str()];
+        for s in &families.peer {
+            let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
             self.peer_sockets
                 .with_label_values(&labels)
-                .set(stats.sockets as i64);
+                .set(s.stats.sockets as i64);
             self.peer_leaked
                 .with_label_values(&labels)
-                .set(stats.leaked as i64);
+                .set(s.stats.leaked as i64);
             self.peer_oldest
                 .with_label_values(&labels)
-                .set(stats.oldest.as_secs_f64());
+                .set(s.stats.oldest.as_secs_f64());
         }
     }
 }

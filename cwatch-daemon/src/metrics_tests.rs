@@ -146,3 +146,35 @@ fn histogram_uses_the_fixed_buckets() {
     assert!(text.contains("cwatch_close_wait_duration_seconds_count 2\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_sum 400.005\n"));
 }
+
+#[test]
+fn process_label_set_can_change_between_scrapes() {
+    use crate::{cardinality::Series, series::Families};
+    let m = Metrics::new();
+    let one = |labels: &[&str]| Families {
+        process: vec![Series {
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            stats: crate::aging::GroupStats {
+                sockets: 3,
+                leaked: 1,
+                oldest: Duration::from_secs(9),
+            },
+        }],
+        ..Default::default()
+    };
+    let text = m.render_families(
+        &one(&["7", "app", "/bin/app"]),
+        &["pid", "comm", "exe"],
+        None,
+    );
+    assert!(
+        text.contains(r#"cwatch_process_close_wait_sockets{comm="app",exe="/bin/app",pid="7"} 3"#),
+        "{text}"
+    );
+    let text = m.render_families(&one(&["7", "app"]), &["pid", "comm"], None);
+    assert!(
+        text.contains(r#"cwatch_process_close_wait_sockets{comm="app",pid="7"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("exe="), "{text}");
+}

@@ -343,7 +343,7 @@ fn to_record(e: &SockEntry) -> SockRecord {
 /// start-up pass's `suspects`.
 pub async fn run(shared: Arc<Shared>, suspects: Suspects) {
     let suspects = Arc::new(std::sync::Mutex::new(suspects));
-    let mut tick = tokio::time::interval(shared.config.reconcile_interval);
+    let mut tick = tokio::time::interval(shared.config().reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first pass already ran at start-up
     loop {

@@ -6,6 +6,7 @@ them back with the same types.
 */
 use serde::{Deserialize, Serialize};
 
+use super::query::{Cursor, SocketQuery};
 use crate::{
     aging::{age, is_leaked},
     table::{DeadEntry, SockEntry, SocketTable},
@@ -91,6 +92,50 @@ impl ApiSocket {
     }
 }
 
+/// One page: the sockets matching `query` (and `keep`, the configured
+/// filters), oldest first, at most `query.limit`; plus the cursor of the next
+/// page when more match.
+pub fn select(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    query: &SocketQuery,
+    mut keep: impl FnMut(&SockEntry) -> bool,
+) -> (Vec<ApiSocket>, Option<Cursor>) {
+    // CLOSE_WAIT sockets first, then the dead ones still held (always
+    // leaked), each part oldest first: the order `sockets` gives.
+    let live = table.iter().map(|e| (None, e));
+    let dead = table
+        .dead()
+        .filter(|d| d.verified)
+        .map(|d| (Some(d), &d.sock));
+    let mut hits: Vec<(Option<&DeadEntry>, &SockEntry)> = live
+        .chain(dead)
+        .filter(|(d, e)| {
+            let leaked = d.is_some() || is_leaked(age(now_ns, e.start_ns), leak_after);
+            let at = Cursor::at(d.is_some(), e);
+            query.matches(e, leaked) && query.cursor.is_none_or(|c| at > c) && keep(e)
+        })
+        .collect();
+    let order = |(d, e): &(Option<&DeadEntry>, &SockEntry)| Cursor::at(d.is_some(), e);
+    let mut next = None;
+    if let Some(limit) = query.limit.filter(|l| *l < hits.len()) {
+        // Only the page needs sorting: partition around the limit first.
+        hits.select_nth_unstable_by_key(limit - 1, order);
+        hits.truncate(limit);
+        next = hits.iter().map(order).max();
+    }
+    hits.sort_unstable_by_key(order);
+    let page = hits
+        .into_iter()
+        .map(|(d, e)| match d {
+            Some(d) => ApiSocket::of_dead(d, now_ns, leak_after),
+            None => ApiSocket::of(e, now_ns, leak_after),
+        })
+        .collect();
+    (page, next)
+}
+
 /// Every socket in the table, oldest first.
 pub fn sockets(
     table: &SocketTable,
@@ -163,6 +208,46 @@ mod tests {
             json[0]["holders"],
             serde_json::json!([{"pid": 7, "comm": "app", "fd": null}])
         );
+    }
+
+    #[test]
+    fn pages_walk_every_socket_once_in_order() {
+        let mut t = SocketTable::new();
+        for cookie in 1..=25u64 {
+            // Several sockets share a start time: the cookie breaks ties.
+            t.insert(SockEntry::from_record(&record(
+                cookie,
+                (cookie % 7) * 1_000,
+                None,
+            )));
+        }
+        let mut query = SocketQuery {
+            limit: Some(4),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, |_| true);
+            assert!(page.len() <= 4);
+            seen.extend(page.iter().map(|s| s.cookie));
+            match next {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        let all: Vec<u64> = sockets(&t, 10_000, Duration::from_secs(1))
+            .iter()
+            .map(|s| s.cookie)
+            .collect();
+        assert_eq!(seen, all, "pages concatenate to the full list");
+        let (odd, _) = select(
+            &t,
+            10_000,
+            Duration::from_secs(1),
+            &SocketQuery::default(),
+            |e| e.cookie % 2 == 1,
+        );
+        assert_eq!(odd.len(), 13);
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn walk_now(shared: &Arc<Shared>) {
 
 /// Runs the attribution worker until the sender side is dropped.
 pub fn run(shared: Arc<Shared>, work: mpsc::Receiver<Work>) {
-    let refresh = shared.config.holders_refresh;
+    let refresh = shared.config().holders_refresh;
     let mut worker = Worker::new(shared);
     let mut next_refresh = Instant::now() + refresh;
     loop {

@@ -100,6 +100,30 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// Run time and run count of each attached program, as the kernel
+    /// reports them (both stay 0 unless kernel.bpf_stats_enabled is 1).
+    pub fn program_stats(&self) -> Vec<crate::selfmetrics::ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|&name| {
+                let info = self._ebpf.program(name)?.info().ok()?;
+                Some(crate::selfmetrics::ProgramStats {
+                    name: name.to_string(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
+    /// Capacity of the CLOSE_WAIT map.
+    pub fn records_capacity(&self) -> u32 {
+        use aya::maps::IterableMap as _;
+        self.records.map().info().map_or(0, |i| i.max_entries())
+    }
+}
+
 /// Loads and attaches everything. Blocking (BTF parsing, verifier): call it
 /// from a blocking task.
 pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {

@@ -9,7 +9,7 @@
 //! the pod address, and the ServiceMonitor selecting the Service's port.
 use std::{path::PathBuf, process::Command};
 
-use cwatch_daemon::config::RunArgs;
+use cwatch_daemon::cli::RunArgs;
 use serde_json::Value;
 
 use crate::common::{TempDir, output, read_repo_file, repo_file, run_ok, serial, tool};

@@ -149,7 +149,7 @@ fn bad_input_exits_2_with_one_line_and_loads_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--leak-after", "soonish"], "soonish"),
         (vec!["run", "--listen", "nowhere"], "nowhere"),
-        (vec!["run", "--leak-after", "0s"], "--leak-after 0s"),
+        (vec!["run", "--leak-after", "0s"], "'0s'"),
         (
             vec!["run", "--config", "/nonexistent/cwatch.toml"],
             "/nonexistent/cwatch.toml",

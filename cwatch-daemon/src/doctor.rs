@@ -1,0 +1,351 @@
+/*!
+`cwatch doctor`: checks that this host can run cwatch, and says in plain
+words what is wrong and how to fix it. Nothing is loaded or changed.
+
+Exit code 0 when cwatch can run (warnings allowed), 1 when a check failed.
+Paths are taken under a root (`/` on a real host) so tests can build a fake
+one.
+*/
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+/// Kernel the probes need: tp_btf with `bpf_get_socket_cookie` and socket
+/// storage in tracing programs, BPF ring buffer.
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Capability bits (linux/capability.h).
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    /// How to fix it (empty when ok).
+    pub fix: String,
+}
+
+fn check(level: Level, what: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        level,
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Where to look.
+pub struct Host {
+    pub root: PathBuf,
+    pub kernel_release: String,
+    /// Contents of /proc/self/status.
+    pub status: String,
+    pub pin_dir: PathBuf,
+}
+
+impl Host {
+    pub fn real(pin_dir: &Path) -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            kernel_release: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            status: std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+            pin_dir: pin_dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+}
+
+/// "6.18.0-foo" → (6, 18).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The CapEff bit set from /proc/<pid>/status.
+pub fn cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+fn has(caps: u64, cap: u32) -> bool {
+    caps & (1 << cap) != 0
+}
+
+/// Every check, in order.
+pub fn run_checks(host: &Host) -> Vec<Check> {
+    let mut out = Vec::new();
+    let (maj, min) = MIN_KERNEL;
+    out.push(match kernel_version(&host.kernel_release) {
+        Some(v) if v >= MIN_KERNEL => check(Level::Ok, format!("kernel {} (needs {maj}.{min} or newer)", host.kernel_release), ""),
+        Some(_) => check(Level::Fail, format!("kernel {} is older than {maj}.{min}", host.kernel_release), format!("run cwatch on Linux {maj}.{min} or newer (tp_btf socket cookies, socket storage in tracing programs)")),
+        None => check(Level::Warn, format!("kernel release {:?} not understood", host.kernel_release), "make sure the kernel is 5.12 or newer"),
+    });
+    let btf = host.path("/sys/kernel/btf/vmlinux");
+    out.push(if btf.is_file() {
+        check(Level::Ok, "kernel BTF at /sys/kernel/btf/vmlinux", "")
+    } else {
+        check(Level::Fail, "no kernel BTF (/sys/kernel/btf/vmlinux is missing)", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021 are)")
+    });
+    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(|p| host.path(p))
+        .find(|p| p.join("events").is_dir());
+    out.push(match &tracefs {
+        Some(p) => check(Level::Ok, format!("tracefs at {}", p.display()), ""),
+        None => check(Level::Fail, "tracefs is not mounted", "mount -t tracefs tracefs /sys/kernel/tracing (cwatch run does this itself when it has CAP_SYS_ADMIN)"),
+    });
+    for (tp, required, why) in [
+        ("sock/inet_sock_set_state", true, "every TCP state change"),
+        ("tcp/tcp_destroy_sock", false, "sockets freed by the kernel"),
+        (
+            "syscalls/sys_enter_close",
+            false,
+            "close() per fd; needs CONFIG_FTRACE_SYSCALLS",
+        ),
+    ] {
+        let present = tracefs
+            .as_ref()
+            .is_some_and(|t| t.join("events").join(tp).is_dir());
+        out.push(match (present, required) {
+            (true, _) => check(Level::Ok, format!("tracepoint {tp}"), ""),
+            (false, true) => check(
+                Level::Fail,
+                format!("tracepoint {tp} is missing ({why})"),
+                "cwatch needs it: use a kernel with CONFIG_TRACEPOINTS and CONFIG_INET",
+            ),
+            (false, false) => check(
+                Level::Warn,
+                format!("tracepoint {tp} is missing ({why})"),
+                "cwatch runs without it, with less detail",
+            ),
+        });
+    }
+    // Before the pin directory: without capabilities it may be unreadable,
+    // and the capabilities are then the problem to name.
+    out.extend(capability_checks(cap_eff(&host.status)));
+    let bpffs = host.path("/sys/fs/bpf");
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let is_bpffs = rustix::fs::statfs(&bpffs).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC);
+    out.push(if is_bpffs {
+        check(Level::Ok, "bpffs at /sys/fs/bpf", "")
+    } else {
+        check(Level::Warn, "bpffs is not mounted at /sys/fs/bpf", "mount -t bpf bpf /sys/fs/bpf (cwatch run does this itself when it has CAP_SYS_ADMIN); without it state is not kept across restarts")
+    });
+    out.push(pin_dir_check(&host.pin_dir, is_bpffs));
+    out
+}
+
+fn pin_dir_check(dir: &Path, bpffs: bool) -> Check {
+    let shown = dir.display();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let n = entries.count();
+            check(
+                Level::Ok,
+                format!("pin directory {shown} exists ({n} pinned objects)"),
+                "",
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && bpffs => check(
+            Level::Ok,
+            format!("pin directory {shown} does not exist yet (cwatch run creates it)"),
+            "",
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
+            Level::Warn,
+            format!("pin directory {shown} cannot be created: its parent is not bpffs"),
+            "mount bpffs (above), or pass --pin-dir DIR on a bpffs mount",
+        ),
+        Err(e) => check(
+            Level::Fail,
+            format!("pin directory {shown}: {e}"),
+            format!("make {shown} readable by cwatch, or remove it (it is recreated)"),
+        ),
+    }
+}
+
+fn capability_checks(caps: Option<u64>) -> Vec<Check> {
+    let Some(caps) = caps else {
+        return vec![check(
+            Level::Warn,
+            "cannot read CapEff from /proc/self/status",
+            "run as root or with CAP_BPF and CAP_PERFMON",
+        )];
+    };
+    let mut out = Vec::new();
+    let admin = has(caps, CAP_SYS_ADMIN);
+    for (cap, name, why) in [
+        (CAP_BPF, "CAP_BPF", "load programs and create maps"),
+        (
+            CAP_PERFMON,
+            "CAP_PERFMON",
+            "attach tracing programs and read kernel memory",
+        ),
+    ] {
+        out.push(if has(caps, cap) || admin {
+            check(Level::Ok, format!("{name} ({why})"), "")
+        } else {
+            check(Level::Fail, format!("missing {name}: needed to {why}"), format!("run as root, or grant it: systemd AmbientCapabilities={name}, or setcap cap_bpf,cap_perfmon+ep $(command -v cwatch)"))
+        });
+    }
+    for (cap, name, why) in [
+        (
+            CAP_SYS_PTRACE,
+            "CAP_SYS_PTRACE",
+            "read other users' /proc/<pid>/fd to find socket owners",
+        ),
+        (
+            CAP_DAC_READ_SEARCH,
+            "CAP_DAC_READ_SEARCH",
+            "read other users' /proc/<pid>/fd",
+        ),
+        (
+            CAP_SYS_ADMIN,
+            "CAP_SYS_ADMIN",
+            "mount bpffs/tracefs when missing and enter network namespaces",
+        ),
+    ] {
+        out.push(if has(caps, cap) {
+            check(Level::Ok, format!("{name} ({why})"), "")
+        } else {
+            check(
+                Level::Warn,
+                format!("missing {name}: cannot {why}"),
+                format!("grant {name} if you need it"),
+            )
+        });
+    }
+    out
+}
+
+/// The first problem that would stop `cwatch run` for certain, as one line
+/// with its fix; `None` when loading may go ahead. A missing tracefs or
+/// bpffs is not one (`run` mounts them), nor is a missing tracepoint while
+/// tracefs is not mounted (it cannot be checked).
+pub fn blocking_problem(host: &Host) -> Option<String> {
+    let checks = run_checks(host);
+    let tracefs_missing = checks
+        .iter()
+        .any(|c| c.level == Level::Fail && c.what.starts_with("tracefs"));
+    let unknowable = |c: &Check| {
+        c.what.starts_with("tracefs") || (tracefs_missing && c.what.starts_with("tracepoint"))
+    };
+    checks
+        .into_iter()
+        .filter(|c| c.level == Level::Fail)
+        .find(|c| !unknowable(c))
+        .map(|c| format!("{}; fix: {}", c.what, c.fix))
+}
+
+/// The report, one line per check, and whether cwatch can run.
+pub fn report(checks: &[Check]) -> (String, bool) {
+    let mut s = String::new();
+    for c in checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        let _ = write!(s, "{tag} {}", c.what);
+        if !c.fix.is_empty() {
+            let _ = write!(s, "\n       fix: {}", c.fix);
+        }
+        s.push('\n');
+    }
+    let fails = checks.iter().filter(|c| c.level == Level::Fail).count();
+    let warns = checks.iter().filter(|c| c.level == Level::Warn).count();
+    if fails == 0 {
+        let _ = writeln!(s, "\ncwatch can run here ({warns} warnings).");
+    } else {
+        let _ = writeln!(
+            s,
+            "\ncwatch cannot run here: {fails} problems above ({warns} warnings)."
+        );
+    }
+    (s, fails == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_caps_parse() {
+        assert_eq!(kernel_version("6.18.0-cloud"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4"), Some((5, 4)));
+        assert_eq!(kernel_version("x"), None);
+        let caps = cap_eff("Name:\tcwatch\nCapEff:\t000000c000200000\n").unwrap();
+        assert!(has(caps, CAP_BPF) && has(caps, CAP_PERFMON) && has(caps, CAP_SYS_ADMIN));
+        assert!(!has(caps, CAP_SYS_PTRACE));
+    }
+
+    #[test]
+    fn a_bare_host_fails_with_fixes() {
+        let root = std::env::temp_dir().join(format!("cwatch-doctor-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("sys/kernel/tracing/events/tcp/tcp_destroy_sock"))
+            .unwrap();
+        let host = Host {
+            root: root.clone(),
+            kernel_release: "5.4.0".into(),
+            status: "CapEff:\t0000000000000000\n".into(),
+            pin_dir: root.join("sys/fs/bpf/cwatch"),
+        };
+        let checks = run_checks(&host);
+        let (text, ok) = report(&checks);
+        assert!(!ok);
+        for needle in [
+            "FAIL kernel 5.4.0 is older than 5.12",
+            "FAIL no kernel BTF",
+            "FAIL tracepoint sock/inet_sock_set_state is missing",
+            "ok   tracepoint tcp/tcp_destroy_sock",
+            "WARN bpffs is not mounted",
+            "fix: mount -t bpf bpf /sys/fs/bpf",
+            "FAIL missing CAP_BPF",
+            "cwatch cannot run here",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+        let first = blocking_problem(&host).unwrap();
+        assert!(
+            first.starts_with("kernel 5.4.0 is older than 5.12; fix: "),
+            "{first}"
+        );
+        let fine = Host {
+            kernel_release: "6.1.0".into(),
+            status: "CapEff:\t000001ffffffffff\n".into(),
+            ..host
+        };
+        std::fs::create_dir_all(root.join("sys/kernel/btf")).unwrap();
+        std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"btf").unwrap();
+        let missing_tp = blocking_problem(&fine).unwrap();
+        assert!(
+            missing_tp.contains("sock/inet_sock_set_state"),
+            "{missing_tp}"
+        );
+        std::fs::create_dir_all(root.join("sys/kernel/tracing/events/sock/inet_sock_set_state"))
+            .unwrap();
+        assert_eq!(blocking_problem(&fine), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
