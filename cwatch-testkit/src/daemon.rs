@@ -230,8 +230,22 @@ impl Daemon {
         self.stop_inner()
     }
 
+    /// Waits for the process to exit by itself; returns its status and
+    /// everything it logged.
+    pub fn wait_exit_keeping_log(
+        mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(ExitStatus, String)> {
+        let status = self.wait_inner(timeout)?;
+        Ok((status, self.log()))
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.wait_inner(timeout)
+    }
+
+    fn wait_inner(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let child = self.child.as_mut().context("already stopped")?;
         let deadline = Instant::now() + timeout;
         loop {
