@@ -1,4 +1,5 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
+mod bench;
 mod build;
 mod lint;
 mod run;
@@ -27,6 +28,9 @@ enum Command {
     Lint,
     /// The whole suite: unit tests, then the privileged kernel tests.
     Test(test::Options),
+    /// Benchmarks (as root): cost per event, churn overhead, scale to 1M
+    /// CLOSE_WAIT sockets, detection latency; writes bench/RESULTS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Lint => lint::run(),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
