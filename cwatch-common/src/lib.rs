@@ -81,12 +81,25 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     /// 1 when the kernel has the IPv6 fields (CONFIG_IPV6), else 0.
     pub has_ipv6: u32,
-    pub _pad: u32,
+    /// `struct sock`: `sk_socket` (pointer; NULL while the socket waits in a
+    /// listener's accept queue or after it was orphaned).
+    pub sk_socket: u32,
+    /// `struct socket_alloc`: `vfs_inode` minus `socket` (the inode that
+    /// `/proc/<pid>/fd` shows as `socket:[N]` sits next to the socket).
+    pub socket_inode: u32,
+    /// `struct inode`: `i_ino` (unsigned long).
+    pub inode_ino: u32,
 }
 
 /// `SockRecord::flags`: the owner was learned in the kernel at connect()
 /// (the SYN_SENT transition), so this is an outbound connection.
 pub const REC_OUTBOUND: u16 = 1;
+/// `SockRecord::flags`: the socket was cloned from a listener; the owner is
+/// the process that called listen() (a hint: the acceptor may differ).
+pub const REC_INBOUND: u16 = 2;
+/// `SockRecord::flags`: no `struct socket` yet, i.e. still in the listener's
+/// accept queue: nobody called accept() on it.
+pub const REC_UNACCEPTED: u16 = 4;
 
 /// One socket that entered CLOSE_WAIT. The value of the kernel's
 /// `CLOSE_WAIT` map (key: socket cookie) and the payload of every event.
@@ -100,6 +113,9 @@ pub struct SockRecord {
     /// IPv4 in the first 4 bytes (network order) or IPv6, per `family`.
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
+    /// Inode number of the socket (`socket:[N]` in `/proc/<pid>/fd`); 0 when
+    /// it has no `struct socket` (unaccepted).
+    pub inode: u64,
     /// Inode number of the socket's network namespace.
     pub netns: u32,
     /// Thread-group id (host pid namespace) of the owner; 0 = unknown.
@@ -122,6 +138,7 @@ impl SockRecord {
             start_ns: 0,
             local_addr: [0; 16],
             peer_addr: [0; 16],
+            inode: 0,
             netns: 0,
             owner_tgid: 0,
             owner_comm: [0; TASK_COMM_LEN],
@@ -133,13 +150,23 @@ impl SockRecord {
     }
 }
 
-/// The owner of an outbound socket, recorded at connect() time in the
-/// kernel's `OWNERS` socket storage.
+/// `Owner::flags`: `tgid` called connect() on this socket.
+pub const OWNER_CONNECT: u32 = 1;
+/// `Owner::flags`: `tgid` called listen() on this socket, or on the listener
+/// this socket was cloned from (the storage is cloned to accepted children).
+pub const OWNER_LISTEN: u32 = 2;
+/// `Owner::flags`: the socket left CLOSE_WAIT and waits in `LINGER` for
+/// `tcp_destroy_sock`.
+pub const OWNER_LINGER: u32 = 4;
+
+/// What the kernel knows about a socket's owner, kept in the `OWNERS` socket
+/// storage: recorded at connect() or listen() in the owner's own context.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub tgid: u32,
-    pub _pad: u32,
+    /// `OWNER_*` bits.
+    pub flags: u32,
     pub comm: [u8; TASK_COMM_LEN],
 }
 
@@ -147,6 +174,9 @@ pub struct Owner {
 pub const EVENT_ENTER: u32 = 1;
 /// `Event::kind`: the socket left CLOSE_WAIT (to LAST_ACK or CLOSE).
 pub const EVENT_LEAVE: u32 = 2;
+/// `Event::kind`: a socket that had left CLOSE_WAIT was destroyed
+/// (`tcp_destroy_sock`): no fd holds it any more.
+pub const EVENT_DESTROY: u32 = 3;
 
 /// What the programs send through the `EVENTS` ring buffer.
 #[repr(C)]
@@ -155,6 +185,10 @@ pub struct Event {
     pub kind: u32,
     pub oldstate: u16,
     pub newstate: u16,
+    /// Thread-group id of the task the event happened in (0 in softirq
+    /// context is not distinguishable from the idle task; treat as a hint).
+    pub tgid: u32,
+    pub _pad: u32,
     /// CLOCK_BOOTTIME ns when the event happened.
     pub ts_ns: u64,
     /// For `EVENT_LEAVE`: the record as the kernel map held it, or a zeroed
@@ -175,9 +209,17 @@ pub mod counter {
     pub const RECORDS_FULL: u32 = 3;
     /// Owners that could not be stored (socket storage allocation failed).
     pub const OWNERS_FULL: u32 = 4;
+    /// Inserts into `LINGER` that failed (map full).
+    pub const LINGER_FULL: u32 = 5;
     /// Number of counters.
-    pub const LEN: u32 = 5;
+    pub const LEN: u32 = 6;
 }
+
+/// Version of the pinned maps' layout (`CLOSE_WAIT`, `LINGER`, `OWNERS`),
+/// stored in the pinned `LAYOUT` map. Bump it whenever `SockRecord`, `Event`
+/// or `Owner` change meaning, even at the same size: a daemon that finds
+/// another version in the pin directory rebuilds the maps.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps and programs in the object, shared so both sides agree.
 pub mod names {
@@ -185,14 +227,17 @@ pub mod names {
     pub const MAP_CLOSE_WAIT: &str = "CLOSE_WAIT";
     pub const MAP_OWNERS: &str = "OWNERS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    pub const MAP_LINGER: &str = "LINGER";
+    pub const MAP_LAYOUT: &str = "LAYOUT";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_DESTROY: &str = "tcp_destroy_sock";
 }
 
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<Event>() == 96);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 112);
 const _: () = assert!(core::mem::size_of::<Owner>() == 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -202,4 +247,5 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Event {}
 }

@@ -123,6 +123,8 @@ impl GroupStats {
 pub struct Summary {
     pub processes: BTreeMap<ProcessKey, GroupStats>,
     pub peers: BTreeMap<PeerKey, GroupStats>,
+    /// Dead sockets whose fd is still held, by holding process.
+    pub dead: BTreeMap<ProcessKey, u64>,
 }
 
 pub fn summarize(table: &SocketTable, now_ns: u64, leak_after: Duration) -> Summary {
@@ -139,6 +141,9 @@ pub fn summarize(table: &SocketTable, now_ns: u64, leak_after: Duration) -> Summ
             .entry(PeerKey::of(entry))
             .or_default()
             .add(age, leak_after);
+    }
+    for dead in table.dead().filter(|d| d.verified) {
+        *summary.dead.entry(ProcessKey::of(&dead.sock)).or_default() += 1;
     }
     summary
 }

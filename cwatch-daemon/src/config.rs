@@ -17,6 +17,9 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +59,17 @@ pub struct RunArgs {
     /// How often the daemon re-reads the kernel's own records [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub reconcile_interval: Option<Duration>,
+    /// How often the fds holding tracked sockets are re-checked [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub holders_refresh: Option<Duration>,
+    /// bpffs directory for the maps that survive restarts; "" to not pin
+    /// [default: /sys/fs/bpf/cwatch].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the kernel→daemon event ring: bytes, a power of two, at least
+    /// 4096; suffixes KiB and MiB [default: 8MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub ring_buffer_size: Option<u32>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -80,6 +94,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub leak_after: Duration,
     pub reconcile_interval: Duration,
+    pub holders_refresh: Duration,
+    /// `None`: maps are not pinned.
+    pub pin_dir: Option<PathBuf>,
+    pub ring_buffer_size: u32,
 }
 
 impl Default for Config {
@@ -88,6 +106,9 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             leak_after: DEFAULT_LEAK_AFTER,
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            holders_refresh: DEFAULT_HOLDERS_REFRESH,
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
         }
     }
 }
@@ -99,6 +120,9 @@ struct FileConfig {
     listen: Option<String>,
     leak_after: Option<String>,
     reconcile_interval: Option<String>,
+    holders_refresh: Option<String>,
+    pin_dir: Option<String>,
+    ring_buffer_size: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,6 +150,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (use a duration such as 500ms, 30s, 5m, 1h)"))
 }
 
+/// clap value parser for the ring size: bytes, or with a KiB/MiB suffix; a
+/// power of two of at least 4096 (the kernel's rule for ring buffers).
+pub fn parse_size(text: &str) -> Result<u32, String> {
+    let (digits, unit) = match text.trim() {
+        t if t.ends_with("MiB") => (&t[..t.len() - 3], 1u64 << 20),
+        t if t.ends_with("KiB") => (&t[..t.len() - 3], 1u64 << 10),
+        t => (t, 1u64),
+    };
+    let bytes = digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| "not a size (use bytes, or a number with KiB or MiB)".to_string())?;
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
+        return Err("must be a power of two between 4KiB and 1024MiB".into());
+    }
+    Ok(bytes as u32)
+}
+
+/// `""` (or `none`) means "do not pin".
+fn pin_dir_setting(value: &Path) -> Option<PathBuf> {
+    let text = value.as_os_str();
+    (!text.is_empty() && text != "none").then(|| value.to_path_buf())
+}
+
 impl Config {
     /// Merges the config file (if any) under the flags and validates.
     pub fn from_run_args(args: &RunArgs) -> Result<Config, ConfigError> {
@@ -141,6 +191,15 @@ impl Config {
         }
         if let Some(d) = args.reconcile_interval {
             config.reconcile_interval = d;
+        }
+        if let Some(d) = args.holders_refresh {
+            config.holders_refresh = d;
+        }
+        if let Some(dir) = &args.pin_dir {
+            config.pin_dir = pin_dir_setting(dir);
+        }
+        if let Some(size) = args.ring_buffer_size {
+            config.ring_buffer_size = size;
         }
         config.validate()?;
         Ok(config)
@@ -159,6 +218,22 @@ impl Config {
                 flag: "--reconcile-interval",
                 value: humantime::format_duration(self.reconcile_interval).to_string(),
                 reason: "must be at least 100ms".into(),
+            });
+        }
+        if self.holders_refresh < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                flag: "--holders-refresh",
+                value: humantime::format_duration(self.holders_refresh).to_string(),
+                reason: "must be at least 100ms".into(),
+            });
+        }
+        if let Some(dir) = &self.pin_dir
+            && !dir.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--pin-dir",
+                value: dir.display().to_string(),
+                reason: "must be an absolute path on a bpf filesystem".into(),
             });
         }
         Ok(())
@@ -212,6 +287,20 @@ fn parse_file(path: &str, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(v) = file.reconcile_interval {
         config.reconcile_interval = duration("reconcile_interval", v)?;
+    }
+    if let Some(v) = file.holders_refresh {
+        config.holders_refresh = duration("holders_refresh", v)?;
+    }
+    if let Some(v) = file.pin_dir {
+        config.pin_dir = pin_dir_setting(Path::new(&v));
+    }
+    if let Some(v) = file.ring_buffer_size {
+        config.ring_buffer_size = parse_size(&v).map_err(|reason| ConfigError::Value {
+            path: path.to_string(),
+            key: "ring_buffer_size",
+            value: v.clone(),
+            reason,
+        })?;
     }
     Ok(config)
 }

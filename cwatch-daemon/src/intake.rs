@@ -1,18 +1,19 @@
 /*!
 Event intake: reads the kernel's ring buffer as events arrive (tokio
 `AsyncFd`), decodes them and applies them to the socket table. Closed sockets
-feed the CLOSE_WAIT duration histogram.
+feed the CLOSE_WAIT duration histogram and wait, as dead sockets, for the
+kernel to destroy them (attribution checks whether an fd still holds them).
 */
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use cwatch_common::{EVENT_ENTER, EVENT_LEAVE, Event};
+use cwatch_common::{EVENT_DESTROY, EVENT_ENTER, EVENT_LEAVE, Event};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::{
     Shared,
-    table::{SockEntry, SocketTable},
+    table::{DeadEntry, SockEntry, SocketTable},
 };
 
 /// What applying one event did.
@@ -22,6 +23,8 @@ pub enum Applied {
     /// Left CLOSE_WAIT after this long; `None` when the start was not seen
     /// (the socket predates cwatch) or only estimated.
     Left(Option<Duration>),
+    /// A socket that had left CLOSE_WAIT was destroyed.
+    Destroyed,
     Ignored,
 }
 
@@ -40,17 +43,39 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
     match event.kind {
         EVENT_ENTER => {
-            table.insert(SockEntry::from_record(&event.rec));
+            let mut entry = SockEntry::from_record(&event.rec);
+            // Reconciliation may have found it first (estimated start): the
+            // event brings the true start; keep the holders found meanwhile.
+            if let Some(old) = table.get(entry.cookie)
+                && old.resolved
+            {
+                let holders = old.holders.clone();
+                entry.set_holders(holders);
+            }
+            table.insert(entry);
             Applied::Entered
         }
         EVENT_LEAVE => {
-            let start = match table.remove(event.rec.cookie) {
-                Some(entry) if !entry.age_estimated => Some(entry.start_ns),
-                Some(_) => None,
+            let (start, sock) = match table.remove(event.rec.cookie) {
+                Some(entry) if !entry.age_estimated => (Some(entry.start_ns), entry),
+                Some(entry) => (None, entry),
                 // Missed the enter event: the kernel's record still knows.
-                None => (event.rec.start_ns != 0).then_some(event.rec.start_ns),
+                None => (
+                    (event.rec.start_ns != 0).then_some(event.rec.start_ns),
+                    SockEntry::from_record(&event.rec),
+                ),
             };
+            table.insert_dead(DeadEntry {
+                sock,
+                left_ns: event.ts_ns,
+                newstate: event.newstate,
+                verified: false,
+            });
             Applied::Left(start.map(|s| Duration::from_nanos(event.ts_ns.saturating_sub(s))))
+        }
+        EVENT_DESTROY => {
+            table.remove_dead(event.rec.cookie);
+            Applied::Destroyed
         }
         _ => Applied::Ignored,
     }
@@ -136,6 +161,8 @@ mod tests {
             kind,
             oldstate: tcp_state::ESTABLISHED as u16,
             newstate: tcp_state::CLOSE_WAIT as u16,
+            tgid: 0,
+            _pad: 0,
             ts_ns,
             rec,
         }
@@ -155,6 +182,29 @@ mod tests {
         );
         assert_eq!(left, Applied::Left(Some(Duration::from_secs(2))));
         assert!(t.is_empty());
+        assert_eq!(t.dead_len(), 1, "waits for tcp_destroy_sock");
+        assert!(!t.dead().next().unwrap().verified);
+        assert_eq!(
+            apply(
+                &mut t,
+                &event(EVENT_DESTROY, 2_000_000_100, record(1, 5, None))
+            ),
+            Applied::Destroyed
+        );
+        assert_eq!(t.dead_len(), 0);
+    }
+
+    #[test]
+    fn enter_after_reconciliation_keeps_holders_and_takes_the_true_start() {
+        let mut t = SocketTable::new();
+        let mut found = SockEntry::from_record(&record(9, 50, None));
+        found.age_estimated = true;
+        found.set_holders(vec![crate::table::tests::holder(77, 5, "app")]);
+        t.insert(found);
+        apply(&mut t, &event(EVENT_ENTER, 10, record(9, 10, None)));
+        let e = t.get(9).unwrap();
+        assert_eq!((e.start_ns, e.age_estimated), (10, false));
+        assert_eq!(e.owner_fd(), Some(5));
     }
 
     #[test]

@@ -4,7 +4,8 @@ ages them and serves Prometheus metrics.
 
 The data's path, one module per stage: [`probe`] (load and attach) →
 [`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
-[`reconcile`] (against the kernel's map) → [`aging`] (ages, summaries) →
+[`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
+every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
 [`metrics`] / [`http`] → [`config`] (flags and file). [`ls`] is the client
 side of `cwatch ls`.
 */
@@ -14,8 +15,11 @@ pub mod http;
 pub mod intake;
 pub mod ls;
 pub mod metrics;
+pub mod netns;
+pub mod owners;
 pub mod probe;
 pub mod reconcile;
+pub mod sockdiag;
 pub mod table;
 
 use std::{
@@ -27,7 +31,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cwatch_common::SockRecord;
+use cwatch_common::{Event, SockRecord};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
@@ -40,6 +44,7 @@ pub struct Shared {
     pub config: Config,
     pub metrics: metrics::Metrics,
     pub clock: Box<dyn Clock>,
+    pub owners: owners::Handle,
     table: Mutex<SocketTable>,
     probes: Mutex<Option<Probes>>,
     ready: AtomicBool,
@@ -51,6 +56,7 @@ impl Shared {
             config,
             metrics: metrics::Metrics::new(),
             clock,
+            owners: owners::Handle::default(),
             table: Mutex::new(SocketTable::new()),
             probes: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -95,6 +101,46 @@ impl Shared {
         }
         Ok(out)
     }
+
+    /// A snapshot of the kernel's LINGER map (sockets that left CLOSE_WAIT
+    /// and are not destroyed yet).
+    pub fn linger_records(&self) -> anyhow::Result<HashMap<u64, Event>> {
+        let probes = self.lock_probes();
+        let probes = probes.as_ref().context("probes are not loaded")?;
+        let mut out = HashMap::new();
+        for item in probes.linger.iter() {
+            let (cookie, ev) = item.context("walking the kernel LINGER map")?;
+            out.insert(cookie, ev);
+        }
+        Ok(out)
+    }
+
+    /// Inserts `add` into the kernel's CLOSE_WAIT map and deletes `remove`.
+    pub fn update_kernel_records(&self, add: &[SockRecord], remove: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for rec in add {
+            probes
+                .records
+                .insert(rec.cookie, *rec, 0)
+                .context("re-inserting a CLOSE_WAIT record")?;
+        }
+        for cookie in remove {
+            // Gone already (the kernel raced us) is fine.
+            let _ = probes.records.remove(cookie);
+        }
+        Ok(())
+    }
+
+    /// Deletes `cookies` from the kernel's LINGER map.
+    pub fn forget_linger(&self, cookies: &[u64]) -> anyhow::Result<()> {
+        let mut probes = self.lock_probes();
+        let probes = probes.as_mut().context("probes are not loaded")?;
+        for cookie in cookies {
+            let _ = probes.linger.remove(cookie);
+        }
+        Ok(())
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM: serves HTTP at once (503 on
@@ -123,16 +169,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    let mut probes = tokio::task::spawn_blocking(probe::load)
+    let options = probe::LoadOptions {
+        pin_dir: shared.config.pin_dir.clone(),
+        ring_bytes: shared.config.ring_buffer_size,
+    };
+    let mut probes = tokio::task::spawn_blocking(move || probe::load(&options))
         .await
         .context("probe loader task")??;
     let events = probes.events.take().context("ring buffer already taken")?;
     *shared.lock_probes() = Some(probes);
     let mut intake = tokio::spawn(intake::run(events, Arc::clone(shared)));
     let pass = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || reconcile::run_once(&pass))
-        .await
-        .context("first reconciliation task")??;
+    tokio::task::spawn_blocking(move || {
+        reconcile::run_once(&pass, true)?;
+        owners::walk_now(&pass);
+        anyhow::Ok(())
+    })
+    .await
+    .context("first reconciliation task")??;
+    owners::Handle::start(shared).context("starting the attribution thread")?;
     let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared)));
     shared.ready.store(true, Ordering::Release);
     info!("ready: probes attached, first reconciliation done");
@@ -143,6 +198,7 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     };
     intake.abort();
     reconciler.abort();
+    shared.owners.stop();
     outcome
 }
 

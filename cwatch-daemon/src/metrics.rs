@@ -15,7 +15,7 @@ use prometheus::{
     TextEncoder, core::Collector,
 };
 
-use crate::{aging::Summary, reconcile::Corrections};
+use crate::{aging::Summary, owners::ScanCounts, reconcile::Corrections};
 
 /// Buckets of `cwatch_close_wait_duration_seconds`, fixed by the contract.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -40,6 +40,9 @@ pub struct Metrics {
     malformed: IntCounter,
     corrections: IntCounterVec,
     duration: Histogram,
+    dead_held: IntGaugeVec,
+    attribution: Histogram,
+    procfs_scans: IntCounterVec,
     /// Kernel totals already added to the counters; also serialises scrapes.
     seen: Mutex<KernelCounters>,
 }
@@ -101,7 +104,7 @@ impl Metrics {
             corrections: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("cwatch_reconcile_corrections_total", "Table entries reconciliation had to fix: added (an enter event was lost), removed (a leave event was lost)."),
+                    Opts::new("cwatch_reconcile_corrections_total", "Differences reconciliation against sock_diag had to fix: added (a CLOSE_WAIT socket missing from the table, e.g. a lost enter event), removed (a table entry the kernel no longer has in CLOSE_WAIT, e.g. a lost leave event), map_added / map_removed (the same for the kernel's pinned CLOSE_WAIT map)."),
                     &["kind"],
                 )
                 .expect("valid counter"),
@@ -113,6 +116,23 @@ impl Metrics {
                         .buckets(DURATION_BUCKETS.to_vec()),
                 )
                 .expect("valid histogram"),
+            ),
+            dead_held: gauge("cwatch_process_dead_sockets_held", "Sockets the kernel already closed (reset, keepalive timeout, ss -K, or shut down then FIN/ACK done) whose fd this process still holds.", proc),
+            attribution: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("cwatch_attribution_seconds", "Time from the transition into CLOSE_WAIT to the socket's fd holders being known (sockets closed within the grace period are never looked up).")
+                        .buckets(vec![0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0]),
+                )
+                .expect("valid histogram"),
+            ),
+            procfs_scans: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("cwatch_procfs_scans_total", "Reads of /proc for attribution: process (one process's fd table), walk (every process)."),
+                    &["kind"],
+                )
+                .expect("valid counter"),
             ),
             registry: r,
             seen: Mutex::new([0; counter::LEN as usize]),
@@ -129,12 +149,28 @@ impl Metrics {
     }
 
     pub fn corrections(&self, c: Corrections) {
-        self.corrections
-            .with_label_values(&["added"])
-            .inc_by(c.added);
-        self.corrections
-            .with_label_values(&["removed"])
-            .inc_by(c.removed);
+        for (kind, n) in [
+            ("added", c.added),
+            ("removed", c.removed),
+            ("map_added", c.map_added),
+            ("map_removed", c.map_removed),
+        ] {
+            self.corrections.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
+    /// Holders of a socket became known `d` after its transition.
+    pub fn observe_attribution(&self, d: Duration) {
+        self.attribution.observe(d.as_secs_f64());
+    }
+
+    pub fn procfs_scans(&self, c: ScanCounts) {
+        self.procfs_scans
+            .with_label_values(&["process"])
+            .inc_by(c.processes);
+        self.procfs_scans
+            .with_label_values(&["walk"])
+            .inc_by(c.walks);
     }
 
     /// Renders the text exposition for `summary` and the kernel's counters
@@ -153,6 +189,7 @@ impl Metrics {
             let full = self.kernel_errors.with_label_values(&["map_full"]);
             advance(&full, counter::RECORDS_FULL);
             advance(&full, counter::OWNERS_FULL);
+            advance(&full, counter::LINGER_FULL);
         }
         self.fill_gauges(summary);
         let mut out = Vec::new();
@@ -172,6 +209,13 @@ impl Metrics {
         }
         self.process_oldest.reset();
         self.peer_oldest.reset();
+        self.dead_held.reset();
+        for (key, held) in &summary.dead {
+            let labels = [key.pid_label(), key.comm_label()];
+            self.dead_held
+                .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+                .set(*held as i64);
+        }
         for (key, stats) in &summary.processes {
             let labels = [key.pid_label(), key.comm_label()];
             let labels = [labels[0].as_str(), labels[1].as_str()];

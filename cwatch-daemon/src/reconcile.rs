@@ -1,71 +1,305 @@
 /*!
-Reconciliation: brings the socket table back in line with the kernel's own
-`CLOSE_WAIT` map, the source of truth, so a lost ring buffer event never leaves
-a gauge wrong for longer than one `--reconcile-interval`.
+Reconciliation: brings the socket table (and the kernel's pinned
+`CLOSE_WAIT` map) back in line with the kernel's own socket table, read
+through sock_diag in every network namespace, so a lost event, a missed
+transition or a record deleted from a map never leaves a gauge wrong for
+longer than one `--reconcile-interval`. Each difference fixed is counted in
+`cwatch_reconcile_corrections_total`.
 
-The table lock is held across the map walk. Intake is blocked meanwhile, so
-every event it applies afterwards describes a change the walk may or may not
-have seen, and applying it is right in both cases (see `sync`).
+The first pass, at start-up before `/healthz` turns ready, is how cwatch
+learns the sockets that were in CLOSE_WAIT before it ran: those the pinned
+map remembers keep their true start; the others get an estimated one
+(tcp_info's last ACK received, else now) and `age_estimated`. Differences
+found by the first pass are discovery, not drift, and are not counted.
 */
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
-use cwatch_common::SockRecord;
+use cwatch_common::{Event, SockRecord, tcp_state};
+use netlink_packet_sock_diag::inet::StateFlags;
 use tracing::{info, warn};
 
 use crate::{
-    Shared,
-    table::{SockEntry, SocketTable},
+    Shared, netns,
+    owners::Work,
+    sockdiag::{self, DiagSocket},
+    table::{DeadEntry, Direction, SockEntry, SocketTable},
 };
 
 /// What one pass changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Corrections {
-    /// In the kernel, missing from the table (a lost enter event).
+    /// In CLOSE_WAIT in the kernel, missing from the table.
     pub added: u64,
-    /// In the table, gone from the kernel (a lost leave event).
+    /// In the table, no longer in CLOSE_WAIT in the kernel.
     pub removed: u64,
+    /// Missing from the kernel's CLOSE_WAIT map (re-inserted).
+    pub map_added: u64,
+    /// In the kernel's CLOSE_WAIT map, no longer in CLOSE_WAIT (deleted).
+    pub map_removed: u64,
 }
 
-/// Makes `table` hold exactly the sockets in `kernel`.
-///
-/// Entries in both keep the table's version (it may carry more, e.g. an
-/// owner learned later). An event still in flight is applied after this:
-/// an enter re-inserts the same record; a leave for a socket removed here
-/// finds no entry and falls back to the kernel record it carries.
-pub fn sync(table: &mut SocketTable, kernel: &HashMap<u64, SockRecord>) -> Corrections {
+/// An event in flight is one the kernel recorded less than this long ago:
+/// the daemon may not have drained it yet, so its absence is not drift.
+const IN_FLIGHT: Duration = Duration::from_secs(2);
+/// A socket that left CLOSE_WAIT, is held by no fd and is no longer in
+/// LAST_ACK is forgotten from `LINGER` after this long (its destroy went
+/// unseen, e.g. while no daemon ran).
+const LINGER_LIMIT: Duration = Duration::from_secs(30);
+
+/// What sock_diag showed, across namespaces.
+#[derive(Debug, Default)]
+pub struct KernelView {
+    /// CLOSE_WAIT sockets by cookie, with their namespace.
+    pub close_wait: HashMap<u64, (DiagSocket, u32)>,
+    /// Cookies in LAST_ACK (left CLOSE_WAIT, waiting for the peer's ACK).
+    pub last_ack: HashSet<u64>,
+    /// (netns, port) of every listener.
+    pub listeners: HashSet<(u32, u16)>,
+    /// Namespaces that answered: only their sockets can be called gone.
+    pub covered: HashSet<u32>,
+}
+
+/// Dumps every namespace's CLOSE_WAIT, LAST_ACK and LISTEN TCP sockets.
+pub fn kernel_view() -> KernelView {
+    let states = StateFlags::CLOSE_WAIT | StateFlags::LAST_ACK | StateFlags::LISTEN;
+    let mut view = KernelView::default();
+    for (ns, result) in netns::in_each(netns::list(), move || sockdiag::dump(states)) {
+        let inum = ns.inode as u32;
+        match result {
+            Ok(sockets) => {
+                view.covered.insert(inum);
+                for s in sockets {
+                    match u32::from(s.state) {
+                        tcp_state::CLOSE_WAIT => {
+                            view.close_wait.insert(s.cookie, (s, inum));
+                        }
+                        tcp_state::LAST_ACK => {
+                            view.last_ack.insert(s.cookie);
+                        }
+                        tcp_state::LISTEN => {
+                            view.listeners.insert((inum, s.local.port()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(err) => warn!(netns = ns.inode, path = %ns.path.display(), "sock_diag: {err}"),
+        }
+    }
+    view
+}
+
+/// The table entry for a socket only sock_diag told us about.
+fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelView) -> SockEntry {
+    let estimated_start = match d.last_ack_recv {
+        Some(ago) => now_ns.saturating_sub(ago.as_nanos() as u64),
+        None => now_ns,
+    };
+    let mut rec = SockRecord::zeroed();
+    rec.cookie = d.cookie;
+    let mut entry = SockEntry::from_record(&rec);
+    entry.start_ns = estimated_start;
+    entry.age_estimated = true;
+    entry.local = d.local;
+    entry.peer = d.peer;
+    entry.netns = netns;
+    entry.inode = d.inode;
+    entry.direction = if d.inode == 0 {
+        Direction::Unaccepted
+    } else if view.listeners.contains(&(netns, d.local.port())) {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    entry
+}
+
+/// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the
+/// namespaces it covers). `map` is the kernel's CLOSE_WAIT map: a socket
+/// found there keeps its true start. Entries recorded at or after
+/// `dump_start_ns` are newer than the dump and left alone.
+pub fn sync(
+    table: &mut SocketTable,
+    view: &KernelView,
+    map: &HashMap<u64, SockRecord>,
+    now_ns: u64,
+    dump_start_ns: u64,
+) -> Corrections {
     let mut c = Corrections::default();
+    let in_flight = IN_FLIGHT.as_nanos() as u64;
     let stale: Vec<u64> = table
-        .cookies()
-        .filter(|k| !kernel.contains_key(k))
+        .iter()
+        .filter(|e| {
+            view.covered.contains(&e.netns)
+                && !view.close_wait.contains_key(&e.cookie)
+                && e.start_ns < dump_start_ns
+        })
+        .map(|e| e.cookie)
         .collect();
     for cookie in stale {
         table.remove(cookie);
         c.removed += 1;
     }
-    for (cookie, rec) in kernel {
-        if table.get(*cookie).is_none() {
-            table.insert(SockEntry::from_record(rec));
-            c.added += 1;
+    for (cookie, (d, netns)) in &view.close_wait {
+        if let Some(entry) = table.get_mut(*cookie) {
+            if entry.inode == 0 && d.inode != 0 {
+                // Accepted since: now it has an fd to find.
+                entry.inode = d.inode;
+                entry.direction = Direction::Inbound;
+                entry.resolved = false;
+            }
+            continue;
+        }
+        match map.get(cookie) {
+            Some(rec) if rec.start_ns != 0 => {
+                if now_ns.saturating_sub(rec.start_ns) >= in_flight {
+                    c.added += 1;
+                }
+                table.insert(SockEntry::from_record(rec));
+            }
+            _ => {
+                table.insert(entry_from_diag(d, *netns, now_ns, view));
+                c.added += 1;
+            }
         }
     }
     c
 }
 
-/// One pass against the live kernel map.
-pub fn run_once(shared: &Shared) -> anyhow::Result<Corrections> {
-    let mut table = shared.lock_table();
-    let kernel = shared.kernel_records()?;
-    let c = sync(&mut table, &kernel);
-    drop(table);
+/// One pass: sock_diag in every namespace, then the table, the kernel's
+/// map and `LINGER` are brought in line. `initial` is the start-up pass.
+pub fn run_once(shared: &Shared, initial: bool) -> anyhow::Result<Corrections> {
+    let dump_start_ns = shared.clock.now_ns();
+    let view = kernel_view();
+    let map = shared.kernel_records()?;
+    let now_ns = shared.clock.now_ns();
+    let mut c = {
+        let mut table = shared.lock_table();
+        let c = sync(&mut table, &view, &map, now_ns, dump_start_ns);
+        if initial {
+            restore_dead(&mut table, &shared.linger_records()?);
+        }
+        c
+    };
+    let (map_added, map_removed) = sync_map(shared, &view, &map, dump_start_ns)?;
+    c.map_added = map_added;
+    c.map_removed = map_removed;
+    prune_linger(shared, &view, now_ns)?;
+    shared.owners.request(Work::Walk);
+    if initial {
+        info!(
+            sockets = view.close_wait.len(),
+            namespaces = view.covered.len(),
+            "start-up reconciliation: found the sockets already in CLOSE_WAIT"
+        );
+        return Ok(Corrections::default());
+    }
     shared.metrics.corrections(c);
     if c != Corrections::default() {
         info!(
             added = c.added,
             removed = c.removed,
-            "reconciliation corrected the table"
+            map_added = c.map_added,
+            map_removed = c.map_removed,
+            "reconciliation corrected drift"
         );
     }
     Ok(c)
+}
+
+/// Dead sockets a previous daemon saw leave CLOSE_WAIT (pinned `LINGER`):
+/// the attribution worker checks whether an fd still holds them.
+fn restore_dead(table: &mut SocketTable, linger: &HashMap<u64, Event>) {
+    for event in linger.values() {
+        if table.get(event.rec.cookie).is_none() {
+            table.insert_dead(DeadEntry {
+                sock: SockEntry::from_record(&event.rec),
+                left_ns: event.ts_ns,
+                newstate: event.newstate,
+                verified: false,
+            });
+        }
+    }
+}
+
+/// Re-inserts CLOSE_WAIT sockets missing from the kernel map and deletes
+/// records of sockets no longer in CLOSE_WAIT.
+fn sync_map(
+    shared: &Shared,
+    view: &KernelView,
+    map: &HashMap<u64, SockRecord>,
+    dump_start_ns: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let missing: Vec<SockRecord> = {
+        let table = shared.lock_table();
+        view.close_wait
+            .keys()
+            .filter(|cookie| !map.contains_key(cookie))
+            .filter_map(|cookie| table.get(*cookie).map(to_record))
+            .collect()
+    };
+    let stale: Vec<u64> = map
+        .iter()
+        .filter(|(cookie, rec)| {
+            view.covered.contains(&rec.netns)
+                && !view.close_wait.contains_key(cookie)
+                && rec.start_ns < dump_start_ns
+        })
+        .map(|(cookie, _)| *cookie)
+        .collect();
+    shared.update_kernel_records(&missing, &stale)?;
+    Ok((missing.len() as u64, stale.len() as u64))
+}
+
+/// Forgets `LINGER` records of sockets that are neither held (a verified
+/// dead entry) nor in LAST_ACK, once they are old enough.
+fn prune_linger(shared: &Shared, view: &KernelView, now_ns: u64) -> anyhow::Result<()> {
+    let linger = shared.linger_records()?;
+    let limit = LINGER_LIMIT.as_nanos() as u64;
+    let table = shared.lock_table();
+    let held: HashSet<u64> = table.dead().map(|d| d.sock.cookie).collect();
+    drop(table);
+    let forget: Vec<u64> = linger
+        .iter()
+        .filter(|(cookie, ev)| {
+            !held.contains(cookie)
+                && !view.last_ack.contains(cookie)
+                && now_ns.saturating_sub(ev.ts_ns) > limit
+        })
+        .map(|(cookie, _)| *cookie)
+        .collect();
+    shared.forget_linger(&forget)
+}
+
+/// The kernel record for a table entry (for re-inserting into the map).
+fn to_record(e: &SockEntry) -> SockRecord {
+    let mut rec = SockRecord::zeroed();
+    rec.cookie = e.cookie;
+    rec.start_ns = e.start_ns;
+    rec.inode = e.inode;
+    rec.netns = e.netns;
+    let put = |addr: &SocketAddr, out: &mut [u8; 16]| match addr.ip() {
+        std::net::IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => *out = v6.octets(),
+    };
+    rec.family = if e.local.is_ipv4() {
+        cwatch_common::AF_INET
+    } else {
+        cwatch_common::AF_INET6
+    };
+    put(&e.local, &mut rec.local_addr);
+    put(&e.peer, &mut rec.peer_addr);
+    rec.local_port = e.local.port();
+    rec.peer_port = e.peer.port();
+    if let Some(owner) = e.owner {
+        rec.owner_tgid = owner.pid;
+    }
+    rec
 }
 
 /// Reconciles every `reconcile_interval` until aborted.
@@ -76,7 +310,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let pass = Arc::clone(&shared);
-        match tokio::task::spawn_blocking(move || run_once(&pass)).await {
+        match tokio::task::spawn_blocking(move || run_once(&pass, false)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => warn!("reconciliation failed: {err:#}"),
             Err(err) => warn!("reconciliation task failed: {err}"),
@@ -85,41 +319,5 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::table::tests::record;
-
-    #[test]
-    fn adds_missing_and_drops_stale_entries() {
-        let mut table = SocketTable::new();
-        for cookie in [1, 2] {
-            table.insert(SockEntry::from_record(&record(cookie, 5, None)));
-        }
-        let kernel: HashMap<u64, SockRecord> = [2, 3]
-            .into_iter()
-            .map(|c| (c, record(c, 7, Some((9, "k")))))
-            .collect();
-        let c = sync(&mut table, &kernel);
-        assert_eq!(
-            c,
-            Corrections {
-                added: 1,
-                removed: 1
-            }
-        );
-        let mut cookies: Vec<u64> = table.cookies().collect();
-        cookies.sort_unstable();
-        assert_eq!(cookies, vec![2, 3]);
-        assert_eq!(
-            table.get(2).unwrap().start_ns,
-            5,
-            "existing entries are kept as they are"
-        );
-        assert_eq!(table.get(3).unwrap().owner.unwrap().pid, 9);
-        assert_eq!(
-            sync(&mut table, &kernel),
-            Corrections::default(),
-            "idempotent"
-        );
-    }
-}
+#[path = "reconcile_tests.rs"]
+mod tests;

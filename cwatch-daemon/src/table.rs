@@ -1,7 +1,8 @@
 /*!
 The socket table: every socket cwatch knows to be in CLOSE_WAIT, keyed by the
-kernel's socket cookie. Pure data and logic, no I/O: intake and
-reconciliation change it, metrics and the API read it.
+kernel's socket cookie, and the dead sockets (closed by the kernel while a
+process still holds the fd). Pure data and logic, no I/O: intake,
+attribution and reconciliation change it, metrics and the API read it.
 */
 use std::{
     borrow::Cow,
@@ -9,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, SockRecord, TASK_COMM_LEN};
+use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, TASK_COMM_LEN};
 
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +63,14 @@ pub struct Owner {
     pub comm: Comm,
 }
 
+/// A process holding a socket through one of its fds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Holder {
+    pub pid: u32,
+    pub fd: i32,
+    pub comm: Comm,
+}
+
 /// One socket in CLOSE_WAIT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SockEntry {
@@ -73,20 +82,35 @@ pub struct SockEntry {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub netns: u32,
+    /// Socket inode (`socket:[N]`); 0 while unaccepted.
+    pub inode: u64,
     pub direction: Direction,
+    /// The process the kernel saw connect() or listen(): right at once for
+    /// outbound sockets, the listener for inbound ones; used until the fd
+    /// holders are known, and when no fd holds the socket.
+    pub hint: Option<Owner>,
+    /// Every (process, fd) holding the socket, sorted by pid then fd.
+    pub holders: Vec<Holder>,
+    /// Holders were looked up at least once since the last change.
+    pub resolved: bool,
+    /// Who the gauges count it under: the lowest-pid holder, else the hint.
     pub owner: Option<Owner>,
 }
 
 impl SockEntry {
     /// The entry for a kernel record. IPv4-mapped IPv6 addresses become IPv4.
     pub fn from_record(rec: &SockRecord) -> Self {
-        let owner = (rec.owner_tgid != 0).then(|| Owner {
+        let hint = (rec.owner_tgid != 0).then(|| Owner {
             pid: rec.owner_tgid,
             comm: Comm::from_bytes(rec.owner_comm),
         });
         let direction = if rec.flags & REC_OUTBOUND != 0 {
             Direction::Outbound
+        } else if rec.flags & REC_UNACCEPTED != 0 {
+            Direction::Unaccepted
         } else {
+            // REC_INBOUND (cloned from a listener), or a socket whose owner
+            // the kernel never saw because it predates cwatch.
             Direction::Inbound
         };
         Self {
@@ -96,10 +120,54 @@ impl SockEntry {
             local: SocketAddr::new(ip(rec.family, &rec.local_addr), rec.local_port),
             peer: SocketAddr::new(ip(rec.family, &rec.peer_addr), rec.peer_port),
             netns: rec.netns,
+            inode: rec.inode,
             direction,
-            owner,
+            hint,
+            holders: Vec::new(),
+            resolved: false,
+            owner: hint,
         }
     }
+
+    /// Replaces the holders (sorted, deduplicated) and recomputes the owner.
+    pub fn set_holders(&mut self, mut holders: Vec<Holder>) {
+        holders.sort_unstable();
+        holders.dedup();
+        self.holders = holders;
+        self.resolved = true;
+        self.owner = self
+            .holders
+            .first()
+            .map(|h| Owner {
+                pid: h.pid,
+                comm: h.comm,
+            })
+            .or(self.hint);
+    }
+
+    /// The fd of the owner, when a holder is known.
+    pub fn owner_fd(&self) -> Option<i32> {
+        let owner = self.owner?;
+        self.holders
+            .iter()
+            .find(|h| h.pid == owner.pid)
+            .map(|h| h.fd)
+    }
+}
+
+/// A socket that left CLOSE_WAIT (the kernel closed it, or it was shut down
+/// without close()) while a process may still hold its fd. Kept until the
+/// kernel destroys it (`tcp_destroy_sock`), i.e. until the last fd is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadEntry {
+    pub sock: SockEntry,
+    /// CLOCK_BOOTTIME ns when it left CLOSE_WAIT.
+    pub left_ns: u64,
+    /// The state it left CLOSE_WAIT for (LAST_ACK or CLOSE).
+    pub newstate: u16,
+    /// The holders were checked after it left: it is a leaked fd, not a
+    /// socket on its way to a normal close.
+    pub verified: bool,
 }
 
 /// An address as users read it: IPv4, or IPv6 unless it is IPv4-mapped.
@@ -118,10 +186,11 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// All sockets now in CLOSE_WAIT, by cookie.
+/// All sockets now in CLOSE_WAIT, by cookie, and the dead ones still held.
 #[derive(Debug, Default)]
 pub struct SocketTable {
     socks: HashMap<u64, SockEntry>,
+    dead: HashMap<u64, DeadEntry>,
 }
 
 impl SocketTable {
@@ -140,6 +209,39 @@ impl SocketTable {
 
     pub fn get(&self, cookie: u64) -> Option<&SockEntry> {
         self.socks.get(&cookie)
+    }
+
+    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut SockEntry> {
+        self.socks.get_mut(&cookie)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SockEntry> {
+        self.socks.values_mut()
+    }
+
+    /// Dead sockets: left CLOSE_WAIT, not destroyed yet.
+    pub fn dead(&self) -> impl Iterator<Item = &DeadEntry> {
+        self.dead.values()
+    }
+
+    pub fn dead_mut(&mut self) -> impl Iterator<Item = &mut DeadEntry> {
+        self.dead.values_mut()
+    }
+
+    pub fn get_dead_mut(&mut self, cookie: u64) -> Option<&mut DeadEntry> {
+        self.dead.get_mut(&cookie)
+    }
+
+    pub fn insert_dead(&mut self, entry: DeadEntry) {
+        self.dead.insert(entry.sock.cookie, entry);
+    }
+
+    pub fn remove_dead(&mut self, cookie: u64) -> Option<DeadEntry> {
+        self.dead.remove(&cookie)
+    }
+
+    pub fn dead_len(&self) -> usize {
+        self.dead.len()
     }
 
     pub fn len(&self) -> usize {
@@ -170,6 +272,7 @@ impl SocketTable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use cwatch_common::REC_INBOUND;
 
     /// A record as the kernel would write it, for tests across the crate.
     pub fn record(cookie: u64, start_ns: u64, owner: Option<(u32, &str)>) -> SockRecord {
@@ -182,12 +285,58 @@ pub(crate) mod tests {
         rec.local_port = 40000;
         rec.peer_port = 7000;
         rec.netns = 4026531840;
+        rec.inode = 1_000_000 + cookie;
         if let Some((pid, comm)) = owner {
             rec.owner_tgid = pid;
             rec.owner_comm[..comm.len()].copy_from_slice(comm.as_bytes());
             rec.flags = REC_OUTBOUND;
         }
         rec
+    }
+
+    pub fn holder(pid: u32, fd: i32, comm: &str) -> Holder {
+        let mut bytes = [0u8; TASK_COMM_LEN];
+        bytes[..comm.len()].copy_from_slice(comm.as_bytes());
+        Holder {
+            pid,
+            fd,
+            comm: Comm::from_bytes(bytes),
+        }
+    }
+
+    #[test]
+    fn owner_is_the_lowest_pid_holder_else_the_hint() {
+        let mut e = SockEntry::from_record(&record(7, 1, Some((50, "parent"))));
+        assert_eq!(e.owner.unwrap().pid, 50);
+        assert_eq!(e.owner_fd(), None);
+        e.set_holders(vec![
+            holder(61, 9, "child"),
+            holder(50, 4, "parent"),
+            holder(50, 3, "parent"),
+        ]);
+        assert_eq!(e.owner.unwrap().pid, 50);
+        assert_eq!(e.owner_fd(), Some(3), "lowest fd of the owner");
+        assert_eq!(e.holders.len(), 3);
+        e.set_holders(vec![holder(61, 9, "child")]);
+        assert_eq!(
+            e.owner.unwrap().comm.as_str(),
+            "child",
+            "parent closed its fds"
+        );
+        e.set_holders(Vec::new());
+        assert_eq!(
+            e.owner.unwrap().pid,
+            50,
+            "no fd holds it: back to the kernel's hint"
+        );
+        let mut unaccepted = record(8, 1, Some((70, "server")));
+        unaccepted.flags = REC_UNACCEPTED | REC_INBOUND;
+        unaccepted.inode = 0;
+        let u = SockEntry::from_record(&unaccepted);
+        assert_eq!(
+            (u.direction, u.owner.unwrap().pid),
+            (Direction::Unaccepted, 70)
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! the tracepoint's BTF-typed `struct sock *` is then a plain load that the
 //! verifier checks against the kernel's BTF and turns into a fault-tolerant
 //! (PROBE_MEM) load. No helper call per field.
-use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+};
 use cwatch_common::{AF_INET, AF_INET6, KernelOffsets, SockRecord, TASK_COMM_LEN};
 
 #[unsafe(no_mangle)]
@@ -23,7 +25,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_group_leader: 0,
     task_comm: 0,
     has_ipv6: 0,
-    _pad: 0,
+    sk_socket: 0,
+    socket_inode: 0,
+    inode_ino: 0,
 };
 
 /// Reads one field of `OFFSETS`, volatile so the compiler cannot fold the
@@ -85,6 +89,26 @@ pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
     }
 }
 
+/// The inode number of `sk`'s `struct socket`, or `None` when it has none:
+/// a socket still waiting in a listener's accept queue.
+#[inline(always)]
+pub fn socket_inode(sk: *const u8) -> Option<u64> {
+    unsafe {
+        let socket = load::<*const u8>(sk, off!(sk_socket));
+        if socket.is_null() {
+            return None;
+        }
+        // `struct socket_alloc { struct socket socket; struct inode vfs_inode; }`:
+        // the inode is at a fixed distance from the socket, beyond what the
+        // verifier lets a `struct socket *` reach directly: copy it with the
+        // helper (on the rare CLOSE_WAIT path only).
+        let ino = socket
+            .add(off!(socket_inode) + off!(inode_ino))
+            .cast::<u64>();
+        Some(bpf_probe_read_kernel(ino).unwrap_or(0))
+    }
+}
+
 /// The process name of the current thread's group leader (`comm` of the
 /// current task is the thread's name, which is not what users look for).
 #[inline(always)]
@@ -98,4 +122,10 @@ pub fn leader_comm() -> [u8; TASK_COMM_LEN] {
         let words: [u64; 2] = load(leader, off!(task_comm));
         core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(words)
     }
+}
+
+/// Thread-group id (the pid users see) of the current task.
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
 }

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod events;
 mod kernel;
 mod maps;
 mod probes;

@@ -1,30 +1,69 @@
 //! The maps the programs share with each other and with the daemon.
 use aya_ebpf::{
-    btf_maps::SkStorage,
+    bindings::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use cwatch_common::{Owner, SockRecord, counter};
+use cwatch_common::{Event, Owner, SockRecord, counter};
 
 /// Allocate hash map elements on demand instead of up front: the map is
 /// sized for a million sockets but usually nearly empty.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// Socket storage: copy the element to sockets cloned from this one (the
+/// children a listener accepts).
+const BPF_F_CLONE: u32 = 1 << 9;
 
-/// Events for the daemon (`cwatch_common::Event`).
+/// Events for the daemon (`cwatch_common::Event`). The daemon may resize it
+/// before load (`--ring-buffer-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Sockets now in CLOSE_WAIT, keyed by socket cookie: the source of truth the
-/// daemon mirrors and reconciles against.
+/// Sockets now in CLOSE_WAIT, keyed by socket cookie. Pinned by the daemon,
+/// so records (and their start times) outlive a daemon restart.
 #[map]
 pub static CLOSE_WAIT: HashMap<u64, SockRecord> =
     HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// The owner of each outbound socket, learned at connect() (SYN_SENT) in the
-/// owner's context. Socket-local storage: the kernel frees it with the
-/// socket, so it is bounded by the live sockets and needs no cleanup hook.
+/// Sockets that left CLOSE_WAIT and are not destroyed yet, keyed by cookie;
+/// the value is the leave event. A socket the kernel closed (reset,
+/// keepalive, `ss -K`, or shut down without close()) stays here for as long
+/// as a process holds its fd. Pinned like `CLOSE_WAIT`.
+#[map]
+pub static LINGER: HashMap<u64, Event> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// A BTF map definition for `BPF_MAP_TYPE_SK_STORAGE` with `BPF_F_CLONE`
+/// (aya-ebpf's `SkStorage` fixes the flags to `BPF_F_NO_PREALLOC`). Same
+/// layout as aya-ebpf's definitions: the loader reads the map's type, key,
+/// value and flags from these fields' BTF types.
+#[repr(C)]
+pub struct OwnerStorage {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const Owner,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: placeholder pointers the loader replaces; never dereferenced.
+unsafe impl Sync for OwnerStorage {}
+
+/// The owner of each socket, learned at connect() (SYN_SENT) or listen()
+/// (LISTEN) in the owner's context; accepted sockets inherit their
+/// listener's through `BPF_F_CLONE`. Socket-local storage: the kernel frees
+/// it with the socket, so it is bounded by the live sockets.
 #[btf_map]
-pub static OWNERS: SkStorage<Owner> = SkStorage::new();
+pub static OWNERS: OwnerStorage = OwnerStorage {
+    r#type: core::ptr::null(),
+    key: core::ptr::null(),
+    value: core::ptr::null(),
+    max_entries: core::ptr::null(),
+    map_flags: core::ptr::null(),
+};
+
+/// One entry: the `cwatch_common::LAYOUT_VERSION` of the pinned maps beside
+/// it, written by the daemon. Never touched by the programs.
+#[map]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `cwatch_common::counter`.
 #[map]

@@ -24,6 +24,19 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub pid: u32,
     log: PathBuf,
+    /// The daemon's private pin directory (removed on drop), unless the test
+    /// chose its own with `--pin-dir`.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// A pin directory of this test process's own on bpffs, so tests running
+/// next to a production cwatch (or to each other) never share maps.
+pub fn private_pin_dir() -> PathBuf {
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/cwatch-test-{}-{n}",
+        std::process::id()
+    ))
 }
 
 static STARTED: AtomicU32 = AtomicU32::new(0);
@@ -59,6 +72,11 @@ impl Daemon {
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("cwatch-test-{}-{n}.log", std::process::id()));
         let log_file = File::create(&log)?;
+        let pin_dir = (!args.contains(&"--pin-dir")).then(private_pin_dir);
+        let pin_args: Vec<String> = match &pin_dir {
+            Some(dir) => vec!["--pin-dir".into(), dir.display().to_string()],
+            None => Vec::new(),
+        };
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
@@ -72,6 +90,7 @@ impl Daemon {
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
+            .args(&pin_args)
             .env("RUST_LOG", "info,cwatch_daemon=debug")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -91,6 +110,7 @@ impl Daemon {
             agent,
             addr,
             log,
+            pin_dir,
         })
     }
 
@@ -193,5 +213,8 @@ impl Drop for Daemon {
             let _ = self.stop_inner();
         }
         let _ = std::fs::remove_file(&self.log);
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -28,7 +28,21 @@ pub struct Load {
 impl Load {
     /// Starts `cwatch-load ARGS`.
     pub fn spawn(args: &[String]) -> anyhow::Result<Load> {
-        let mut child = Command::new(load_bin()?)
+        Self::spawn_wrapped(&[], args)
+    }
+
+    /// Starts `WRAPPER… cwatch-load ARGS` (e.g. `ip netns exec NS`); the
+    /// wrapper must exec it, so that the pid is cwatch-load's.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(load_bin()?);
+                cmd
+            }
+            None => Command::new(load_bin()?),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -26,6 +26,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("unshare", "util-linux"),
+    ("strace", "strace"),
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {

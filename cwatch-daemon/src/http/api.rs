@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     aging::{age, is_leaked},
-    table::{SockEntry, SocketTable},
+    table::{DeadEntry, SockEntry, SocketTable},
 };
 
 /// One holder of a socket: a process and the fd it holds it under.
@@ -42,15 +42,26 @@ pub struct ApiSocket {
 impl ApiSocket {
     pub fn of(entry: &SockEntry, now_ns: u64, leak_after: std::time::Duration) -> Self {
         let age = age(now_ns, entry.start_ns);
-        let holders = entry
-            .owner
+        let mut holders: Vec<Holder> = entry
+            .holders
             .iter()
-            .map(|o| Holder {
+            .map(|h| Holder {
+                pid: h.pid,
+                comm: h.comm.as_str().into_owned(),
+                fd: Some(h.fd),
+            })
+            .collect();
+        if holders.is_empty()
+            && let Some(o) = entry.owner
+        {
+            // No fd found (not looked up yet, or unaccepted): the process
+            // the kernel named, fd unknown.
+            holders.push(Holder {
                 pid: o.pid,
                 comm: o.comm.as_str().into_owned(),
                 fd: None,
-            })
-            .collect();
+            });
+        }
         Self {
             cookie: entry.cookie,
             state: "CLOSE_WAIT".to_string(),
@@ -61,13 +72,22 @@ impl ApiSocket {
             peer_port: entry.peer.port(),
             pid: entry.owner.map(|o| o.pid),
             comm: entry.owner.map(|o| o.comm.as_str().into_owned()),
-            fd: None,
+            fd: entry.owner_fd(),
             holders,
             netns: entry.netns,
             age_seconds: age.as_secs_f64(),
             age_estimated: entry.age_estimated,
             leaked: is_leaked(age, leak_after),
         }
+    }
+
+    /// A dead socket still held: the kernel closed it, an fd still holds
+    /// it. Always leaked.
+    pub fn of_dead(dead: &DeadEntry, now_ns: u64, leak_after: std::time::Duration) -> Self {
+        let mut api = Self::of(&dead.sock, now_ns, leak_after);
+        api.state = "CLOSE".to_string();
+        api.leaked = true;
+        api
     }
 }
 
@@ -77,11 +97,18 @@ pub fn sockets(
     now_ns: u64,
     leak_after: std::time::Duration,
 ) -> Vec<ApiSocket> {
-    table
+    let mut out: Vec<ApiSocket> = table
         .oldest_first()
         .into_iter()
         .map(|e| ApiSocket::of(e, now_ns, leak_after))
-        .collect()
+        .collect();
+    let mut dead: Vec<&DeadEntry> = table.dead().filter(|d| d.verified).collect();
+    dead.sort_unstable_by_key(|d| (d.sock.start_ns, d.sock.cookie));
+    out.extend(
+        dead.into_iter()
+            .map(|d| ApiSocket::of_dead(d, now_ns, leak_after)),
+    );
+    out
 }
 
 #[cfg(test)]

@@ -3,25 +3,40 @@ Probe loading: mounts what the kernel interfaces need, resolves struct
 offsets from BTF, loads the embedded eBPF object with them, attaches every
 program, and hands out the maps the rest of the daemon reads.
 
-Dropping [`Probes`] detaches the programs and closes the maps: nothing is left
-in the kernel after the daemon exits.
+Dropping [`Probes`] detaches the programs and closes the maps. What is left
+in the kernel after the daemon exits is only the pinned maps ([`pins`]), so
+the next start keeps every socket's history.
 */
 pub mod mounts;
 pub mod offsets;
+pub mod pins;
+
+use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
-use cwatch_common::{SockRecord, counter, names};
+use cwatch_common::{Event, SockRecord, counter, names};
 use tracing::info;
 
 /// The object built by build.rs from cwatch-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cwatch-ebpf"));
 
 /// Programs attached by cwatch, by tracepoint name.
-pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE];
+pub const PROGRAMS: &[&str] = &[names::PROG_SET_STATE, names::PROG_DESTROY];
+
+/// How to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Where the long-lived maps are pinned; `None`: not pinned (they die
+    /// with the daemon).
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the event ring buffer in bytes (a power of two, at least a
+    /// page).
+    pub ring_bytes: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -42,6 +57,12 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pin directory {dir}: {source}")]
+    Pins {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map `{name}`")]
     Map {
         name: &'static str,
@@ -56,6 +77,7 @@ pub struct Probes {
     _ebpf: Ebpf,
     pub counters: PerCpuArray<MapData, u64>,
     pub records: HashMap<MapData, u64, SockRecord>,
+    pub linger: HashMap<MapData, u64, Event>,
     /// Taken by intake.
     pub events: Option<RingBuf<MapData>>,
 }
@@ -80,16 +102,32 @@ impl Probes {
 
 /// Loads and attaches everything. Blocking (BTF parsing, verifier): call it
 /// from a blocking task.
-pub fn load() -> Result<Probes, ProbeError> {
+pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
     mounts::ensure_all();
     raise_memlock();
     let kernel_offsets = offsets::from_running_kernel()?;
     let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
-    let mut ebpf = EbpfLoader::new()
+    let pin_paths = match &options.pin_dir {
+        Some(dir) => pins::prepare(dir).map_err(|source| ProbeError::Pins {
+            dir: dir.display().to_string(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
-        .load(OBJECT)
-        .map_err(ProbeError::Load)?;
+        .map_max_entries(names::MAP_EVENTS, options.ring_bytes);
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(*name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
+    let mut layout: Array<MapData, u32> = take_map(&mut ebpf, names::MAP_LAYOUT)?;
+    pins::stamp(&mut layout).map_err(|source| ProbeError::Map {
+        name: names::MAP_LAYOUT,
+        source,
+    })?;
     for &name in PROGRAMS {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
@@ -107,11 +145,13 @@ pub fn load() -> Result<Probes, ProbeError> {
     }
     let counters = take_map(&mut ebpf, names::MAP_COUNTERS)?;
     let records = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
+    let linger = take_map(&mut ebpf, names::MAP_LINGER)?;
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
     Ok(Probes {
         _ebpf: ebpf,
         counters,
         records,
+        linger,
         events: Some(events),
     })
 }

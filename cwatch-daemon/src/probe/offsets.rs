@@ -74,14 +74,41 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         task_group_leader: field(btf, "task_struct", "group_leader", 8)?,
         task_comm: field(btf, "task_struct", "comm", 16)?,
         has_ipv6,
-        _pad: 0,
+        sk_socket: sock("sk_socket", 8)?,
+        socket_inode: member_offset(btf, "socket_alloc", "vfs_inode")?
+            .checked_sub(member_offset(btf, "socket_alloc", "socket")?)
+            .ok_or_else(|| OffsetsError::NoField {
+                strukt: "socket_alloc".into(),
+                field: "vfs_inode after socket".into(),
+            })?,
+        inode_ino: field(btf, "inode", "i_ino", 8)?,
     })
+}
+
+/// Byte offset of the dotted `path` inside `strukt`, whatever its size (for
+/// struct-typed members whose address, not value, the programs use).
+pub fn member_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, OffsetsError> {
+    locate(btf, strukt, path).map(|(offset, _)| offset)
 }
 
 /// Byte offset of the dotted `path` inside struct `strukt`, checking that the
 /// field is `expected` bytes wide. Anonymous struct/union members are searched
 /// through, as C does.
 pub fn field(btf: &Btf, strukt: &str, path: &str, expected: usize) -> Result<u32, OffsetsError> {
+    let (offset, found) = locate(btf, strukt, path)?;
+    if found != expected {
+        return Err(OffsetsError::Size {
+            strukt: strukt.to_string(),
+            path: path.to_string(),
+            found,
+            expected,
+        });
+    }
+    Ok(offset)
+}
+
+/// Byte offset and size of the dotted `path` inside `strukt`.
+fn locate(btf: &Btf, strukt: &str, path: &str) -> Result<(u32, usize), OffsetsError> {
     let malformed = |reason| OffsetsError::Malformed {
         strukt: strukt.to_string(),
         path: path.to_string(),
@@ -119,15 +146,8 @@ pub fn field(btf: &Btf, strukt: &str, path: &str, expected: usize) -> Result<u32
         });
     }
     let found = type_size(btf, &ty).map_err(malformed)?;
-    if found != expected {
-        return Err(OffsetsError::Size {
-            strukt: strukt.to_string(),
-            path: path.to_string(),
-            found,
-            expected,
-        });
-    }
-    u32::try_from(bits / 8).map_err(|e| malformed(e.into()))
+    let offset = u32::try_from(bits / 8).map_err(|e| malformed(e.into()))?;
+    Ok((offset, found))
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<Type, OffsetsError> {

@@ -258,4 +258,19 @@ fn running_kernel_resolves_with_the_c_layout() {
     );
     assert_eq!(o.has_ipv6, 1);
     assert_ne!(o.task_comm, o.task_group_leader);
+    // The inode follows the whole `struct socket` inside `struct socket_alloc`.
+    let socket_size = btf
+        .resolve_types_by_name("socket")
+        .unwrap()
+        .into_iter()
+        .find_map(|t| match t {
+            btf_rs::Type::Struct(s) if !s.members.is_empty() => Some(s.size()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(o.socket_inode as usize >= socket_size, "{o:?}");
+    assert!(
+        o.sk_socket > o.sk_v6_rcv_saddr,
+        "sk_socket lies past __sk_common: {o:?}"
+    );
 }

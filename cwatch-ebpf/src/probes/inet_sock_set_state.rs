@@ -3,27 +3,34 @@
 //!
 //! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
 //!   the owner in the socket's own storage.
+//! - into LISTEN: we are in listen(); remember the listener's owner. The
+//!   storage is cloned to every socket the listener accepts, so inbound
+//!   sockets carry their listener's process as an owner hint.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
 //!   not the owner). Start a record, count it, tell the daemon.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
-//!   kernel reset it (CLOSE). End the record, count it, tell the daemon.
+//!   kernel reset it (CLOSE). End the record, count it, tell the daemon, and
+//!   keep the record in `LINGER` until `tcp_destroy_sock`: if an fd still
+//!   holds the socket, it is still a leaked fd.
 //!
 //! Every other transition returns after two loads and three compares.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use cwatch_common::{
-    EVENT_ENTER, EVENT_LEAVE, Event, IPPROTO_TCP, REC_OUTBOUND, SockRecord, counter,
-    tcp_state::{CLOSE_WAIT, SYN_SENT},
+    EVENT_ENTER, EVENT_LEAVE, Event, IPPROTO_TCP, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN,
+    REC_INBOUND, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, counter,
+    tcp_state::{CLOSE_WAIT, LISTEN, SYN_SENT},
 };
 
 use crate::{
+    events::submit,
     kernel,
-    maps::{self, CLOSE_WAIT as RECORDS, EVENTS},
+    maps::{self, CLOSE_WAIT as RECORDS, LINGER},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -32,15 +39,21 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new = ctx.arg::<i32>(2) as u32;
     let entering = new == CLOSE_WAIT && old != CLOSE_WAIT;
     let leaving = old == CLOSE_WAIT && new != CLOSE_WAIT;
-    if !(entering || leaving || new == SYN_SENT) {
+    let owned_here = new == SYN_SENT || new == LISTEN;
+    if !(entering || leaving || owned_here) {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
     if kernel::protocol(sk.cast()) != IPPROTO_TCP {
         return 0; // MPTCP and SCTP fire the same tracepoint
     }
-    if new == SYN_SENT {
-        remember_owner(sk);
+    if owned_here {
+        let flag = if new == SYN_SENT {
+            OWNER_CONNECT
+        } else {
+            OWNER_LISTEN
+        };
+        remember_owner(sk, flag);
         return 0;
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
@@ -48,15 +61,16 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if entering {
         enter(sk, cookie, old, new);
     } else {
-        leave(cookie, old, new);
+        leave(sk, cookie, old, new);
     }
     0
 }
 
-fn remember_owner(sk: *mut c_void) {
+fn remember_owner(sk: *mut c_void, flag: u32) {
     match maps::owner_of(sk, true) {
         Some(owner) => unsafe {
-            (*owner).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*owner).tgid = kernel::current_tgid();
+            (*owner).flags = flag;
             (*owner).comm = kernel::leader_comm();
         },
         None => maps::count(counter::OWNERS_FULL),
@@ -70,22 +84,38 @@ fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
     rec.cookie = cookie;
     rec.start_ns = ts;
     kernel::fill_endpoints(sk.cast(), &mut rec);
+    match kernel::socket_inode(sk.cast()) {
+        Some(inode) => rec.inode = inode,
+        None => rec.flags |= REC_UNACCEPTED,
+    }
     if let Some(owner) = maps::owner_of(sk, false) {
         // SAFETY: storage of this socket, valid for this program run.
         let owner = unsafe { *owner };
         if owner.tgid != 0 {
             rec.owner_tgid = owner.tgid;
             rec.owner_comm = owner.comm;
-            rec.flags |= REC_OUTBOUND;
+            if owner.flags & OWNER_CONNECT != 0 {
+                rec.flags |= REC_OUTBOUND;
+            } else if owner.flags & OWNER_LISTEN != 0 {
+                rec.flags |= REC_INBOUND;
+            }
         }
     }
     if RECORDS.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
     }
-    emit(EVENT_ENTER, old, new, ts, &rec);
+    submit(&Event {
+        kind: EVENT_ENTER,
+        oldstate: old as u16,
+        newstate: new as u16,
+        tgid: kernel::current_tgid(),
+        _pad: 0,
+        ts_ns: ts,
+        rec,
+    });
 }
 
-fn leave(cookie: u64, old: u32, new: u32) {
+fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
     maps::count(counter::CLOSED);
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: copied out before the remove below.
@@ -98,35 +128,22 @@ fn leave(cookie: u64, old: u32, new: u32) {
         }
     };
     let _ = RECORDS.remove(cookie);
-    emit(EVENT_LEAVE, old, new, ts, &rec);
-}
-
-/// Wake the daemon only once this much is waiting. Waking it per event costs
-/// an inter-processor interrupt per event (a VM exit on virtual machines,
-/// microseconds each); the daemon also drains the ring on a short timer, so a
-/// quiet trickle of events still shows within its poll period.
-const WAKEUP_BYTES: u64 = 256 << 10;
-
-#[inline(always)]
-fn emit(kind: u32, old: u32, new: u32, ts: u64, rec: &SockRecord) {
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(Event {
-                kind,
-                oldstate: old as u16,
-                newstate: new as u16,
-                ts_ns: ts,
-                rec: *rec,
-            });
-            let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-            let flags = if waiting >= WAKEUP_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(u64::from(flags));
-        }
-        None => maps::count(counter::EVENTS_LOST),
+    let event = Event {
+        kind: EVENT_LEAVE,
+        oldstate: old as u16,
+        newstate: new as u16,
+        tgid: kernel::current_tgid(),
+        _pad: 0,
+        ts_ns: ts,
+        rec,
+    };
+    // Wait for tcp_destroy_sock. Marked in the socket's storage so that
+    // program tests one flag instead of hashing every destroyed socket.
+    match maps::owner_of(sk, true) {
+        Some(owner) if LINGER.insert(cookie, event, 0).is_ok() => unsafe {
+            (*owner).flags |= OWNER_LINGER;
+        },
+        _ => maps::count(counter::LINGER_FULL),
     }
+    submit(&event);
 }

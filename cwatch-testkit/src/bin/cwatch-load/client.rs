@@ -1,6 +1,7 @@
 //! The `client` role: set the process name, make the connections from named
 //! worker threads, then serve the client's stdin commands (`count`,
-//! `close-all`, `shutdown-all`, `ports`) over the socket table.
+//! `close-all`, `shutdown-all`, `dup-all`, `fork`, `ports`) over the socket
+//! table.
 
 use std::ffi::CString;
 use std::io::ErrorKind;
@@ -35,6 +36,8 @@ enum Command {
     Count,
     CloseAll,
     ShutdownAll,
+    DupAll,
+    Fork,
     Ports,
 }
 
@@ -45,6 +48,8 @@ fn parse_command(line: &str) -> Result<Command, String> {
         ("close-all", args) if args.is_empty() => Ok(Command::CloseAll),
         ("shutdown-all", args) if args.is_empty() => Ok(Command::ShutdownAll),
         ("ports", args) if args.is_empty() => Ok(Command::Ports),
+        ("dup-all", args) if args.is_empty() => Ok(Command::DupAll),
+        ("fork", args) if args.is_empty() => Ok(Command::Fork),
         _ => Err(format!("error unknown command: {line}")),
     }
 }
@@ -191,6 +196,11 @@ pub fn run(config: Config) -> Result<()> {
             }
             Ok(Command::CloseAll) => format!("closed {}", sockets.close_all()),
             Ok(Command::ShutdownAll) => format!("shutdown {}", sockets.shutdown_all()),
+            Ok(Command::DupAll) => format!("duped {}", sockets.dup_all()),
+            Ok(Command::Fork) => match fork_holder() {
+                Ok(pid) => format!("forked {pid}"),
+                Err(e) => format!("error fork: {e}"),
+            },
             Ok(Command::Ports) => {
                 let ports: Vec<String> = sockets.ports().iter().map(u16::to_string).collect();
                 format!("ports {}", ports.join(","))
@@ -199,6 +209,21 @@ pub fn run(config: Config) -> Result<()> {
         say(&reply);
     }
     Ok(())
+}
+
+/// Forks a child that inherits every fd and only waits to be killed (by
+/// pid, by the test that asked for it).
+fn fork_holder() -> std::io::Result<i32> {
+    // SAFETY: the child calls only async-signal-safe functions (pause) and
+    // never returns into Rust code that could touch the parent's locks.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => loop {
+            // SAFETY: async-signal-safe.
+            unsafe { libc::pause() };
+        },
+        pid => Ok(pid),
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ struct Table {
     slots: Vec<Option<Conn>>,
     open: usize,
     closed_on_eof: usize,
+    /// Second fds for the same sockets (`dup-all`), never closed.
+    dups: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The shared socket table.
@@ -71,6 +73,7 @@ impl Sockets {
                 slots: conns.into_iter().map(Some).collect(),
                 open,
                 closed_on_eof: 0,
+                dups: Vec::new(),
             }),
         });
         if on_eof == OnEof::Close {
@@ -162,6 +165,20 @@ impl Sockets {
             }
         });
         done
+    }
+
+    /// dup() every open socket's fd once and keep the copies; how many.
+    pub fn dup_all(&self) -> usize {
+        let mut table = self.lock();
+        let dups: Vec<std::os::fd::OwnedFd> = table
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|conn| rustix::io::dup(&conn.stream).ok())
+            .collect();
+        let n = dups.len();
+        table.dups.extend(dups);
+        n
     }
 
     /// Local ports of the still-open sockets.

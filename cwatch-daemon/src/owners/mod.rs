@@ -1,0 +1,415 @@
+/*!
+Owner attribution: which processes hold each tracked socket, and under which
+fd.
+
+The kernel already names a process for most sockets at the transition (the
+one that called connect(), or listen() for accepted sockets): the gauges use
+it at once. This module finds the real holders from `/proc/<pid>/fd`
+(`socket:[inode]`) on its own thread, without ever walking all of `/proc` per
+event:
+
+- a socket that stays in CLOSE_WAIT past [`GRACE`] is looked up in the fd
+  tables of the kernel's candidate process and its descendants (prefork
+  workers, forked children), once per pass however many sockets it holds;
+- only sockets found nowhere among their candidates (fds passed with
+  SCM_RIGHTS, sockets that predate cwatch) trigger a walk of every process,
+  at most once per [`WALK_MIN_GAP`]; reconciliation asks for one walk per
+  period, which also catches holders that appeared since;
+- every `holders_refresh`, sockets held by several fds are re-checked with
+  one `readlink` per holder, and new processes forked by a holder are
+  scanned;
+- a socket that left CLOSE_WAIT and is still not destroyed after [`GRACE`]
+  is checked: if an fd still holds it, it is a dead socket held (the kernel
+  closed it, or it was shut down without close()).
+*/
+pub mod procfs;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, warn};
+
+use crate::{
+    Shared,
+    table::{Comm, Holder},
+};
+
+/// Sockets younger than this are left to the kernel's owner hint: most
+/// CLOSE_WAIT sockets are closed within milliseconds, and looking them up
+/// would cost more than it tells.
+pub const GRACE: Duration = Duration::from_millis(500);
+/// How often the worker looks for sockets past their grace.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Walks of all of `/proc` asked for by lookups that failed are at least
+/// this far apart.
+pub const WALK_MIN_GAP: Duration = Duration::from_secs(5);
+/// At most this many processes of a candidate's family are scanned.
+const FAMILY_LIMIT: usize = 256;
+
+/// What the worker is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Scan every process now (reconciliation, start-up).
+    Walk,
+}
+
+/// How the worker's scans went, for the self-metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanCounts {
+    pub processes: u64,
+    pub walks: u64,
+}
+
+/// One socket the worker has to look up.
+struct Pending {
+    cookie: u64,
+    inode: u64,
+    candidates: Vec<u32>,
+    dead: bool,
+}
+
+/// The worker thread's state.
+struct Worker {
+    shared: Arc<Shared>,
+    known_pids: HashSet<u32>,
+    last_walk: Option<Instant>,
+    comms: HashMap<u32, Option<Comm>>,
+}
+
+/// Walks every process once, now, on the calling thread: start-up does it
+/// before reporting ready, so the first scrape already names the holders.
+pub fn walk_now(shared: &Arc<Shared>) {
+    let mut worker = Worker::new(Arc::clone(shared));
+    worker.walk();
+}
+
+/// Runs the attribution worker until the sender side is dropped.
+pub fn run(shared: Arc<Shared>, work: mpsc::Receiver<Work>) {
+    let refresh = shared.config.holders_refresh;
+    let mut worker = Worker::new(shared);
+    let mut next_refresh = Instant::now() + refresh;
+    loop {
+        match work.recv_timeout(TICK) {
+            Ok(Work::Walk) => {
+                while work.try_recv().is_ok() {}
+                worker.walk();
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        worker.resolve_pending();
+        if Instant::now() >= next_refresh {
+            worker.refresh();
+            next_refresh = Instant::now() + refresh;
+        }
+        worker.comms.clear();
+    }
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            known_pids: procfs::pids().into_iter().collect(),
+            last_walk: None,
+            comms: HashMap::new(),
+        }
+    }
+
+    fn comm(&mut self, pid: u32) -> Option<Comm> {
+        *self.comms.entry(pid).or_insert_with(|| procfs::comm(pid))
+    }
+
+    fn holder(&mut self, pid: u32, fd: i32) -> Option<Holder> {
+        self.comm(pid).map(|comm| Holder { pid, fd, comm })
+    }
+
+    /// Sockets past their grace that still need holders, and dead sockets
+    /// past their grace that still need a verdict.
+    fn pending(&self) -> Vec<Pending> {
+        let now = self.shared.clock.now_ns();
+        let grace = GRACE.as_nanos() as u64;
+        let mut table = self.shared.lock_table();
+        let mut out = Vec::new();
+        for entry in table.iter_mut() {
+            if entry.resolved || now.saturating_sub(entry.start_ns) < grace {
+                continue;
+            }
+            if entry.inode == 0 {
+                // Unaccepted: no fd anywhere; the listener is the owner.
+                entry.set_holders(Vec::new());
+                continue;
+            }
+            let candidates = entry.hint.map(|h| h.pid).into_iter().collect();
+            out.push(Pending {
+                cookie: entry.cookie,
+                inode: entry.inode,
+                candidates,
+                dead: false,
+            });
+        }
+        for dead in table.dead() {
+            if dead.verified || now.saturating_sub(dead.left_ns) < grace {
+                continue;
+            }
+            let mut candidates: Vec<u32> = dead.sock.holders.iter().map(|h| h.pid).collect();
+            candidates.extend(dead.sock.hint.map(|h| h.pid));
+            out.push(Pending {
+                cookie: dead.sock.cookie,
+                inode: dead.sock.inode,
+                candidates,
+                dead: true,
+            });
+        }
+        out
+    }
+
+    /// Looks up pending sockets among their candidates' families; falls back
+    /// to one walk for those found nowhere.
+    fn resolve_pending(&mut self) {
+        let pending = self.pending();
+        if pending.is_empty() {
+            return;
+        }
+        let mut pids: Vec<u32> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &pending {
+            for &c in &p.candidates {
+                if seen.insert(c) {
+                    pids.extend(procfs::family(c, FAMILY_LIMIT));
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let found = self.scan(&pids);
+        let missing = pending
+            .iter()
+            .filter(|p| p.inode != 0 && !found.contains_key(&p.inode))
+            .count();
+        let walk_due = self.last_walk.is_none_or(|t| t.elapsed() >= WALK_MIN_GAP);
+        if missing > 0 && walk_due {
+            debug!(
+                missing,
+                "sockets not held by their candidates: walking /proc"
+            );
+            self.walk();
+            return;
+        }
+        self.apply(&pending, &found, missing > 0);
+    }
+
+    /// Records holders found for `pending`. Sockets not found stay
+    /// unresolved when `retry` (a walk will come), dead ones not held are
+    /// dropped.
+    fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+        let now = self.shared.clock.now_ns();
+        let mut latencies = Vec::new();
+        let mut table = self.shared.lock_table();
+        for p in pending {
+            let holders = found.get(&p.inode).cloned().unwrap_or_default();
+            if p.dead {
+                if holders.is_empty() {
+                    table.remove_dead(p.cookie);
+                } else if let Some(dead) = table.get_dead_mut(p.cookie) {
+                    dead.sock.set_holders(holders);
+                    dead.verified = true;
+                }
+            } else if let Some(entry) = table.get_mut(p.cookie) {
+                if holders.is_empty() && retry {
+                    continue;
+                }
+                if !entry.age_estimated {
+                    latencies.push(Duration::from_nanos(now.saturating_sub(entry.start_ns)));
+                }
+                entry.set_holders(holders);
+            }
+        }
+        drop(table);
+        for l in latencies {
+            self.shared.metrics.observe_attribution(l);
+        }
+    }
+
+    /// Socket fds of `pids`, as inode → holders.
+    fn scan(&mut self, pids: &[u32]) -> HashMap<u64, Vec<Holder>> {
+        let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
+        for &pid in pids {
+            let Ok(fds) = procfs::socket_fds(pid) else {
+                continue;
+            };
+            for (fd, inode) in fds {
+                if let Some(h) = self.holder(pid, fd) {
+                    out.entry(inode).or_default().push(h);
+                }
+            }
+        }
+        self.shared.metrics.procfs_scans(ScanCounts {
+            processes: pids.len() as u64,
+            walks: 0,
+        });
+        out
+    }
+
+    /// Scans every process and sets the holders of every tracked socket.
+    fn walk(&mut self) {
+        let pids = procfs::pids();
+        self.known_pids = pids.iter().copied().collect();
+        let found = self.scan(&pids);
+        self.last_walk = Some(Instant::now());
+        self.shared.metrics.procfs_scans(ScanCounts {
+            processes: 0,
+            walks: 1,
+        });
+        let pending: Vec<Pending> = {
+            let table = self.shared.lock_table();
+            let live = table.iter().map(|e| Pending {
+                cookie: e.cookie,
+                inode: e.inode,
+                candidates: Vec::new(),
+                dead: false,
+            });
+            let dead = table.dead().map(|d| Pending {
+                cookie: d.sock.cookie,
+                inode: d.sock.inode,
+                candidates: Vec::new(),
+                dead: true,
+            });
+            live.chain(dead).filter(|p| p.inode != 0).collect()
+        };
+        // Young dead sockets may just be closing: leave them to their grace.
+        let now = self.shared.clock.now_ns();
+        let grace = GRACE.as_nanos() as u64;
+        let young: HashSet<u64> = {
+            let table = self.shared.lock_table();
+            table
+                .dead()
+                .filter(|d| now.saturating_sub(d.left_ns) < grace)
+                .map(|d| d.sock.cookie)
+                .collect()
+        };
+        let pending: Vec<Pending> = pending
+            .into_iter()
+            .filter(|p| !(p.dead && young.contains(&p.cookie)))
+            .collect();
+        self.apply(&pending, &found, false);
+    }
+
+    /// Re-checks sockets held by several fds (a single holder's close would
+    /// have ended CLOSE_WAIT in the kernel) and scans processes forked by
+    /// holders since the last refresh.
+    fn refresh(&mut self) {
+        let (shared_socks, holder_pids) = {
+            let table = self.shared.lock_table();
+            let mut shared_socks = Vec::new();
+            let mut holder_pids = HashSet::new();
+            let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
+            for entry in table.iter().chain(dead) {
+                holder_pids.extend(entry.holders.iter().map(|h| h.pid));
+                if entry.holders.len() > 1 {
+                    shared_socks.push((entry.cookie, entry.inode, entry.holders.clone()));
+                }
+            }
+            (shared_socks, holder_pids)
+        };
+        let pids = procfs::pids();
+        let new: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| !self.known_pids.contains(p))
+            .filter(|p| procfs::parent(*p).is_some_and(|pp| holder_pids.contains(&pp)))
+            .collect();
+        self.known_pids = pids.into_iter().collect();
+        let mut changed: Vec<u64> = Vec::new();
+        for (cookie, inode, holders) in &shared_socks {
+            if holders.iter().any(|h| !procfs::holds(h.pid, h.fd, *inode)) {
+                changed.push(*cookie);
+            }
+        }
+        if changed.is_empty() && new.is_empty() {
+            return;
+        }
+        // Rescan the processes involved: the holders of changed sockets and
+        // the new children.
+        let mut pids: Vec<u32> = new.clone();
+        for (cookie, _, holders) in &shared_socks {
+            if changed.contains(cookie) {
+                pids.extend(holders.iter().map(|h| h.pid));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let found = self.scan(&pids);
+        let scanned: HashSet<u32> = pids.iter().copied().collect();
+        let mut table = self.shared.lock_table();
+        let update = |entry: &mut crate::table::SockEntry| {
+            let mut holders: Vec<Holder> = entry
+                .holders
+                .iter()
+                .copied()
+                .filter(|h| !scanned.contains(&h.pid))
+                .collect();
+            holders.extend(found.get(&entry.inode).into_iter().flatten().copied());
+            if holders != entry.holders {
+                entry.set_holders(holders);
+            }
+        };
+        for entry in table.iter_mut() {
+            update(entry);
+        }
+        for dead in table.dead_mut().filter(|d| d.verified) {
+            update(&mut dead.sock);
+        }
+        let gone: Vec<u64> = table
+            .dead()
+            .filter(|d| d.verified && d.sock.holders.is_empty())
+            .map(|d| d.sock.cookie)
+            .collect();
+        for cookie in gone {
+            table.remove_dead(cookie);
+        }
+        if !new.is_empty() {
+            debug!(new = new.len(), "scanned processes forked by holders");
+        }
+    }
+}
+
+/// Hands work to the attribution thread.
+#[derive(Debug)]
+pub struct Handle(std::sync::Mutex<Option<mpsc::Sender<Work>>>);
+
+impl Default for Handle {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl Handle {
+    /// Starts the worker thread.
+    pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        let worker = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name("cwatch-owners".into())
+            .spawn(move || run(worker, rx))?;
+        *shared.owners.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    pub fn request(&self, work: Work) {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref()
+            && tx.send(work).is_err()
+        {
+            warn!("attribution thread is gone");
+        }
+    }
+
+    /// Stops the worker (it exits at its next tick).
+    pub fn stop(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

@@ -1,0 +1,55 @@
+//! `tp_btf/tcp_destroy_sock`: fired when the kernel frees a TCP socket, i.e.
+//! once no fd (and no timer) holds it any more.
+//!
+//! Only sockets that left CLOSE_WAIT are of interest: those are marked in
+//! their socket storage, so every other socket costs one storage lookup. For
+//! a marked one the `LINGER` record ends and the daemon is told: whoever still
+//! held the dead socket's fd has let go.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use cwatch_common::{EVENT_DESTROY, Event, OWNER_LINGER, SockRecord, tcp_state};
+
+use crate::{
+    events::submit,
+    kernel,
+    maps::{self, LINGER},
+};
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let Some(owner) = maps::owner_of(sk, false) else {
+        return 0;
+    };
+    // SAFETY: storage of this socket, valid for this program run.
+    if unsafe { (*owner).flags } & OWNER_LINGER == 0 {
+        return 0;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: copied out before the remove below.
+    let rec = match unsafe { LINGER.get(cookie) } {
+        Some(event) => event.rec,
+        None => {
+            let mut rec = SockRecord::zeroed();
+            rec.cookie = cookie;
+            rec
+        }
+    };
+    let _ = LINGER.remove(cookie);
+    submit(&Event {
+        kind: EVENT_DESTROY,
+        oldstate: tcp_state::CLOSE as u16,
+        newstate: tcp_state::CLOSE as u16,
+        tgid: kernel::current_tgid(),
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        rec,
+    });
+    0
+}
