@@ -38,7 +38,7 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Vec<ProgCost>> {
             .iter()
             .map(|(_, pid)| system::bpf_programs(*pid))
             .collect::<Result<_, _>>()?;
-        let rate = procs::run_rate(&bins.churn, &["--seconds", &secs])?;
+        let rate = procs::run_gen(&bins.churn, &["--seconds", &secs])?.rate;
         for (i, (owner, pid)) in owners.iter().enumerate() {
             for (id, after) in system::bpf_programs(*pid)? {
                 let was = before[i].get(&id).copied().unwrap_or_default();

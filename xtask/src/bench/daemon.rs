@@ -1,7 +1,7 @@
 //! The cwatch daemon as the bench runs it: the release binary, production
 //! logging (info), on a free loopback port, read with one keep-alive HTTP
 //! connection (a closed connection would itself pass through CLOSE_WAIT),
-//! stopped by pid with SIGTERM (SIGKILL after 20 s) when dropped.
+//! maps not pinned, stopped by pid with SIGTERM (SIGKILL after 20 s) when dropped.
 use std::{
     fs::File,
     path::Path,
@@ -31,7 +31,9 @@ impl BenchDaemon {
         let log_file = File::create(&log)?;
         let started = Instant::now();
         let child = Command::new(bin)
-            .args(["run", "--listen", &addr])
+            // No pinned maps: every start is a cold start (reconciliation
+            // from scratch), and no two daemons share state.
+            .args(["run", "--listen", &addr, "--pin-dir", "none"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

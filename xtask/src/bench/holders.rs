@@ -9,6 +9,9 @@ use anyhow::Context as _;
 
 use super::procs::{Bins, Helper};
 
+/// Where the holders listen: their sockets' peers are in this network.
+pub const NETWORK: &str = "127.100.0.0/16";
+
 /// Sockets per holder: under the 20,000 descriptor cap with room to spare.
 pub const PER_PROCESS: usize = 19_000;
 /// Holders being filled at once (two CPUs).

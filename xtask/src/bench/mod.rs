@@ -130,6 +130,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         latency,
         scale,
         elapsed: started.elapsed(),
+        load_at_end: system::load_average(),
     };
     let md = out_dir.join("RESULTS.md");
     std::fs::write(&md, report::render(&results))

@@ -33,8 +33,16 @@ impl Bins {
     }
 }
 
-/// Runs a generator and returns the value after `rate` on its output line.
-pub fn run_rate(bin: &Path, args: &[&str]) -> anyhow::Result<f64> {
+/// One generator run: operations per second (wall clock) and the
+/// generator's own CPU time per operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub rate: f64,
+    pub cpu_ns: f64,
+}
+
+/// Runs a generator and reads the `rate R` and `cpu_ns C` of its output line.
+pub fn run_gen(bin: &Path, args: &[&str]) -> anyhow::Result<Run> {
     let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -50,16 +58,22 @@ pub fn run_rate(bin: &Path, args: &[&str]) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut words = text.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "rate" {
-            return words
-                .next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("bad rate in {text:?}"));
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let mut words = text.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == name {
+                return words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("bad {name} in {text:?}"));
+            }
         }
-    }
-    bail!("no rate in {text:?}")
+        bail!("no {name} in {text:?}")
+    };
+    Ok(Run {
+        rate: field("rate")?,
+        cpu_ns: field("cpu_ns")?,
+    })
 }
 
 /// Wall time of `sh -c SCRIPT` with its output discarded, in milliseconds.

@@ -12,6 +12,7 @@ pub struct Results {
     pub latency: Samples,
     pub scale: Scale,
     pub elapsed: Duration,
+    pub load_at_end: String,
 }
 
 /// One target: what, the figure, met or not.
@@ -36,6 +37,7 @@ pub fn render(r: &Results) -> String {
     for (k, v) in &r.machine {
         let _ = writeln!(s, "| {k} | {v} |");
     }
+    let _ = writeln!(s, "| load average at end | {} |", r.load_at_end);
     let _ = writeln!(s, "| date | {} |\n", date());
 
     let _ = writeln!(s, "## Targets\n\n| target | measured | |\n|---|---|---|");
@@ -73,8 +75,11 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\n## 2. Churn overhead\n\nWithout and with, alternating (order flipped every round), \
-         {} rounds; ratio = with / without per round.\n\n\
-         | workload | without (median) | with (median) | loss (median) | ratio min–max |\n|---|---|---|---|---|",
+         {} rounds; ratio = with / without per round. The rate is the issue's measure; the \
+         generator's own CPU time per operation (user + system, from CLOCK_PROCESS_CPUTIME_ID) \
+         hardly depends on what else runs on the machine, so it shows the same tax with less \
+         noise (softirq work the kernel does not charge to the process is not in it).\n\n\
+         | workload | without (median) | with (median) | loss (median) | rate ratio min–max | CPU/op without → with | extra CPU/op (median) | CPU ratio min–max |\n|---|---|---|---|---|---|---|---|",
         o.churn.ratios.len()
     );
     for (what, p, unit) in [
@@ -88,12 +93,45 @@ pub fn render(r: &Results) -> String {
     ] {
         let _ = writeln!(
             s,
-            "| {what} | {:.0} {unit} | {:.0} {unit} | {:.2} % | {:.3}–{:.3} |",
+            "| {what} | {:.0} {unit} | {:.0} {unit} | {:.2} % | {:.3}–{:.3} | {:.1} → {:.1} ns | {:+.2} % | {:.3}–{:.3} |",
             p.without.median(),
             p.with.median(),
             p.loss_pct(),
             p.ratios.min(),
-            p.ratios.max()
+            p.ratios.max(),
+            p.cpu_without.median(),
+            p.cpu_with.median(),
+            p.cpu_extra_pct(),
+            p.cpu_ratios.min(),
+            p.cpu_ratios.max()
+        );
+    }
+    let d = &o.churn.daemon_cpu_pct;
+    let _ = writeln!(
+        s,
+        "\nThe daemon itself used {:.1} % of a core (median; {:.1}–{:.1} %) while the churn ran \
+         with it: on a 2-CPU machine that CPU is taken from everything else.\n\n\
+         Per-round rates and CPU times:\n\n| round | churn conn/s without → with | getppid calls/s without → with | getppid, no-op close tracepoint: without → with |\n|---|---|---|---|",
+        d.median(),
+        d.min(),
+        d.max()
+    );
+    for i in 0..o.churn.without.len() {
+        let pair = |p: &overhead::Paired| {
+            format!(
+                "{:.0} → {:.0} ({:.0} → {:.0} ns)",
+                p.without.0.get(i).copied().unwrap_or(f64::NAN),
+                p.with.0.get(i).copied().unwrap_or(f64::NAN),
+                p.cpu_without.0.get(i).copied().unwrap_or(f64::NAN),
+                p.cpu_with.0.get(i).copied().unwrap_or(f64::NAN)
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {i} | {} | {} | {} |",
+            pair(&o.churn),
+            pair(&o.getppid),
+            pair(&o.getppid_close_tp)
         );
     }
 
@@ -102,14 +140,15 @@ pub fn render(r: &Results) -> String {
         "\n## 3. Scale\n\nCLOSE_WAIT sockets held on loopback by `cwatch-hold` processes \
          (≤ 19,000 each), net.ipv4.tcp_mem raised for the run (restored after). Times in ms \
          (median; p99 for /metrics); the daemon is started after the sockets exist.\n\n\
-         | sockets | ss count | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | idle CPU-s/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | idle CPU-s/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &r.scale.levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
             l.sockets,
+            l.held,
             l.ss_count,
             l.gauge_total,
             l.ready_s,

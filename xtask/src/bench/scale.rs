@@ -11,13 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use cwatch_testkit::prom::Scrape;
 
 use super::{
     Plan,
     daemon::BenchDaemon,
-    holders::Holders,
+    holders::{self, Holders},
     procs::{self, Bins},
     stats::Samples,
     system::{self, Sysctl},
@@ -29,6 +28,9 @@ const TCP_MEM: &str = "4194304 6291456 8388608";
 #[derive(Debug, Default)]
 pub struct Level {
     pub sockets: usize,
+    /// The holders' sockets in CLOSE_WAIT by `ss` (peer in 127.100/16): the
+    /// ground truth the gauges are compared with.
+    pub held: usize,
     /// `ss -Htn state close-wait | wc -l` (the whole host).
     pub ss_count: usize,
     pub ready_s: f64,
@@ -70,8 +72,15 @@ pub fn run(plan: &Plan, bins: &Bins) -> anyhow::Result<Scale> {
             scale.stopped = Some(why);
             break;
         }
-        let level = measure(plan, bins, &holders, &node_agent, &node_url)
-            .with_context(|| format!("at {target} sockets"))?;
+        let level = match measure(plan, bins, &holders, &node_agent, &node_url) {
+            Ok(level) => level,
+            Err(e) => {
+                let why = format!("measuring at {} sockets failed: {e:#}", holders.total);
+                eprintln!("bench: {why}");
+                scale.stopped = Some(why);
+                break;
+            }
+        };
         eprintln!(
             "bench: {} sockets: ready {:.2} s, complete {:.2} s, scrape p50 {:.1} ms p99 {:.1} ms, ls {:.0} ms, RSS {:.1} MiB, {:.1} CPU-s/h; ss|wc {:.0} ms, ss -tnap {:.0} ms, node_exporter {:.0} ms",
             level.sockets,
@@ -105,6 +114,7 @@ fn measure(
     let big = holders.total >= 500_000;
     let pids: HashSet<String> = holders.pids().iter().map(u32::to_string).collect();
 
+    level.held = count_lines(&format!("ss -Htn state close-wait dst {}", holders::NETWORK))?;
     let started = Instant::now();
     let daemon = BenchDaemon::start(&bins.cwatch, &[])?;
     level.ready_s = daemon.ready_after.as_secs_f64();
@@ -170,4 +180,10 @@ fn measure(
             .unwrap_or(f64::NAN);
     }
     Ok(level)
+}
+
+/// Lines printed by `sh -c SCRIPT`.
+fn count_lines(script: &str) -> anyhow::Result<usize> {
+    let out = std::process::Command::new("sh").args(["-c", script]).output()?;
+    Ok(out.stdout.iter().filter(|&&b| b == b'\n').count())
 }

@@ -69,7 +69,18 @@ pub fn machine() -> Vec<(String, String)> {
         ),
         ("kernel".into(), format!("{} {}", uname("-r"), uname("-v"))),
         ("OS".into(), os),
+        ("load average at start".into(), load_average()),
     ]
+}
+
+/// /proc/loadavg's first three fields (other work on the shared machine).
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Resident memory of `pid` in MiB.

@@ -1,5 +1,7 @@
 //! `cwatch-churn`: a tight loopback connect/accept/close loop in one thread,
-//! for a while, then one line `conns N errors E secs S rate R`.
+//! for a while, then one line `conns N errors E secs S rate R cpu_ns C`, C
+//! being this process's CPU time per connection (loopback softirq work done
+//! in our context included, where the kernel charges it to us).
 //!
 //! Each round connects to its own listener, accepts, closes the client end
 //! first (the server end passes through CLOSE_WAIT, as in a real leak's
@@ -53,6 +55,7 @@ fn churn(length: Duration, listeners: u8) -> anyhow::Result<String> {
         let addr = listener.local_addr()?;
         bound.push((listener, addr));
     }
+    let cpu_start = cpu_ns();
     let started = Instant::now();
     let (mut conns, mut errors) = (0u64, 0u64);
     'run: loop {
@@ -68,9 +71,11 @@ fn churn(length: Duration, listeners: u8) -> anyhow::Result<String> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_ns() - cpu_start;
     Ok(format!(
-        "conns {conns} errors {errors} secs {secs:.6} rate {:.1}",
-        conns as f64 / secs
+        "conns {conns} errors {errors} secs {secs:.6} rate {:.1} cpu_ns {:.1}",
+        conns as f64 / secs,
+        cpu / conns.max(1) as f64
     ))
 }
 
@@ -81,4 +86,10 @@ fn round(listener: &TcpListener, addr: SocketAddr) -> std::io::Result<()> {
     drop(client);
     drop(server);
     Ok(())
+}
+
+/// CPU time of this process (user + system), in nanoseconds.
+fn cpu_ns() -> f64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }

@@ -2,7 +2,9 @@
 //! the rate. getppid does no work in the kernel, so the rate shows the
 //! per-syscall tax of whatever is attached to the syscall entry path (any
 //! `syscalls:sys_enter_*` tracepoint turns on the tracing slow path for every
-//! syscall of every task). Output: one line `calls N secs S rate R`.
+//! syscall of every task). Output: one line `calls N secs S rate R cpu_ns C`,
+//! C being this process's CPU time (user + system) per call: unlike the rate,
+//! it hardly moves when other work on the machine takes CPU away from us.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         eprintln!("cwatch-getppid: error: --seconds must be a positive number");
         return ExitCode::from(2);
     };
+    let cpu_start = cpu_ns();
     let started = Instant::now();
     let mut calls: u64 = 0;
     let mut sink: i64 = 0;
@@ -37,10 +40,18 @@ fn main() -> ExitCode {
         calls += CHUNK;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_ns() - cpu_start;
     std::hint::black_box(sink);
     println!(
-        "calls {calls} secs {secs:.6} rate {:.1}",
-        calls as f64 / secs
+        "calls {calls} secs {secs:.6} rate {:.1} cpu_ns {:.2}",
+        calls as f64 / secs,
+        cpu / calls as f64
     );
     ExitCode::SUCCESS
+}
+
+/// CPU time of this process (user + system), in nanoseconds.
+fn cpu_ns() -> f64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
 }
