@@ -20,9 +20,15 @@ pub fn run(args: &LsArgs, target: SocketAddr) -> anyhow::Result<()> {
         }
         other => anyhow::anyhow!("asking the daemon at {url}: {other}"),
     })?;
-    let mut sockets: Vec<ApiSocket> = response.body_mut().read_json().with_context(|| {
-        format!("the daemon at {url} sent something that is not the socket list")
-    })?;
+    // No size limit: ureq's default (10 MiB) is ~40k sockets of JSON.
+    let mut sockets: Vec<ApiSocket> = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_json()
+        .with_context(|| {
+            format!("the daemon at {url} sent something that is not the socket list")
+        })?;
     if args.leaked {
         sockets.retain(|s| s.leaked);
     }

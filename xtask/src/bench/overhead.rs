@@ -108,7 +108,9 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
             churn_runs[usize::from(with)] = churn()?;
             if let Some(d) = &daemon {
                 let used = system::cpu_seconds(d.pid)? - cpu0;
-                out.churn.daemon_cpu_pct.push(used / plan.workload_secs * 100.0);
+                out.churn
+                    .daemon_cpu_pct
+                    .push(used / plan.workload_secs * 100.0);
             }
             getppid_runs[usize::from(with)] = getppid()?;
             if let Some(daemon) = daemon {
@@ -135,7 +137,7 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
 
 /// Without first on even rounds, with first on odd ones.
 fn order(round: usize) -> [bool; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [false, true]
     } else {
         [true, false]

@@ -140,13 +140,13 @@ pub fn render(r: &Results) -> String {
         "\n## 3. Scale\n\nCLOSE_WAIT sockets held on loopback by `cwatch-hold` processes \
          (≤ 19,000 each), net.ipv4.tcp_mem raised for the run (restored after). Times in ms \
          (median; p99 for /metrics); the daemon is started after the sockets exist.\n\n\
-         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | idle CPU-s/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | RSS after ls (MiB) | idle CPU-s/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &r.scale.levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
             l.sockets,
             l.held,
             l.ss_count,
@@ -157,11 +157,17 @@ pub fn render(r: &Results) -> String {
             l.scrape_ms.percentile(99.0),
             l.ls_ms.median(),
             l.rss_mib,
+            l.rss_after_ls_mib,
             l.cpu_s_per_hour,
             l.ss_wc_ms.median(),
             l.ss_tnap_ms.median(),
             l.node_ms.median()
         );
+    }
+    for l in &r.scale.levels {
+        if let Some(e) = &l.ls_error {
+            let _ = writeln!(s, "\nAt {} sockets `cwatch ls` failed: {e}", l.sockets);
+        }
     }
     if let Some(why) = &r.scale.stopped {
         let _ = writeln!(s, "\nThe run stopped early: {why}");

@@ -39,7 +39,13 @@ pub struct Level {
     pub gauge_total: f64,
     pub scrape_ms: Samples,
     pub ls_ms: Samples,
+    /// Why `cwatch ls` failed, if it did.
+    pub ls_error: Option<String>,
+    /// Resident memory once the gauges are complete and /metrics was
+    /// scraped (steady state), and after the `cwatch ls` calls (each has the
+    /// daemon serialize every socket as JSON).
     pub rss_mib: f64,
+    pub rss_after_ls_mib: f64,
     pub cpu_s_per_hour: f64,
     pub ss_wc_ms: Samples,
     pub ss_tnap_ms: Samples,
@@ -82,7 +88,7 @@ pub fn run(plan: &Plan, bins: &Bins) -> anyhow::Result<Scale> {
             }
         };
         eprintln!(
-            "bench: {} sockets: ready {:.2} s, complete {:.2} s, scrape p50 {:.1} ms p99 {:.1} ms, ls {:.0} ms, RSS {:.1} MiB, {:.1} CPU-s/h; ss|wc {:.0} ms, ss -tnap {:.0} ms, node_exporter {:.0} ms",
+            "bench: {} sockets: ready {:.2} s, complete {:.2} s, scrape p50 {:.1} ms p99 {:.1} ms, ls {:.0} ms, RSS {:.1} MiB ({:.1} after ls), {:.1} CPU-s/h; ss|wc {:.0} ms, ss -tnap {:.0} ms, node_exporter {:.0} ms",
             level.sockets,
             level.ready_s,
             level.complete_s,
@@ -90,6 +96,7 @@ pub fn run(plan: &Plan, bins: &Bins) -> anyhow::Result<Scale> {
             level.scrape_ms.percentile(99.0),
             level.ls_ms.median(),
             level.rss_mib,
+            level.rss_after_ls_mib,
             level.cpu_s_per_hour,
             level.ss_wc_ms.median(),
             level.ss_tnap_ms.median(),
@@ -114,7 +121,10 @@ fn measure(
     let big = holders.total >= 500_000;
     let pids: HashSet<String> = holders.pids().iter().map(u32::to_string).collect();
 
-    level.held = count_lines(&format!("ss -Htn state close-wait dst {}", holders::NETWORK))?;
+    level.held = count_lines(&format!(
+        "ss -Htn state close-wait dst {}",
+        holders::NETWORK
+    ))?;
     let started = Instant::now();
     let daemon = BenchDaemon::start(&bins.cwatch, &[])?;
     level.ready_s = daemon.ready_after.as_secs_f64();
@@ -138,11 +148,19 @@ fn measure(
         daemon.metrics()?;
         level.scrape_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    level.rss_mib = system::rss_mib(daemon.pid)?;
     let ls = format!("{} ls --listen {}", bins.cwatch.display(), daemon.addr);
     for _ in 0..if big { 3 } else { 5 } {
-        level.ls_ms.push(procs::time_shell(&ls)?);
+        match procs::time_shell(&ls) {
+            Ok(ms) => level.ls_ms.push(ms),
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                level.ls_error = Some(format!("{e:#}"));
+                break;
+            }
+        }
     }
-    level.rss_mib = system::rss_mib(daemon.pid)?;
+    level.rss_after_ls_mib = system::rss_mib(daemon.pid)?;
     let cpu0 = system::cpu_seconds(daemon.pid)?;
     std::thread::sleep(Duration::from_secs(plan.idle_secs));
     let cpu1 = system::cpu_seconds(daemon.pid)?;
@@ -184,6 +202,8 @@ fn measure(
 
 /// Lines printed by `sh -c SCRIPT`.
 fn count_lines(script: &str) -> anyhow::Result<usize> {
-    let out = std::process::Command::new("sh").args(["-c", script]).output()?;
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()?;
     Ok(out.stdout.iter().filter(|&&b| b == b'\n').count())
 }
