@@ -62,7 +62,7 @@ pub struct RunArgs {
     /// How often the fds holding tracked sockets are re-checked [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub holders_refresh: Option<Duration>,
-    /// bpffs directory for the maps that survive restarts; "" to not pin
+    /// bpffs directory for the maps that survive restarts; "none" to not pin
     /// [default: /sys/fs/bpf/cwatch].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,

@@ -131,3 +131,45 @@ fn ls_asks_the_configured_daemon() {
         Config::default().listen
     );
 }
+
+#[test]
+fn pin_dir_ring_size_and_holders_refresh() {
+    let config = Config::from_run_args(&run_args(&[]).unwrap()).unwrap();
+    assert_eq!(config.pin_dir, Some(PathBuf::from("/sys/fs/bpf/cwatch")));
+    assert_eq!(config.ring_buffer_size, 8 << 20);
+    assert_eq!(config.holders_refresh, Duration::from_secs(5));
+    let args = run_args(&[
+        "--pin-dir",
+        "none",
+        "--ring-buffer-size",
+        "64KiB",
+        "--holders-refresh",
+        "1s",
+    ])
+    .unwrap();
+    let config = Config::from_run_args(&args).unwrap();
+    assert_eq!((config.pin_dir, config.ring_buffer_size), (None, 64 << 10));
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+    for bad in ["1000", "2KiB", "lots", "-4096", "2048MiB"] {
+        assert!(parse_size(bad).is_err(), "{bad}");
+    }
+    assert!(run_args(&["--ring-buffer-size", "3000"]).is_err());
+    let relative = run_args(&["--pin-dir", "pins"]).unwrap();
+    assert_eq!(
+        Config::from_run_args(&relative).unwrap_err().to_string(),
+        "--pin-dir pins: must be an absolute path on a bpf filesystem"
+    );
+    let file = parse_file(
+        "f.toml",
+        "pin_dir = \"none\"\nring_buffer_size = \"1MiB\"\n",
+    )
+    .unwrap();
+    assert_eq!((file.pin_dir, file.ring_buffer_size), (None, 1 << 20));
+    let bad = parse_file("f.toml", "ring_buffer_size = \"5KiB\"\n").unwrap_err();
+    assert!(
+        bad.to_string()
+            .starts_with("config file f.toml: ring_buffer_size = \"5KiB\""),
+        "{bad}"
+    );
+}

@@ -65,6 +65,17 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
                     SockEntry::from_record(&event.rec),
                 ),
             };
+            // The per-fd story: the task the kernel closed it in, and its
+            // fd among the holders known a moment ago.
+            if let Some(h) = sock.holders.iter().find(|h| h.pid == event.tgid) {
+                debug!(
+                    cookie = sock.cookie,
+                    pid = h.pid,
+                    fd = h.fd,
+                    newstate = event.newstate,
+                    "left CLOSE_WAIT"
+                );
+            }
             table.insert_dead(DeadEntry {
                 sock,
                 left_ns: event.ts_ns,
@@ -97,6 +108,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
     loop {
+        let drain_start = shared.clock.now_ns();
         let malformed = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -114,6 +126,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             );
         }
         if batch.is_empty() {
+            shared.set_drained(drain_start);
             continue;
         }
         let mut durations = Vec::new();
@@ -133,6 +146,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
         for d in durations {
             shared.metrics.observe_closed(d);
         }
+        shared.set_drained(drain_start);
         batch.clear();
     }
 }

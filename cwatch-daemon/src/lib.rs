@@ -26,7 +26,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -48,6 +48,9 @@ pub struct Shared {
     table: Mutex<SocketTable>,
     probes: Mutex<Option<Probes>>,
     ready: AtomicBool,
+    /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
+    /// every event recorded before it has been read (or was lost).
+    drained_ns: AtomicU64,
 }
 
 impl Shared {
@@ -60,6 +63,7 @@ impl Shared {
             table: Mutex::new(SocketTable::new()),
             probes: Mutex::new(None),
             ready: AtomicBool::new(false),
+            drained_ns: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +75,15 @@ impl Shared {
 
     fn lock_probes(&self) -> MutexGuard<'_, Option<Probes>> {
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn drained_ns(&self) -> u64 {
+        self.drained_ns.load(Ordering::Acquire)
+    }
+
+    /// Intake: a drain that began at `ns` is complete.
+    pub fn set_drained(&self, ns: u64) {
+        self.drained_ns.fetch_max(ns, Ordering::AcqRel);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -180,15 +193,16 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     *shared.lock_probes() = Some(probes);
     let mut intake = tokio::spawn(intake::run(events, Arc::clone(shared)));
     let pass = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || {
-        reconcile::run_once(&pass, true)?;
+    let suspects = tokio::task::spawn_blocking(move || {
+        let mut suspects = reconcile::Suspects::default();
+        reconcile::run_once(&pass, &mut suspects)?;
         owners::walk_now(&pass);
-        anyhow::Ok(())
+        anyhow::Ok(suspects)
     })
     .await
     .context("first reconciliation task")??;
     owners::Handle::start(shared).context("starting the attribution thread")?;
-    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared)));
+    let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared), suspects));
     shared.ready.store(true, Ordering::Release);
     info!("ready: probes attached, first reconciliation done");
 

@@ -43,9 +43,6 @@ pub struct Corrections {
     pub map_removed: u64,
 }
 
-/// An event in flight is one the kernel recorded less than this long ago:
-/// the daemon may not have drained it yet, so its absence is not drift.
-const IN_FLIGHT: Duration = Duration::from_secs(2);
 /// A socket that left CLOSE_WAIT, is held by no fd and is no longer in
 /// LAST_ACK is forgotten from `LINGER` after this long (its destroy went
 /// unseen, e.g. while no daemon ran).
@@ -120,18 +117,26 @@ fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelView) -
 }
 
 /// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the
-/// namespaces it covers). `map` is the kernel's CLOSE_WAIT map: a socket
-/// found there keeps its true start. Entries recorded at or after
-/// `dump_start_ns` are newer than the dump and left alone.
+/// namespaces it covers). Call it after a drain of the ring that began once
+/// the dump was complete: every event from before the dump is applied, so
+/// a difference left is drift.
+///
+/// `map` is the kernel's CLOSE_WAIT map read after that drain: a socket
+/// found there but not in the table lost its enter event and keeps its true
+/// start. A socket in neither either predates cwatch (the first pass), or
+/// left CLOSE_WAIT while the dump ran: after the first pass it is added
+/// only when two passes in a row find it so (`suspects` carries them).
+/// Entries recorded at or after `dump_start_ns` are newer than the dump and
+/// left alone.
 pub fn sync(
     table: &mut SocketTable,
     view: &KernelView,
     map: &HashMap<u64, SockRecord>,
     now_ns: u64,
     dump_start_ns: u64,
+    suspects: &mut Suspects,
 ) -> Corrections {
     let mut c = Corrections::default();
-    let in_flight = IN_FLIGHT.as_nanos() as u64;
     let stale: Vec<u64> = table
         .iter()
         .filter(|e| {
@@ -145,6 +150,7 @@ pub fn sync(
         table.remove(cookie);
         c.removed += 1;
     }
+    let mut next_suspects = HashSet::new();
     for (cookie, (d, netns)) in &view.close_wait {
         if let Some(entry) = table.get_mut(*cookie) {
             if entry.inode == 0 && d.inode != 0 {
@@ -157,30 +163,61 @@ pub fn sync(
         }
         match map.get(cookie) {
             Some(rec) if rec.start_ns != 0 => {
-                if now_ns.saturating_sub(rec.start_ns) >= in_flight {
-                    c.added += 1;
-                }
                 table.insert(SockEntry::from_record(rec));
+                c.added += 1;
             }
-            _ => {
+            _ if suspects.first_pass || suspects.cookies.contains(cookie) => {
                 table.insert(entry_from_diag(d, *netns, now_ns, view));
                 c.added += 1;
             }
+            _ => {
+                next_suspects.insert(*cookie);
+            }
         }
     }
+    suspects.cookies = next_suspects;
+    suspects.first_pass = false;
     c
+}
+
+/// Sockets one pass found in CLOSE_WAIT that neither the table nor the
+/// kernel map knew (see [`sync`]).
+#[derive(Debug)]
+pub struct Suspects {
+    first_pass: bool,
+    cookies: HashSet<u64>,
+}
+
+impl Default for Suspects {
+    fn default() -> Self {
+        Self {
+            first_pass: true,
+            cookies: HashSet::new(),
+        }
+    }
+}
+
+/// Waits (at most a second) for a drain of the ring that began after
+/// `after_ns`.
+fn wait_for_drain(shared: &Shared, after_ns: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while shared.drained_ns() <= after_ns && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// One pass: sock_diag in every namespace, then the table, the kernel's
 /// map and `LINGER` are brought in line. `initial` is the start-up pass.
-pub fn run_once(shared: &Shared, initial: bool) -> anyhow::Result<Corrections> {
+pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corrections> {
+    let initial = suspects.first_pass;
     let dump_start_ns = shared.clock.now_ns();
     let view = kernel_view();
+    wait_for_drain(shared, shared.clock.now_ns());
     let map = shared.kernel_records()?;
     let now_ns = shared.clock.now_ns();
     let mut c = {
         let mut table = shared.lock_table();
-        let c = sync(&mut table, &view, &map, now_ns, dump_start_ns);
+        let c = sync(&mut table, &view, &map, now_ns, dump_start_ns, suspects);
         if initial {
             restore_dead(&mut table, &shared.linger_records()?);
         }
@@ -302,15 +339,22 @@ fn to_record(e: &SockEntry) -> SockRecord {
     rec
 }
 
-/// Reconciles every `reconcile_interval` until aborted.
-pub async fn run(shared: Arc<Shared>) {
+/// Reconciles every `reconcile_interval` until aborted, carrying on from the
+/// start-up pass's `suspects`.
+pub async fn run(shared: Arc<Shared>, suspects: Suspects) {
+    let suspects = Arc::new(std::sync::Mutex::new(suspects));
     let mut tick = tokio::time::interval(shared.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first pass already ran at start-up
     loop {
         tick.tick().await;
         let pass = Arc::clone(&shared);
-        match tokio::task::spawn_blocking(move || run_once(&pass, false)).await {
+        let suspects = Arc::clone(&suspects);
+        let work = move || {
+            let mut suspects = suspects.lock().unwrap_or_else(|e| e.into_inner());
+            run_once(&pass, &mut suspects)
+        };
+        match tokio::task::spawn_blocking(work).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => warn!("reconciliation failed: {err:#}"),
             Err(err) => warn!("reconciliation task failed: {err}"),

@@ -33,7 +33,14 @@ fn adds_missing_and_drops_stale_entries() {
         table.insert(SockEntry::from_record(&record(cookie, 5 * S, None)));
     }
     let v = view(&[(2, None), (3, Some(40))]);
-    let c = sync(&mut table, &v, &HashMap::new(), 100 * S, 90 * S);
+    let c = sync(
+        &mut table,
+        &v,
+        &HashMap::new(),
+        100 * S,
+        90 * S,
+        &mut Suspects::default(),
+    );
     assert_eq!((c.added, c.removed), (1, 1));
     let mut cookies: Vec<u64> = table.cookies().collect();
     cookies.sort_unstable();
@@ -47,12 +54,19 @@ fn adds_missing_and_drops_stale_entries() {
         "estimated from the last ACK received"
     );
     assert_eq!(found.inode, 5003);
-    let again = sync(&mut table, &v, &HashMap::new(), 100 * S, 90 * S);
+    let again = sync(
+        &mut table,
+        &v,
+        &HashMap::new(),
+        100 * S,
+        90 * S,
+        &mut Suspects::default(),
+    );
     assert_eq!(again, Corrections::default(), "idempotent");
 }
 
 #[test]
-fn the_kernel_map_keeps_true_starts_and_in_flight_events_are_not_drift() {
+fn the_kernel_map_keeps_true_starts_of_lost_enters() {
     let mut table = SocketTable::new();
     let map: HashMap<u64, SockRecord> = [
         (4, record(4, 10 * S, Some((9, "k")))),
@@ -60,20 +74,42 @@ fn the_kernel_map_keeps_true_starts_and_in_flight_events_are_not_drift() {
     ]
     .into_iter()
     .collect();
+    let mut suspects = Suspects {
+        first_pass: false,
+        ..Default::default()
+    };
     let c = sync(
         &mut table,
         &view(&[(4, None), (5, None)]),
         &map,
         100 * S,
         100 * S,
+        &mut suspects,
     );
     let e = table.get(4).unwrap();
     assert_eq!((e.start_ns, e.age_estimated), (10 * S, false));
     assert_eq!(e.owner.unwrap().pid, 9);
+    assert_eq!(c.added, 2, "both lost their enter event");
+    assert_eq!(table.get(5).unwrap().start_ns, 99 * S);
+}
+
+#[test]
+fn sockets_unknown_to_table_and_map_are_added_on_the_second_sight() {
+    let mut table = SocketTable::new();
+    let mut suspects = Suspects::default();
+    let none = HashMap::new();
+    let v = view(&[(1, None)]);
+    let c = sync(&mut table, &v, &none, 10 * S, 9 * S, &mut suspects);
+    assert_eq!(c.added, 1, "first pass: found at start");
+    let v = view(&[(1, None), (2, None)]);
+    let c = sync(&mut table, &v, &none, 20 * S, 19 * S, &mut suspects);
     assert_eq!(
-        c.added, 1,
-        "the 1 s old record is an event in flight, not drift"
+        (c.added, table.len()),
+        (0, 1),
+        "may have left while the dump ran"
     );
+    let c = sync(&mut table, &v, &none, 30 * S, 29 * S, &mut suspects);
+    assert_eq!((c.added, table.len()), (1, 2), "still there: drift");
 }
 
 #[test]
@@ -83,7 +119,14 @@ fn newer_entries_and_uncovered_namespaces_are_left_alone() {
     let mut other = record(7, 5 * S, None);
     other.netns = 1234;
     table.insert(SockEntry::from_record(&other));
-    let c = sync(&mut table, &view(&[]), &HashMap::new(), 100 * S, 90 * S);
+    let c = sync(
+        &mut table,
+        &view(&[]),
+        &HashMap::new(),
+        100 * S,
+        90 * S,
+        &mut Suspects::default(),
+    );
     assert_eq!(c, Corrections::default());
     assert_eq!(table.len(), 2);
 }

@@ -120,7 +120,7 @@ pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
         .map_max_entries(names::MAP_EVENTS, options.ring_bytes);
     for (name, path) in &pin_paths {
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(OBJECT).map_err(ProbeError::Load)?;
     let mut layout: Array<MapData, u32> = take_map(&mut ebpf, names::MAP_LAYOUT)?;

@@ -1,7 +1,8 @@
 //! The daemon's life: bad input stops it before anything is loaded; it serves
 //! 503 until ready; it mounts bpffs/tracefs where they are missing; garbage
 //! HTTP does not hurt it; and whether stopped with SIGTERM or killed, it
-//! leaves no program or map behind (cwatch pins nothing in this release).
+//! leaves no program behind and no map but the pinned ones, which go with
+//! their pin directory.
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -79,7 +80,7 @@ fn assert_all_gone(progs: &[u64], maps: &[u64]) {
 fn stop_and_kill_leave_nothing_behind() {
     let _serial = serial();
     for signal in [Signal::TERM, Signal::KILL] {
-        let daemon = Daemon::start(&[]).unwrap();
+        let mut daemon = Daemon::start(&[]).unwrap();
         let (progs, maps) = bpf_objects_of(daemon.pid);
         assert!(
             !progs.is_empty(),
@@ -91,6 +92,17 @@ fn stop_and_kill_leave_nothing_behind() {
             "expected the maps held by pid {}: {maps:?}",
             daemon.pid
         );
+        // Ours to remove now, not the daemon handle's.
+        let pin_dir = daemon.pin_dir.take().expect("a private pin dir");
+        let pinned: Vec<u64> = ["CLOSE_WAIT", "LINGER", "OWNERS", "LAYOUT"]
+            .iter()
+            .map(|name| pinned_map_id(&pin_dir.join(name)))
+            .collect();
+        // The programs use the first three; LAYOUT is only read at load.
+        assert!(
+            pinned[..3].iter().all(|id| maps.contains(id)),
+            "{pinned:?} ⊄ {maps:?}"
+        );
         daemon.signal(signal).unwrap();
         let status = daemon.wait_exit(Duration::from_secs(20)).unwrap();
         if signal == Signal::TERM {
@@ -99,12 +111,31 @@ fn stop_and_kill_leave_nothing_behind() {
                 "SIGTERM should end cwatch cleanly, got {status}"
             );
         }
-        assert_all_gone(&progs, &maps);
+        let unpinned: Vec<u64> = maps
+            .iter()
+            .copied()
+            .filter(|id| !pinned.contains(id))
+            .collect();
+        assert_all_gone(&progs, &unpinned);
+        assert!(
+            pinned.iter().all(|id| still_exists("map", *id)),
+            "pinned maps outlive the daemon"
+        );
+        std::fs::remove_dir_all(&pin_dir).unwrap();
+        assert_all_gone(&[], &pinned);
     }
-    assert!(
-        !std::path::Path::new("/sys/fs/bpf/cwatch").exists(),
-        "this release pins nothing"
-    );
+}
+
+/// The id of the map pinned at `path` (`bpftool -j map show pinned`).
+fn pinned_map_id(path: &std::path::Path) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool on {}: {e}: {out:?}", path.display()));
+    info["id"].as_u64().unwrap()
 }
 
 #[test]

@@ -6,8 +6,11 @@
 //! They only look at what they created: their ports, pids and cookies.
 mod attribution;
 mod common;
+mod dead;
+mod drift;
 mod fields;
 mod incident;
 mod ipv6;
 mod lifecycle;
 mod prompt_close;
+mod restart;
