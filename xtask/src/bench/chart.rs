@@ -69,7 +69,7 @@ pub fn draw(scale: &Scale, path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("sockets in CLOSE_WAIT")
         .y_desc("milliseconds (median)")
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| round_label(*v))
         .y_label_formatter(&|v| format!("{v}"))
         .label_style(("sans-serif", 14))
         .draw()
@@ -117,4 +117,16 @@ fn bounds(values: &[f64]) -> (f64, f64) {
         return (1.0, 10.0);
     }
     (min / 2.0, max * 2.0)
+}
+
+/// Log-axis tick labels: only 1, 2 and 5 times a power of ten (the others
+/// would overlap).
+fn round_label(v: f64) -> String {
+    let magnitude = 10f64.powf(v.log10().floor());
+    let lead = (v / magnitude).round();
+    if [1.0, 2.0, 5.0].contains(&lead) && (v - lead * magnitude).abs() < magnitude * 0.01 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
 }

@@ -205,14 +205,17 @@ fn targets(r: &Results) -> Vec<Target> {
     t.push(ns("inet_sock_set_state program", prog("set_s", "~"), 60.0));
     t.push(ns("close() filter program", prog("close", "set_s"), 30.0));
     let loss = |what: &str, p: &overhead::Paired| Target {
-        what: format!("{what} ≤ 2 % loss"),
+        what: format!("{what} ≤ 2 % loss (rate, and CPU per op)"),
         figure: format!(
             "{:.2} % (ratio {:.3}–{:.3})",
             p.loss_pct(),
             p.ratios.min(),
             p.ratios.max()
         ),
-        met: Some(p.loss_pct() <= 2.0),
+        // The wall-clock rate is at the mercy of the shared machine; the
+        // generator's CPU per operation must agree before a target counts
+        // as met.
+        met: Some(p.loss_pct() <= 2.0 && p.cpu_extra_pct() <= 2.0),
     };
     t.push(loss("connect/accept/close churn", &r.overhead.churn));
     t.push(loss("getppid() loop", &r.overhead.getppid));
