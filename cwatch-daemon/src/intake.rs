@@ -96,7 +96,7 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
 /// programs wake the daemon only once a backlog builds up (one interrupt per
 /// event would cost more than the rest of the program), so this bounds how
 /// late a lone event shows in /metrics.
-pub const POLL_PERIOD: Duration = Duration::from_millis(200);
+pub const POLL_PERIOD: Duration = Duration::from_millis(50);
 
 /// Drains the ring buffer when the kernel signals a backlog and every
 /// `POLL_PERIOD`, until the task is aborted at shutdown.

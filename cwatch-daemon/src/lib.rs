@@ -7,9 +7,11 @@ The data's path, one module per stage: [`probe`] (load and attach) →
 [`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
 every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
 [`metrics`] / [`http`] → [`config`] (flags and file). [`ls`] is the client
-side of `cwatch ls`.
+side of `cwatch ls`. Running as a service: [`caps`] (dropping capabilities
+once ready) and [`service`] (sd_notify).
 */
 pub mod aging;
+pub mod caps;
 pub mod config;
 pub mod http;
 pub mod intake;
@@ -19,6 +21,7 @@ pub mod netns;
 pub mod owners;
 pub mod probe;
 pub mod reconcile;
+pub mod service;
 pub mod sockdiag;
 pub mod table;
 
@@ -203,17 +206,33 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
     .context("first reconciliation task")??;
     owners::Handle::start(shared).context("starting the attribution thread")?;
     let reconciler = tokio::spawn(reconcile::run(Arc::clone(shared), suspects));
+    drop_capabilities();
     shared.ready.store(true, Ordering::Release);
     info!("ready: probes attached, first reconciliation done");
+    service::ready("watching TCP sockets in CLOSE_WAIT");
+    let watchdog = service::spawn_watchdog();
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => signal,
         ended = &mut intake => intake_ended(ended),
     };
+    service::stopping();
     intake.abort();
     reconciler.abort();
     shared.owners.stop();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     outcome
+}
+
+/// Everything privileged is done (programs loaded and attached, pins
+/// opened, first reconciliation): keep only [`caps::KEPT`].
+fn drop_capabilities() {
+    match caps::drop_to_kept() {
+        Ok(mask) => info!(kept = ?caps::names(mask), "dropped every other capability"),
+        Err(err) => tracing::error!("could not drop capabilities: {err}"),
+    }
 }
 
 fn intake_ended(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

@@ -122,7 +122,7 @@ impl Metrics {
                 &r,
                 Histogram::with_opts(
                     HistogramOpts::new("cwatch_attribution_seconds", "Time from the transition into CLOSE_WAIT to the socket's fd holders being known (sockets closed within the grace period are never looked up).")
-                        .buckets(vec![0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0]),
+                        .buckets(vec![0.05, 0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0]),
                 )
                 .expect("valid histogram"),
             ),

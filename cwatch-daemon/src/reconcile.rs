@@ -157,7 +157,7 @@ pub fn sync(
                 // Accepted since: now it has an fd to find.
                 entry.inode = d.inode;
                 entry.direction = Direction::Inbound;
-                entry.resolved = false;
+                table.mark_unresolved(*cookie);
             }
             continue;
         }

@@ -6,7 +6,7 @@ attribution and reconciliation change it, metrics and the API read it.
 */
 use std::{
     borrow::Cow,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -191,6 +191,11 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
 pub struct SocketTable {
     socks: HashMap<u64, SockEntry>,
     dead: HashMap<u64, DeadEntry>,
+    /// Cookies of entries whose holders were never looked up, and of dead
+    /// entries not verified yet: attribution visits only these, never the
+    /// whole table.
+    unresolved: HashSet<u64>,
+    unverified: HashSet<u64>,
 }
 
 impl SocketTable {
@@ -200,11 +205,56 @@ impl SocketTable {
 
     /// Adds or replaces the entry for `entry.cookie`; returns the old one.
     pub fn insert(&mut self, entry: SockEntry) -> Option<SockEntry> {
+        if entry.resolved {
+            self.unresolved.remove(&entry.cookie);
+        } else {
+            self.unresolved.insert(entry.cookie);
+        }
         self.socks.insert(entry.cookie, entry)
     }
 
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
+        self.unresolved.remove(&cookie);
         self.socks.remove(&cookie)
+    }
+
+    /// Sets the holders of `cookie` (see [`SockEntry::set_holders`]).
+    pub fn set_holders(&mut self, cookie: u64, holders: Vec<Holder>) -> bool {
+        self.unresolved.remove(&cookie);
+        match self.socks.get_mut(&cookie) {
+            Some(entry) => {
+                entry.set_holders(holders);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `cookie` needs its holders looked up (again).
+    pub fn mark_unresolved(&mut self, cookie: u64) {
+        if let Some(entry) = self.socks.get_mut(&cookie) {
+            entry.resolved = false;
+            self.unresolved.insert(cookie);
+        }
+    }
+
+    /// Entries whose holders were never looked up.
+    pub fn unresolved(&self) -> impl Iterator<Item = &SockEntry> {
+        self.unresolved.iter().filter_map(|c| self.socks.get(c))
+    }
+
+    /// Dead entries not verified yet.
+    pub fn unverified(&self) -> impl Iterator<Item = &DeadEntry> {
+        self.unverified.iter().filter_map(|c| self.dead.get(c))
+    }
+
+    /// A dead socket an fd still holds: verified, with these holders.
+    pub fn verify_dead(&mut self, cookie: u64, holders: Vec<Holder>) {
+        self.unverified.remove(&cookie);
+        if let Some(dead) = self.dead.get_mut(&cookie) {
+            dead.sock.set_holders(holders);
+            dead.verified = true;
+        }
     }
 
     pub fn get(&self, cookie: u64) -> Option<&SockEntry> {
@@ -233,10 +283,14 @@ impl SocketTable {
     }
 
     pub fn insert_dead(&mut self, entry: DeadEntry) {
+        if !entry.verified {
+            self.unverified.insert(entry.sock.cookie);
+        }
         self.dead.insert(entry.sock.cookie, entry);
     }
 
     pub fn remove_dead(&mut self, cookie: u64) -> Option<DeadEntry> {
+        self.unverified.remove(&cookie);
         self.dead.remove(&cookie)
     }
 

@@ -51,6 +51,43 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `setpriv` arguments that run a program as root with exactly the
+/// capabilities named in `CWATCH_DAEMON_CAPS` (comma- or space-separated,
+/// e.g. `CAP_BPF,CAP_PERFMON`); empty when it is unset.
+pub fn caps_wrapper() -> Vec<String> {
+    match std::env::var("CWATCH_DAEMON_CAPS") {
+        Ok(list) if !list.trim().is_empty() => setpriv_exactly(
+            &list
+                .split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>(),
+        ),
+        _ => Vec::new(),
+    }
+}
+
+/// `setpriv` arguments giving the program exactly `caps` (names like
+/// `CAP_BPF`): for a root process the bounding set is what an exec grants,
+/// and the inheritable and ambient sets are emptied.
+pub fn setpriv_exactly(caps: &[&str]) -> Vec<String> {
+    let mut bounding = String::from("-all");
+    for cap in caps {
+        let name = cap.trim().to_ascii_lowercase();
+        bounding += ",+";
+        bounding += name.strip_prefix("cap_").unwrap_or(&name);
+    }
+    [
+        "setpriv",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        &format!("--bounding-set={bounding}"),
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 impl Daemon {
     /// Starts `cwatch run --listen 127.0.0.1:<free> ARGS` and waits until
     /// /healthz says ready.
@@ -68,6 +105,21 @@ impl Daemon {
     /// Starts `WRAPPER… cwatch run …` (e.g. under `unshare`) without waiting.
     /// The wrapper must exec cwatch, so that its pid is the daemon's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Daemon> {
+        Self::spawn_full(wrapper, &[], args)
+    }
+
+    /// Starts `WRAPPER… cwatch run …` with extra environment variables,
+    /// without waiting.
+    ///
+    /// With `CWATCH_DAEMON_CAPS` set (`cargo xtask test` sets it to the
+    /// systemd unit's capability set), the daemon runs under `setpriv` with
+    /// exactly those capabilities, outside any other wrapper — unless the
+    /// wrapper is itself a `setpriv`.
+    pub fn spawn_full(
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("cwatch-test-{}-{n}.log", std::process::id()));
@@ -77,7 +129,15 @@ impl Daemon {
             Some(dir) => vec!["--pin-dir".into(), dir.display().to_string()],
             None => Vec::new(),
         };
-        let mut cmd = match wrapper.split_first() {
+        // A test that runs the daemon under its own setpriv chooses its
+        // capabilities itself (setpriv cannot shrink a bounding set from
+        // inside another one without CAP_SETPCAP).
+        let mut full: Vec<String> = match wrapper.first() {
+            Some(&"setpriv") => Vec::new(),
+            _ => caps_wrapper(),
+        };
+        full.extend(wrapper.iter().map(|s| s.to_string()));
+        let mut cmd = match full.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(rest).arg(cwatch_bin()?);
@@ -92,6 +152,7 @@ impl Daemon {
             .args(args)
             .args(&pin_args)
             .env("RUST_LOG", "info,cwatch_daemon=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

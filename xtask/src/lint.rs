@@ -6,7 +6,16 @@ use crate::{build, setup, util};
 pub fn run() -> anyhow::Result<()> {
     setup::ensure_build_toolchain(false)?;
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
-    util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // With the root-only test binaries (kernel, deploy) included.
+    util::run(util::cargo().args([
+        "clippy",
+        "--all-targets",
+        "--features",
+        "cwatch-testkit/kernel-tests",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The eBPF crate alone (its own feature set), non-test targets; a
     // separate target dir keeps feature unification from rebuilding the rest.
     let ebpf_dir = build::target_dir().join("clippy-ebpf");

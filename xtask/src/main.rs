@@ -1,7 +1,9 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
 mod bench;
 mod build;
+mod deploy_tools;
 mod lint;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -26,11 +28,13 @@ enum Command {
     Run(run::Options),
     /// cargo fmt --check and clippy -D warnings, eBPF crate included.
     Lint,
-    /// The whole suite: unit tests, then the privileged kernel tests.
+    /// The whole suite: unit tests, then the privileged kernel and deploy tests.
     Test(test::Options),
     /// Benchmarks (as root): cost per event, churn overhead, scale to 1M
     /// CLOSE_WAIT sockets, detection latency; writes bench/RESULTS.md.
     Bench(bench::Options),
+    /// Build the .deb (cargo-deb): binary, unit, config, rules, dashboard.
+    Package,
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Lint => lint::run(),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package => package::run().map(|deb| println!("{}", deb.display())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

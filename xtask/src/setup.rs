@@ -26,12 +26,14 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
     ("strace", "strace"),
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     ensure_build_toolchain(opts.check)?;
     ensure_test_tools(opts.check)?;
+    crate::deploy_tools::ensure(opts.check)?;
     ensure_bench_tools(opts.check)?;
     Ok(())
 }
@@ -119,11 +121,11 @@ pub fn ensure_bench_tools(check_only: bool) -> anyhow::Result<()> {
     apt_install(&packages)
 }
 
-fn can_install() -> bool {
+pub fn can_install() -> bool {
     is_root() && which::which("apt-get").is_ok()
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     static UPDATED: AtomicBool = AtomicBool::new(false);
     let started = Instant::now();
     eprintln!(

@@ -10,7 +10,9 @@ event:
 
 - a socket that stays in CLOSE_WAIT past [`GRACE`] is looked up in the fd
   tables of the kernel's candidate process and its descendants (prefork
-  workers, forked children), once per pass however many sockets it holds;
+  workers, forked children), once per pass however many sockets it holds,
+  and no more often than keeps those scans under 1 % of the time
+  ([`SCAN_BUDGET`]);
 - only sockets found nowhere among their candidates (fds passed with
   SCM_RIGHTS, sockets that predate cwatch) trigger a walk of every process,
   at most once per [`WALK_MIN_GAP`]; reconciliation asks for one walk per
@@ -18,7 +20,7 @@ event:
 - every `holders_refresh`, sockets held by several fds are re-checked with
   one `readlink` per holder, and new processes forked by a holder are
   scanned;
-- a socket that left CLOSE_WAIT and is still not destroyed after [`GRACE`]
+- a socket that left CLOSE_WAIT and is still not destroyed after [`DEAD_GRACE`]
   is checked: if an fd still holds it, it is a dead socket held (the kernel
   closed it, or it was shut down without close()).
 */
@@ -37,12 +39,22 @@ use crate::{
     table::{Comm, Holder},
 };
 
-/// Sockets younger than this are left to the kernel's owner hint: most
-/// CLOSE_WAIT sockets are closed within milliseconds, and looking them up
-/// would cost more than it tells.
-pub const GRACE: Duration = Duration::from_millis(500);
+/// Sockets younger than this are left to the kernel's owner hint: many
+/// CLOSE_WAIT sockets are closed within a millisecond or two.
+pub const GRACE: Duration = Duration::from_millis(20);
+/// A socket that left CLOSE_WAIT is checked for fds still holding it only
+/// after this long: a socket closed normally is destroyed well before.
+pub const DEAD_GRACE: Duration = Duration::from_secs(1);
 /// How often the worker looks for sockets past their grace.
-pub const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_millis(25);
+/// Scanning a candidate's family is allowed to take this share of the
+/// wall-clock time: after a scan that took `d`, the next waits `d / share`.
+/// A 25-fd process can be rescanned every tick; a server with 10,000 fds
+/// (a scan of ~10 ms) about once a second.
+pub const SCAN_BUDGET: u32 = 100;
+/// A socket its candidates do not hold triggers a walk only once it has
+/// been missing this long.
+pub const MISS_PATIENCE: Duration = Duration::from_secs(1);
 /// Walks of all of `/proc` asked for by lookups that failed are at least
 /// this far apart.
 pub const WALK_MIN_GAP: Duration = Duration::from_secs(5);
@@ -77,6 +89,10 @@ struct Worker {
     known_pids: HashSet<u32>,
     last_walk: Option<Instant>,
     comms: HashMap<u32, Option<Comm>>,
+    /// When each candidate's family may be scanned again.
+    next_scan: HashMap<u32, Instant>,
+    /// Sockets their candidates did not hold, since when.
+    missed: HashMap<u64, Instant>,
 }
 
 /// Walks every process once, now, on the calling thread: start-up does it
@@ -116,6 +132,8 @@ impl Worker {
             known_pids: procfs::pids().into_iter().collect(),
             last_walk: None,
             comms: HashMap::new(),
+            next_scan: HashMap::new(),
+            missed: HashMap::new(),
         }
     }
 
@@ -134,25 +152,29 @@ impl Worker {
         let grace = GRACE.as_nanos() as u64;
         let mut table = self.shared.lock_table();
         let mut out = Vec::new();
-        for entry in table.iter_mut() {
-            if entry.resolved || now.saturating_sub(entry.start_ns) < grace {
+        let mut unaccepted = Vec::new();
+        for entry in table.unresolved() {
+            if now.saturating_sub(entry.start_ns) < grace {
                 continue;
             }
             if entry.inode == 0 {
-                // Unaccepted: no fd anywhere; the listener is the owner.
-                entry.set_holders(Vec::new());
+                unaccepted.push(entry.cookie);
                 continue;
             }
-            let candidates = entry.hint.map(|h| h.pid).into_iter().collect();
             out.push(Pending {
                 cookie: entry.cookie,
                 inode: entry.inode,
-                candidates,
+                candidates: entry.hint.map(|h| h.pid).into_iter().collect(),
                 dead: false,
             });
         }
-        for dead in table.dead() {
-            if dead.verified || now.saturating_sub(dead.left_ns) < grace {
+        // Unaccepted: no fd anywhere; the listener is the owner.
+        for cookie in unaccepted {
+            table.set_holders(cookie, Vec::new());
+        }
+        let dead_grace = DEAD_GRACE.as_nanos() as u64;
+        for dead in table.unverified() {
+            if now.saturating_sub(dead.left_ns) < dead_grace {
                 continue;
             }
             let mut candidates: Vec<u32> = dead.sock.holders.iter().map(|h| h.pid).collect();
@@ -170,28 +192,56 @@ impl Worker {
     /// Looks up pending sockets among their candidates' families; falls back
     /// to one walk for those found nowhere.
     fn resolve_pending(&mut self) {
-        let pending = self.pending();
+        let now = Instant::now();
+        self.next_scan.retain(|_, t| *t > now);
+        // Candidates over their scan budget wait for a later pass.
+        let pending: Vec<Pending> = self
+            .pending()
+            .into_iter()
+            .filter(|p| !p.candidates.iter().any(|c| self.next_scan.contains_key(c)))
+            .collect();
         if pending.is_empty() {
             return;
         }
-        let mut pids: Vec<u32> = Vec::new();
-        let mut seen = HashSet::new();
-        for p in &pending {
-            for &c in &p.candidates {
-                if seen.insert(c) {
-                    pids.extend(procfs::family(c, FAMILY_LIMIT));
-                }
+        tracing::trace!(pending = pending.len(), "looking up holders");
+        let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
+        let mut scanned = HashSet::new();
+        let candidates: HashSet<u32> = pending
+            .iter()
+            .flat_map(|p| p.candidates.iter().copied())
+            .collect();
+        for c in candidates {
+            let started = Instant::now();
+            let family: Vec<u32> = procfs::family(c, FAMILY_LIMIT)
+                .into_iter()
+                .filter(|pid| scanned.insert(*pid))
+                .collect();
+            for (inode, holders) in self.scan(&family) {
+                found.entry(inode).or_default().extend(holders);
             }
+            let next = started.elapsed().saturating_mul(SCAN_BUDGET).max(TICK);
+            self.next_scan.insert(c, started + next);
         }
-        pids.sort_unstable();
-        pids.dedup();
-        let found = self.scan(&pids);
-        let missing = pending
+        // A socket its candidates do not hold may just have been closed
+        // (its leave event not applied yet): only one still missing after
+        // MISS_PATIENCE is worth a walk.
+        let missing: Vec<u64> = pending
             .iter()
             .filter(|p| p.inode != 0 && !found.contains_key(&p.inode))
-            .count();
+            .map(|p| p.cookie)
+            .collect();
+        self.missed.retain(|cookie, _| missing.contains(cookie));
+        for cookie in &missing {
+            self.missed.entry(*cookie).or_insert(now);
+        }
+        let overdue = self
+            .missed
+            .values()
+            .any(|t| now.duration_since(*t) >= MISS_PATIENCE);
         let walk_due = self.last_walk.is_none_or(|t| t.elapsed() >= WALK_MIN_GAP);
-        if missing > 0 && walk_due {
+        let missing = missing.len();
+        if overdue && walk_due {
+            self.missed.clear();
             debug!(
                 missing,
                 "sockets not held by their candidates: walking /proc"
@@ -209,23 +259,39 @@ impl Worker {
         let now = self.shared.clock.now_ns();
         let mut latencies = Vec::new();
         let mut table = self.shared.lock_table();
+        let mut observe = |entry: &crate::table::SockEntry| {
+            if !entry.resolved && !entry.age_estimated {
+                latencies.push(Duration::from_nanos(now.saturating_sub(entry.start_ns)));
+            }
+        };
         for p in pending {
             let holders = found.get(&p.inode).cloned().unwrap_or_default();
             if p.dead {
                 if holders.is_empty() {
                     table.remove_dead(p.cookie);
-                } else if let Some(dead) = table.get_dead_mut(p.cookie) {
-                    dead.sock.set_holders(holders);
-                    dead.verified = true;
+                } else {
+                    table.verify_dead(p.cookie, holders);
                 }
-            } else if let Some(entry) = table.get_mut(p.cookie) {
+            } else if let Some(entry) = table.get(p.cookie) {
                 if holders.is_empty() && retry {
                     continue;
                 }
-                if !entry.age_estimated {
-                    latencies.push(Duration::from_nanos(now.saturating_sub(entry.start_ns)));
+                observe(entry);
+                table.set_holders(p.cookie, holders);
+            }
+        }
+        // Younger sockets whose holders the scans just saw are resolved too:
+        // the fd tables were read anyway.
+        if !found.is_empty() {
+            let seen: Vec<(u64, Vec<Holder>)> = table
+                .unresolved()
+                .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
+                .collect();
+            for (cookie, holders) in seen {
+                if let Some(entry) = table.get(cookie) {
+                    observe(entry);
                 }
-                entry.set_holders(holders);
+                table.set_holders(cookie, holders);
             }
         }
         drop(table);
@@ -282,7 +348,7 @@ impl Worker {
         };
         // Young dead sockets may just be closing: leave them to their grace.
         let now = self.shared.clock.now_ns();
-        let grace = GRACE.as_nanos() as u64;
+        let grace = DEAD_GRACE.as_nanos() as u64;
         let young: HashSet<u64> = {
             let table = self.shared.lock_table();
             table

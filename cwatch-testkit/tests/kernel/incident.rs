@@ -269,9 +269,9 @@ fn incident_two_dead_instances_360_wide() {
     }
 
     // The server never closes its accepted sockets of the live instances, so
-    // the clients' close put them in CLOSE_WAIT: inbound sockets, whose owner
-    // this release does not learn. They must still be counted, under
-    // pid="" comm="[unknown]", with peer_port="*".
+    // the clients' close put them in CLOSE_WAIT: inbound sockets, owned by
+    // the server (learned from its listener, then its fds), with
+    // peer_port="*".
     let inbound_truth = wait_for(
         "ss: the server's sockets in CLOSE_WAIT",
         Duration::from_secs(5),
@@ -289,37 +289,41 @@ fn incident_two_dead_instances_360_wide() {
         },
     )
     .unwrap();
-    let inbound = wait_for("the API shows them", Duration::from_secs(1), || {
-        let ours: Vec<_> = daemon
-            .sockets()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|s| s["local_port"] == port)
-            .collect();
-        if ours.len() == inbound_truth {
-            Ok(ours)
-        } else {
-            Err(format!("{}", ours.len()))
-        }
-    })
+    let inbound = wait_for(
+        "the API shows them with fds",
+        Duration::from_secs(10),
+        || {
+            let ours: Vec<_> = daemon
+                .sockets()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|s| s["local_port"] == port && s["fd"].is_u64())
+                .collect();
+            if ours.len() == inbound_truth {
+                Ok(ours)
+            } else {
+                Err(format!("{}", ours.len()))
+            }
+        },
+    )
     .unwrap();
     assert!(
         inbound
             .iter()
-            .all(|s| s["direction"] == "inbound" && s["pid"].is_null()),
+            .all(|s| s["direction"] == "inbound" && s["pid"] == server.pid),
         "{:?}",
         inbound[0]
     );
     let m = daemon.metrics().unwrap();
-    let unknown = m
-        .get(
+    assert_eq!(
+        proc_gauge(
+            &m,
             "cwatch_process_close_wait_sockets",
-            &[("pid", ""), ("comm", "[unknown]")],
-        )
-        .unwrap_or(0.0);
-    assert!(
-        unknown >= inbound_truth as f64,
-        "unattributed gauge {unknown} < our {inbound_truth} inbound sockets"
+            server.pid,
+            "cwatch-load"
+        ),
+        Some(inbound_truth as f64),
+        "the server holds exactly its inbound sockets"
     );
     let star = m
         .get(
