@@ -193,7 +193,13 @@ impl Daemon {
             .get(&format!("http://{}{path}", self.addr))
             .call()?;
         let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string()?;
+        // No size limit: ureq's default (10 MiB) is ~40k sockets of JSON, and
+        // the host may hold that many of other tests' sockets.
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()?;
         Ok((status, body))
     }
 

@@ -1,4 +1,5 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
+mod bench;
 mod build;
 mod deploy_tools;
 mod lint;
@@ -29,6 +30,9 @@ enum Command {
     Lint,
     /// The whole suite: unit tests, then the privileged kernel and deploy tests.
     Test(test::Options),
+    /// Benchmarks (as root): cost per event, churn overhead, scale to 1M
+    /// CLOSE_WAIT sockets, detection latency; writes bench/RESULTS.md.
+    Bench(bench::Options),
     /// Build the .deb (cargo-deb): binary, unit, config, rules, dashboard.
     Package,
 }
@@ -40,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Lint => lint::run(),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
         Command::Package => package::run().map(|deb| println!("{}", deb.display())),
     };
     match result {

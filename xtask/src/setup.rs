@@ -34,6 +34,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     ensure_build_toolchain(opts.check)?;
     ensure_test_tools(opts.check)?;
     crate::deploy_tools::ensure(opts.check)?;
+    ensure_bench_tools(opts.check)?;
     Ok(())
 }
 
@@ -77,6 +78,42 @@ pub fn ensure_test_tools(check_only: bool) -> anyhow::Result<()> {
     if check_only || !can_install() {
         bail!(
             "the kernel tests need {}; install with: apt-get install -y {}",
+            packages.join(", "),
+            packages.join(" ")
+        );
+    }
+    apt_install(&packages)
+}
+
+/// What `cargo xtask bench` runs beside cwatch, with its Debian package.
+const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("bpftrace", "bpftrace"),
+    ("prometheus-node-exporter", "prometheus-node-exporter"),
+    ("ss", "iproute2"),
+];
+
+/// The chart's font, read by file (no font lookup).
+const BENCH_FONT: (&str, &str) = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "fonts-dejavu-core",
+);
+
+/// Ensures the tools and the font the bench needs are installed.
+pub fn ensure_bench_tools(check_only: bool) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = BENCH_TOOLS
+        .iter()
+        .filter(|(tool, _)| which::which(tool).is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    if !std::path::Path::new(BENCH_FONT.0).is_file() {
+        packages.push(BENCH_FONT.1);
+    }
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if check_only || !can_install() {
+        bail!(
+            "the bench needs {}; install with: apt-get install -y {}",
             packages.join(", "),
             packages.join(" ")
         );

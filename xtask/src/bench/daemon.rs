@@ -1,0 +1,125 @@
+//! The cwatch daemon as the bench runs it: the release binary, production
+//! logging (info), on a free loopback port, read with one keep-alive HTTP
+//! connection (a closed connection would itself pass through CLOSE_WAIT),
+//! maps not pinned, stopped by pid with SIGTERM (SIGKILL after 20 s) when dropped.
+use std::{
+    fs::File,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+pub struct BenchDaemon {
+    child: Option<Child>,
+    agent: ureq::Agent,
+    pub addr: String,
+    pub pid: u32,
+    /// From spawn to /healthz answering 200 (probes attached, first
+    /// reconciliation done).
+    pub ready_after: Duration,
+}
+
+impl BenchDaemon {
+    /// Starts `cwatch run --listen 127.0.0.1:<free> ARGS` and waits for ready.
+    pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<BenchDaemon> {
+        let port = cwatch_testkit::daemon::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("cwatch-bench-{}.log", std::process::id()));
+        let log_file = File::create(&log)?;
+        let started = Instant::now();
+        let child = Command::new(bin)
+            // No pinned maps: every start is a cold start (reconciliation
+            // from scratch), and no two daemons share state.
+            .args(["run", "--listen", &addr, "--pin-dir", "none"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .max_idle_connections_per_host(1)
+            .max_idle_age(Duration::from_secs(24 * 3600))
+            .build()
+            .into();
+        let mut daemon = BenchDaemon {
+            pid: child.id(),
+            child: Some(child),
+            agent,
+            addr,
+            ready_after: Duration::ZERO,
+        };
+        let deadline = started + Duration::from_secs(600);
+        loop {
+            if let Ok((200, _)) = daemon.get("/healthz") {
+                break;
+            }
+            if let Some(child) = daemon.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("cwatch exited ({status}) before ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("cwatch not ready within 600 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        daemon.ready_after = started.elapsed();
+        Ok(daemon)
+    }
+
+    /// GET `path`: status and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut response = self
+            .agent
+            .get(&format!("http://{}{path}", self.addr))
+            .call()?;
+        let status = response.status().as_u16();
+        Ok((status, response.body_mut().read_to_string()?))
+    }
+
+    /// GET /metrics, failing on anything but 200.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match self.get("/metrics")? {
+            (200, body) => Ok(body),
+            (code, body) => bail!("/metrics answered {code}: {body}"),
+        }
+    }
+
+    /// SIGTERM, wait (SIGKILL after 20 s).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = Pid::from_raw(self.pid as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("cwatch ignored SIGTERM for 20 s and was killed")
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
