@@ -57,6 +57,9 @@ pub struct KernelView {
     pub last_ack: HashSet<u64>,
     /// (netns, port) of every listener.
     pub listeners: HashSet<(u32, u16)>,
+    /// `net.ipv4.ip_local_port_range` (low, high): where connect() picks
+    /// local ports.
+    pub ephemeral: (u16, u16),
     /// Namespaces that answered: only their sockets can be called gone.
     pub covered: HashSet<u32>,
 }
@@ -64,7 +67,10 @@ pub struct KernelView {
 /// Dumps every namespace's CLOSE_WAIT, LAST_ACK and LISTEN TCP sockets.
 pub fn kernel_view() -> KernelView {
     let states = StateFlags::CLOSE_WAIT | StateFlags::LAST_ACK | StateFlags::LISTEN;
-    let mut view = KernelView::default();
+    let mut view = KernelView {
+        ephemeral: ephemeral_ports(),
+        ..KernelView::default()
+    };
     for (ns, result) in netns::in_each(netns::list(), move || sockdiag::dump(states)) {
         let inum = ns.inode as u32;
         match result {
@@ -110,10 +116,35 @@ fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelView) -
         Direction::Unaccepted
     } else if view.listeners.contains(&(netns, d.local.port())) {
         Direction::Inbound
+    } else if view.is_ephemeral(d.peer.port()) && !view.is_ephemeral(d.local.port()) {
+        // The listener is gone, but the remote end picked the ephemeral
+        // port: we accepted this one. Grouping it by the peer's ephemeral
+        // port would make a series per connection.
+        Direction::Inbound
     } else {
         Direction::Outbound
     };
     entry
+}
+
+/// `net.ipv4.ip_local_port_range` of this host (the kernel's default when
+/// unreadable).
+fn ephemeral_ports() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low <= high => (low, high),
+        _ => (32768, 60999),
+    }
+}
+
+impl KernelView {
+    fn is_ephemeral(&self, port: u16) -> bool {
+        (self.ephemeral.0..=self.ephemeral.1).contains(&port)
+    }
 }
 
 /// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the

@@ -156,3 +156,33 @@ fn records_round_trip_for_the_kernel_map() {
         )
     );
 }
+
+#[test]
+fn found_sockets_without_a_listener_are_inbound_when_the_peer_port_is_ephemeral() {
+    let mut v = view(&[]);
+    v.ephemeral = (32768, 60999);
+    let mut d = diag(1, None);
+    d.local = "127.0.0.1:7000".parse().unwrap();
+    d.peer = "127.0.0.2:45000".parse().unwrap();
+    assert_eq!(
+        entry_from_diag(&d, NETNS, S, &v).direction,
+        Direction::Inbound
+    );
+    v.listeners.insert((NETNS, 7000));
+    assert_eq!(
+        entry_from_diag(&d, NETNS, S, &v).direction,
+        Direction::Inbound
+    );
+    let mut out = diag(2, None);
+    out.local = "127.0.0.1:45001".parse().unwrap();
+    out.peer = "127.0.0.2:7000".parse().unwrap();
+    assert_eq!(
+        entry_from_diag(&out, NETNS, S, &v).direction,
+        Direction::Outbound
+    );
+    out.inode = 0;
+    assert_eq!(
+        entry_from_diag(&out, NETNS, S, &v).direction,
+        Direction::Unaccepted
+    );
+}

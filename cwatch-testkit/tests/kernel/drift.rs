@@ -58,6 +58,7 @@ fn leak(server: &mut Load, inst: &str, comm: &str, n: usize) -> Load {
 fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     let _serial = serial();
     let pins = private_pin_dir();
+    let _cleanup = RemoveOnDrop(pins.clone());
     let dir = pins.display().to_string();
     let daemon = Daemon::start(&[
         "--pin-dir",
@@ -148,7 +149,15 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
         "lost leaves were removed"
     );
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&pins);
+}
+
+/// Removes a pin directory when dropped, also when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A network namespace of this test's own, deleted when dropped.
