@@ -76,12 +76,7 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
                     "left CLOSE_WAIT"
                 );
             }
-            table.insert_dead(DeadEntry {
-                sock,
-                left_ns: event.ts_ns,
-                newstate: event.newstate,
-                verified: false,
-            });
+            table.insert_dead(DeadEntry::left(sock, event.ts_ns, event.newstate));
             Applied::Left(start.map(|s| Duration::from_nanos(event.ts_ns.saturating_sub(s))))
         }
         EVENT_DESTROY => {

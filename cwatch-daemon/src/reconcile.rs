@@ -285,12 +285,11 @@ pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corr
 fn restore_dead(table: &mut SocketTable, linger: &HashMap<u64, Event>) {
     for event in linger.values() {
         if table.get(event.rec.cookie).is_none() {
-            table.insert_dead(DeadEntry {
-                sock: SockEntry::from_record(&event.rec),
-                left_ns: event.ts_ns,
-                newstate: event.newstate,
-                verified: false,
-            });
+            table.insert_dead(DeadEntry::left(
+                SockEntry::from_record(&event.rec),
+                event.ts_ns,
+                event.newstate,
+            ));
         }
     }
 }

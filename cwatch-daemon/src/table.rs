@@ -170,6 +170,18 @@ pub struct DeadEntry {
     pub verified: bool,
 }
 
+impl DeadEntry {
+    /// `sock` left CLOSE_WAIT for `newstate` at `left_ns`; not verified yet.
+    pub fn left(sock: SockEntry, left_ns: u64, newstate: u16) -> Self {
+        Self {
+            sock,
+            left_ns,
+            newstate,
+            verified: false,
+        }
+    }
+}
+
 /// An address as users read it: IPv4, or IPv6 unless it is IPv4-mapped.
 /// An unknown family (the kernel read failed) shows as 0.0.0.0.
 fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {

@@ -1,5 +1,5 @@
 //! Sending events to the daemon through the `EVENTS` ring buffer.
-use cwatch_common::{Event, counter};
+use cwatch_common::{Event, SockRecord, counter};
 
 use crate::maps::{self, EVENTS};
 
@@ -8,6 +8,21 @@ use crate::maps::{self, EVENTS};
 /// microseconds each); the daemon also drains the ring on a short timer, so a
 /// quiet trickle of events still shows within its poll period.
 const WAKEUP_BYTES: u64 = 256 << 10;
+
+/// An event of `kind` for the transition `old` → `new` of `rec`, now, in
+/// the current task.
+#[inline(always)]
+pub fn event(kind: u32, old: u32, new: u32, ts_ns: u64, rec: SockRecord) -> Event {
+    Event {
+        kind,
+        oldstate: old as u16,
+        newstate: new as u16,
+        tgid: crate::kernel::current_tgid(),
+        _pad: 0,
+        ts_ns,
+        rec,
+    }
+}
 
 /// Copies `event` into the ring; counts it as lost when the ring is full.
 #[inline(always)]

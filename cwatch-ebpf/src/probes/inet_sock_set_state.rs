@@ -22,13 +22,13 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use cwatch_common::{
-    EVENT_ENTER, EVENT_LEAVE, Event, IPPROTO_TCP, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN,
-    REC_INBOUND, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, counter,
+    EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN, REC_INBOUND,
+    REC_OUTBOUND, REC_UNACCEPTED, SockRecord, counter,
     tcp_state::{CLOSE_WAIT, LISTEN, SYN_SENT},
 };
 
 use crate::{
-    events::submit,
+    events::{event, submit},
     kernel,
     maps::{self, CLOSE_WAIT as RECORDS, LINGER},
 };
@@ -104,15 +104,7 @@ fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
     if RECORDS.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
     }
-    submit(&Event {
-        kind: EVENT_ENTER,
-        oldstate: old as u16,
-        newstate: new as u16,
-        tgid: kernel::current_tgid(),
-        _pad: 0,
-        ts_ns: ts,
-        rec,
-    });
+    submit(&event(EVENT_ENTER, old, new, ts, rec));
 }
 
 fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
@@ -128,15 +120,7 @@ fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
         }
     };
     let _ = RECORDS.remove(cookie);
-    let event = Event {
-        kind: EVENT_LEAVE,
-        oldstate: old as u16,
-        newstate: new as u16,
-        tgid: kernel::current_tgid(),
-        _pad: 0,
-        ts_ns: ts,
-        rec,
-    };
+    let event = event(EVENT_LEAVE, old, new, ts, rec);
     // Wait for tcp_destroy_sock. Marked in the socket's storage so that
     // program tests one flag instead of hashing every destroyed socket.
     match maps::owner_of(sk, true) {

@@ -12,11 +12,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use cwatch_common::{EVENT_DESTROY, Event, OWNER_LINGER, SockRecord, tcp_state};
+use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, SockRecord, tcp_state};
 
 use crate::{
-    events::submit,
-    kernel,
+    events::{event, submit},
     maps::{self, LINGER},
 };
 
@@ -42,14 +41,13 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         }
     };
     let _ = LINGER.remove(cookie);
-    submit(&Event {
-        kind: EVENT_DESTROY,
-        oldstate: tcp_state::CLOSE as u16,
-        newstate: tcp_state::CLOSE as u16,
-        tgid: kernel::current_tgid(),
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    let ts = unsafe { bpf_ktime_get_boot_ns() };
+    submit(&event(
+        EVENT_DESTROY,
+        tcp_state::CLOSE,
+        tcp_state::CLOSE,
+        ts,
         rec,
-    });
+    ));
     0
 }
