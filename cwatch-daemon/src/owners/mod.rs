@@ -24,7 +24,11 @@ event:
   is checked: if an fd still holds it, it is a dead socket held (the kernel
   closed it, or it was shut down without close()).
 */
+mod handle;
 pub mod procfs;
+mod refresh;
+
+pub use handle::Handle;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{
     Shared,
@@ -362,120 +366,5 @@ impl Worker {
             .filter(|p| !(p.dead && young.contains(&p.cookie)))
             .collect();
         self.apply(&pending, &found, false);
-    }
-
-    /// Re-checks sockets held by several fds (a single holder's close would
-    /// have ended CLOSE_WAIT in the kernel) and scans processes forked by
-    /// holders since the last refresh.
-    fn refresh(&mut self) {
-        let (shared_socks, holder_pids) = {
-            let table = self.shared.lock_table();
-            let mut shared_socks = Vec::new();
-            let mut holder_pids = HashSet::new();
-            let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
-            for entry in table.iter().chain(dead) {
-                holder_pids.extend(entry.holders.iter().map(|h| h.pid));
-                if entry.holders.len() > 1 {
-                    shared_socks.push((entry.cookie, entry.inode, entry.holders.clone()));
-                }
-            }
-            (shared_socks, holder_pids)
-        };
-        let pids = procfs::pids();
-        let new: Vec<u32> = pids
-            .iter()
-            .copied()
-            .filter(|p| !self.known_pids.contains(p))
-            .filter(|p| procfs::parent(*p).is_some_and(|pp| holder_pids.contains(&pp)))
-            .collect();
-        self.known_pids = pids.into_iter().collect();
-        let mut changed: Vec<u64> = Vec::new();
-        for (cookie, inode, holders) in &shared_socks {
-            if holders.iter().any(|h| !procfs::holds(h.pid, h.fd, *inode)) {
-                changed.push(*cookie);
-            }
-        }
-        if changed.is_empty() && new.is_empty() {
-            return;
-        }
-        // Rescan the processes involved: the holders of changed sockets and
-        // the new children.
-        let mut pids: Vec<u32> = new.clone();
-        for (cookie, _, holders) in &shared_socks {
-            if changed.contains(cookie) {
-                pids.extend(holders.iter().map(|h| h.pid));
-            }
-        }
-        pids.sort_unstable();
-        pids.dedup();
-        let found = self.scan(&pids);
-        let scanned: HashSet<u32> = pids.iter().copied().collect();
-        let mut table = self.shared.lock_table();
-        let update = |entry: &mut crate::table::SockEntry| {
-            let mut holders: Vec<Holder> = entry
-                .holders
-                .iter()
-                .copied()
-                .filter(|h| !scanned.contains(&h.pid))
-                .collect();
-            holders.extend(found.get(&entry.inode).into_iter().flatten().copied());
-            if holders != entry.holders {
-                entry.set_holders(holders);
-            }
-        };
-        for entry in table.iter_mut() {
-            update(entry);
-        }
-        for dead in table.dead_mut().filter(|d| d.verified) {
-            update(&mut dead.sock);
-        }
-        let gone: Vec<u64> = table
-            .dead()
-            .filter(|d| d.verified && d.sock.holders.is_empty())
-            .map(|d| d.sock.cookie)
-            .collect();
-        for cookie in gone {
-            table.remove_dead(cookie);
-        }
-        if !new.is_empty() {
-            debug!(new = new.len(), "scanned processes forked by holders");
-        }
-    }
-}
-
-/// Hands work to the attribution thread.
-#[derive(Debug)]
-pub struct Handle(std::sync::Mutex<Option<mpsc::Sender<Work>>>);
-
-impl Default for Handle {
-    fn default() -> Self {
-        Self(std::sync::Mutex::new(None))
-    }
-}
-
-impl Handle {
-    /// Starts the worker thread.
-    pub fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::channel();
-        let worker = Arc::clone(shared);
-        std::thread::Builder::new()
-            .name("cwatch-owners".into())
-            .spawn(move || run(worker, rx))?;
-        *shared.owners.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        Ok(())
-    }
-
-    pub fn request(&self, work: Work) {
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = guard.as_ref()
-            && tx.send(work).is_err()
-        {
-            warn!("attribution thread is gone");
-        }
-    }
-
-    /// Stops the worker (it exits at its next tick).
-    pub fn stop(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
