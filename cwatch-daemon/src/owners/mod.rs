@@ -334,6 +334,9 @@ impl Worker {
             processes: 0,
             walks: 1,
         });
+        // Young dead sockets may just be closing: leave them to their grace.
+        let now = self.shared.clock.now_ns();
+        let grace = DEAD_GRACE.as_nanos() as u64;
         let pending: Vec<Pending> = {
             let table = self.shared.lock_table();
             let live = table.iter().map(|e| Pending {
@@ -342,29 +345,17 @@ impl Worker {
                 candidates: Vec::new(),
                 dead: false,
             });
-            let dead = table.dead().map(|d| Pending {
-                cookie: d.sock.cookie,
-                inode: d.sock.inode,
-                candidates: Vec::new(),
-                dead: true,
-            });
+            let dead = table
+                .dead()
+                .filter(|d| now.saturating_sub(d.left_ns) >= grace)
+                .map(|d| Pending {
+                    cookie: d.sock.cookie,
+                    inode: d.sock.inode,
+                    candidates: Vec::new(),
+                    dead: true,
+                });
             live.chain(dead).filter(|p| p.inode != 0).collect()
         };
-        // Young dead sockets may just be closing: leave them to their grace.
-        let now = self.shared.clock.now_ns();
-        let grace = DEAD_GRACE.as_nanos() as u64;
-        let young: HashSet<u64> = {
-            let table = self.shared.lock_table();
-            table
-                .dead()
-                .filter(|d| now.saturating_sub(d.left_ns) < grace)
-                .map(|d| d.sock.cookie)
-                .collect()
-        };
-        let pending: Vec<Pending> = pending
-            .into_iter()
-            .filter(|p| !(p.dead && young.contains(&p.cookie)))
-            .collect();
         self.apply(&pending, &found, false);
     }
 }
