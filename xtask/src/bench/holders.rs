@@ -1,6 +1,8 @@
 //! CLOSE_WAIT sockets by the hundred thousand: `cwatch-hold` processes of at
 //! most [`PER_PROCESS`] sockets each (RLIMIT_NOFILE is capped at 20,000 per
-//! process here), each listening on its own 127.100.x.y address so that each
+//! process here, and each held socket takes two descriptors: the CLOSE_WAIT
+//! client and its accepted end, kept open in FIN_WAIT2 so that it is not an
+//! orphan the kernel would reset past net.ipv4.tcp_max_orphans), each listening on its own 127.100.x.y address so that each
 //! has a full ephemeral port range towards its listener. Every holder is
 //! killed by pid when this is dropped, which closes its sockets.
 use std::{process::Command, time::Duration};
@@ -12,8 +14,9 @@ use super::procs::{Bins, Helper};
 /// Where the holders listen: their sockets' peers are in this network.
 pub const NETWORK: &str = "127.100.0.0/16";
 
-/// Sockets per holder: under the 20,000 descriptor cap with room to spare.
-pub const PER_PROCESS: usize = 19_000;
+/// Sockets per holder: two descriptors each, under the 20,000 descriptor
+/// cap with room to spare.
+pub const PER_PROCESS: usize = 9_500;
 /// Holders being filled at once (two CPUs).
 const PARALLEL: usize = 2;
 

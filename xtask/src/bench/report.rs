@@ -138,7 +138,7 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\n## 3. Scale\n\nCLOSE_WAIT sockets held on loopback by `cwatch-hold` processes \
-         (≤ 19,000 each), net.ipv4.tcp_mem raised for the run (restored after). Times in ms \
+         (≤ 9,500 each; the accepted ends stay open in FIN_WAIT2, so no orphans), net.ipv4.tcp_mem raised for the run (restored after). Times in ms \
          (median; p99 for /metrics); the daemon is started after the sockets exist.\n\n\
          | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | RSS after ls (MiB) | idle CPU-s/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

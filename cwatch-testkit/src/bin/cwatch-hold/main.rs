@@ -2,16 +2,20 @@
 //! benchmarks at scale. One process, one listener on `--listen` (its own
 //! 127.x address, so that each holder has a full ephemeral port range), and
 //! `--count` client connections to it. The listener's side of each
-//! connection is closed at once, so every client socket receives a FIN and
-//! sits in CLOSE_WAIT, never read, until this process exits.
+//! connection is shut down for writing at once (not closed), so every client
+//! socket receives a FIN and sits in CLOSE_WAIT, never read, until this
+//! process exits. The accepted side stays open in FIN_WAIT2, held by its fd:
+//! a closed one would be an orphan, and the kernel resets orphans beyond
+//! net.ipv4.tcp_max_orphans and times them out after tcp_fin_timeout.
 //!
-//! The count must fit under RLIMIT_NOFILE (raised to the hard limit here);
-//! spread larger totals over several processes. Prints `holding N` once all
+//! Each held socket therefore costs two descriptors; twice the count must fit
+//! under RLIMIT_NOFILE (raised to the hard limit here): spread larger totals
+//! over several processes. Prints `holding N` once all
 //! are made, then waits for stdin EOF (or a kill) and exits, which closes
 //! them all.
 
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -63,28 +67,48 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn hold(listen: SocketAddr, count: usize) -> anyhow::Result<Vec<TcpStream>> {
+/// Both ends of every held connection: the clients in CLOSE_WAIT and the
+/// accepted ends (shut down for writing) in FIN_WAIT2.
+struct Held {
+    clients: Vec<TcpStream>,
+    _accepted: Vec<TcpStream>,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+fn hold(listen: SocketAddr, count: usize) -> anyhow::Result<Held> {
     let limit = raise_nofile_limit();
-    if (count as u64).saturating_add(SPARE_FDS) > limit {
+    if (count as u64).saturating_mul(2).saturating_add(SPARE_FDS) > limit {
         bail!(
-            "{count} sockets do not fit under RLIMIT_NOFILE {limit}: \
-             spread them over more processes"
+            "{count} sockets (two descriptors each) do not fit under \
+             RLIMIT_NOFILE {limit}: spread them over more processes"
         );
     }
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let mut held = Vec::with_capacity(count);
-    while held.len() < count {
-        let batch = BATCH.min(count - held.len());
-        let mut accepted = Vec::with_capacity(batch);
+    let mut clients = Vec::with_capacity(count);
+    let mut accepted = Vec::with_capacity(count);
+    while clients.len() < count {
+        let batch = BATCH.min(count - clients.len());
         for _ in 0..batch {
-            held.push(TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?);
-            accepted.push(listener.accept().context("accepting")?.0);
+            clients
+                .push(TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?);
+            let (server, _) = listener.accept().context("accepting")?;
+            server
+                .shutdown(Shutdown::Write)
+                .context("shutting down the accepted end")?;
+            accepted.push(server);
         }
-        drop(accepted);
         thread::sleep(Duration::from_micros(200));
     }
-    Ok(held)
+    Ok(Held {
+        clients,
+        _accepted: accepted,
+    })
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; the soft limit now.
