@@ -40,7 +40,7 @@ pub fn is_leaked(age: Duration, leak_after: Duration) -> bool {
 
 /// Label values of the per-process gauges. `pid: None` is the unattributed
 /// group (`pid=""`, `comm="[unknown]"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcessKey {
     pub pid: Option<u32>,
     pub comm: Option<Comm>,
@@ -48,7 +48,7 @@ pub struct ProcessKey {
 
 /// Label values of the per-peer gauges. `port: None` is an inbound socket,
 /// whose remote port is ephemeral (`peer_port="*"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerKey {
     pub addr: IpAddr,
     pub port: Option<u16>,
@@ -127,9 +127,21 @@ pub struct Summary {
     pub dead: BTreeMap<ProcessKey, u64>,
 }
 
+/// The summary by a walk of every socket (the table keeps the same numbers
+/// up to date: [`SocketTable::summary`]).
 pub fn summarize(table: &SocketTable, now_ns: u64, leak_after: Duration) -> Summary {
+    summarize_where(table, now_ns, leak_after, |_| true)
+}
+
+/// [`summarize`] of the sockets (live and dead) that `keep` keeps.
+pub fn summarize_where(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: Duration,
+    mut keep: impl FnMut(&SockEntry) -> bool,
+) -> Summary {
     let mut summary = Summary::default();
-    for entry in table.iter() {
+    for entry in table.iter().filter(|e| keep(e)) {
         let age = age(now_ns, entry.start_ns);
         summary
             .processes
@@ -142,7 +154,7 @@ pub fn summarize(table: &SocketTable, now_ns: u64, leak_after: Duration) -> Summ
             .or_default()
             .add(age, leak_after);
     }
-    for dead in table.dead().filter(|d| d.verified) {
+    for dead in table.dead().filter(|d| d.verified && keep(&d.sock)) {
         *summary.dead.entry(ProcessKey::of(&dead.sock)).or_default() += 1;
     }
     summary

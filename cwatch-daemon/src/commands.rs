@@ -44,6 +44,7 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
     }
     logging::init(&config.log_level);
+    crate::heap::single_arena();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(crate::run_with(config, web, Some(args))));

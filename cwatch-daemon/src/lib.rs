@@ -5,11 +5,13 @@ ages them and serves Prometheus metrics.
 The data's path, one module per stage: [`probe`] (load and attach) →
 [`intake`] (ring buffer events) → [`table`] (sockets by cookie) →
 [`owners`] (fd holders from /proc) → [`reconcile`] (against sock_diag, in
-every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries) →
+every [`netns`], through [`sockdiag`]) → [`aging`] (ages, summaries; the
+table keeps them up to date in [`gauges`], [`groups`]) →
 [`series`] (filters, labels, [`cardinality`] limits) → [`metrics`] /
 [`http`]. [`cli`] and [`config`] are the flags and the file, [`reload`] the
 SIGHUP path, [`logging`] and [`notices`] what goes to the journal,
-[`selfmetrics`] cwatch's own health. [`ls`] is the client side of `cwatch ls`,
+[`selfmetrics`] cwatch's own health, [`heap`] what malloc is told. [`ls`]
+is the client side of `cwatch ls`,
 [`doctor`] the preflight. Running as a service: [`caps`] (dropping
 capabilities once ready) and [`service`] (sd_notify).
 */
@@ -21,6 +23,9 @@ pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod filters;
+pub mod gauges;
+pub mod groups;
+pub mod heap;
 pub mod http;
 pub mod intake;
 pub mod labels;
@@ -132,8 +137,8 @@ impl Shared {
     pub fn families(&self) -> Families {
         let config = self.config();
         let now = self.clock.now_ns();
-        let table = self.lock_table();
-        self.lock_series().build(&table, now, &config)
+        let mut table = self.lock_table();
+        self.lock_series().build(&mut table, now, &config)
     }
 
     /// The /metrics text; `started` is when the scrape began.
@@ -285,10 +290,12 @@ pub async fn run_with(
     info!(%listen, tls, basic_auth = auth, "serving /metrics, /healthz, /api/v1/sockets");
     let reloader = tokio::spawn(reload::run(Arc::clone(&shared), args));
     let notices = tokio::spawn(notices::run(Arc::clone(&shared)));
+    let trimmer = tokio::spawn(heap::run());
 
     let result = start_and_wait(&shared).await;
     reloader.abort();
     notices.abort();
+    trimmer.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
     // Detach everything before returning, whatever happened.
@@ -313,6 +320,7 @@ async fn start_and_wait(shared: &Arc<Shared>) -> anyhow::Result<()> {
         let mut suspects = reconcile::Suspects::default();
         reconcile::run_once(&pass, &mut suspects)?;
         owners::walk_now(&pass);
+        heap::trim();
         anyhow::Ok(suspects)
     })
     .await

@@ -3,13 +3,10 @@ From the socket table to the labelled series of the per-process and per-peer
 families, as configured: filters applied, optional labels looked up, groups
 keyed by pid, comm or unit, then folded to the series limits.
 */
-use std::{
-    collections::{BTreeMap, HashSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::{
-    aging::{GroupStats, PeerKey, ProcessKey, Summary, age, is_leaked},
+    aging::{GroupStats, ProcessKey, Summary, summarize_where},
     cardinality::{Series, fold},
     config::Config,
     filters::OwnerView,
@@ -67,10 +64,11 @@ pub struct SeriesBuilder {
     cache: LabelCache,
 }
 
-fn add(stats: &mut GroupStats, age: Duration, leak_after: Duration) {
-    stats.sockets += 1;
-    stats.leaked += u64::from(is_leaked(age, leak_after));
-    stats.oldest = stats.oldest.max(age);
+/// Adds one group's numbers to a series that other groups share.
+fn merge(into: &mut GroupStats, stats: &GroupStats) {
+    into.sockets += stats.sockets;
+    into.leaked += stats.leaked;
+    into.oldest = into.oldest.max(stats.oldest);
 }
 
 impl SeriesBuilder {
@@ -93,50 +91,47 @@ impl SeriesBuilder {
         )
     }
 
-    /// Builds both families for `table` at `now_ns`.
-    pub fn build(&mut self, table: &SocketTable, now_ns: u64, config: &Config) -> Families {
+    /// Builds both families for `table` at `now_ns`. Without filters the
+    /// numbers come from the groups the table keeps up to date; filters
+    /// look at every socket.
+    pub fn build(&mut self, table: &mut SocketTable, now_ns: u64, config: &Config) -> Families {
+        let summary = if config.filters.is_empty() {
+            table.summary(now_ns, config.leak_after)
+        } else {
+            summarize_where(table, now_ns, config.leak_after, |e| self.keeps(e, config))
+        };
+        self.families(&summary, config)
+    }
+
+    /// Labels the groups of `summary` as configured, merging groups that
+    /// get the same labels, then folds each family to its series limit.
+    fn families(&mut self, summary: &Summary, config: &Config) -> Families {
         let names = config.labels.label_names().len();
         let mut process: BTreeMap<Vec<String>, GroupStats> = BTreeMap::new();
-        let mut peer: BTreeMap<PeerKey, GroupStats> = BTreeMap::new();
         let mut live = HashSet::new();
-        for entry in table.iter() {
-            if !self.keeps(entry, config) {
-                continue;
-            }
-            let a = age(now_ns, entry.start_ns);
-            let labels = self.process_labels(entry, config);
-            add(process.entry(labels).or_default(), a, config.leak_after);
-            add(
-                peer.entry(PeerKey::of(entry)).or_default(),
-                a,
-                config.leak_after,
-            );
-            if let Some(o) = entry.owner {
-                live.insert(o.pid);
-            }
+        for (key, stats) in &summary.processes {
+            let labels = self.process_labels(key, config);
+            merge(process.entry(labels).or_default(), stats);
+            live.extend(key.pid);
         }
         let mut dead: BTreeMap<Vec<String>, u64> = BTreeMap::new();
-        for d in table.dead().filter(|d| d.verified) {
-            if self.keeps(&d.sock, config) {
-                let key = ProcessKey::of(&d.sock);
-                *dead
-                    .entry(vec![key.pid_label(), key.comm_label()])
-                    .or_default() += 1;
-                if let Some(o) = d.sock.owner {
-                    live.insert(o.pid);
-                }
-            }
+        for (key, n) in &summary.dead {
+            *dead
+                .entry(vec![key.pid_label(), key.comm_label()])
+                .or_default() += n;
+            live.extend(key.pid);
         }
         self.cache.retain(&live);
         let process = process
             .into_iter()
             .map(|(labels, stats)| Series { labels, stats })
             .collect();
-        let peer = peer
-            .into_iter()
+        let peer = summary
+            .peers
+            .iter()
             .map(|(k, stats)| Series {
                 labels: vec![k.addr.to_string(), k.port_label()],
-                stats,
+                stats: *stats,
             })
             .collect();
         let mut other_process = vec!["*".to_string(), "[other]".to_string()];
@@ -156,10 +151,9 @@ impl SeriesBuilder {
         }
     }
 
-    fn process_labels(&mut self, entry: &SockEntry, config: &Config) -> Vec<String> {
-        let key = ProcessKey::of(entry);
-        let info = match entry.owner {
-            Some(o) if config.labels.needs_proc() => self.cache.get(o.pid).clone(),
+    fn process_labels(&mut self, key: &ProcessKey, config: &Config) -> Vec<String> {
+        let info = match key.pid {
+            Some(pid) if config.labels.needs_proc() => self.cache.get(pid).clone(),
             _ => OwnerInfo::default(),
         };
         let mut labels = Vec::with_capacity(2);
@@ -179,6 +173,8 @@ impl SeriesBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::{labels::OwnerLabel, table::tests::record};
 
@@ -195,17 +191,17 @@ mod tests {
 
     #[test]
     fn keyed_by_pid_comm_and_filtered() {
-        let t = table();
+        let mut t = table();
         let mut b = SeriesBuilder::default();
         let mut config = Config {
             leak_after: Duration::from_secs(8),
             ..Config::default()
         };
-        let f = b.build(&t, 10 * S, &config);
+        let f = b.build(&mut t, 10 * S, &config);
         assert_eq!(f.process.len(), 4);
         assert_eq!(f.peer.len(), 2, "outbound to 127.0.1.1:7000 and inbound *");
         config.labels.process_key = ProcessKeyMode::Comm;
-        let f = b.build(&t, 10 * S, &config);
+        let f = b.build(&mut t, 10 * S, &config);
         let a = f.process.iter().find(|s| s.labels[1] == "a").unwrap();
         assert_eq!(a.labels[0], "*");
         assert_eq!((a.stats.sockets, a.stats.leaked), (2, 2));
@@ -213,20 +209,20 @@ mod tests {
         assert_eq!(unknown.labels[1], "[unknown]");
 
         config.filters.exclude = vec!["comm:a".parse().unwrap()];
-        let f = b.build(&t, 10 * S, &config);
+        let f = b.build(&mut t, 10 * S, &config);
         assert_eq!(f.process.iter().map(|s| s.stats.sockets).sum::<u64>(), 2);
     }
 
     #[test]
     fn folding_keeps_the_family_total() {
-        let t = table();
+        let mut t = table();
         let mut b = SeriesBuilder::default();
         let mut config = Config {
             max_process_series: 2,
             ..Config::default()
         };
         config.labels.set(&[OwnerLabel::Exe]);
-        let f = b.build(&t, 10 * S, &config);
+        let f = b.build(&mut t, 10 * S, &config);
         assert_eq!(f.process.len(), 2);
         assert_eq!(f.folded_process, 3);
         assert_eq!(f.process.iter().map(|s| s.stats.sockets).sum::<u64>(), 4);

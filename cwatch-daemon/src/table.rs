@@ -6,11 +6,17 @@ attribution and reconciliation change it, metrics and the API read it.
 */
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, hash_map},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, TASK_COMM_LEN};
+
+use crate::{
+    aging::{ProcessKey, Summary},
+    gauges::{Counted, Gauges},
+};
 
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,6 +139,7 @@ impl SockEntry {
     pub fn set_holders(&mut self, mut holders: Vec<Holder>) {
         holders.sort_unstable();
         holders.dedup();
+        holders.shrink_to_fit();
         self.holders = holders;
         self.resolved = true;
         self.owner = self
@@ -198,16 +205,37 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// All sockets now in CLOSE_WAIT, by cookie, and the dead ones still held.
+/// A socket in the table and the groups its gauges count it under.
+#[derive(Debug)]
+struct Slot {
+    entry: SockEntry,
+    counted: Counted,
+}
+
+/// A map whose capacity is this many times its length (and more than
+/// [`SHRINK_MIN`]) is shrunk: a million sockets closed at once must not keep
+/// their memory.
+const SHRINK_FACTOR: usize = 4;
+const SHRINK_MIN: usize = 4096;
+
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SHRINK_MIN && map.capacity() > SHRINK_FACTOR * map.len() {
+        map.shrink_to(2 * map.len());
+    }
+}
+
+/// All sockets now in CLOSE_WAIT, by cookie, and the dead ones still held,
+/// with the per-process and per-peer gauges kept up to date as they change.
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    socks: HashMap<u64, SockEntry>,
+    socks: HashMap<u64, Slot>,
     dead: HashMap<u64, DeadEntry>,
     /// Cookies of entries whose holders were never looked up, and of dead
     /// entries not verified yet: attribution visits only these, never the
     /// whole table.
     unresolved: HashSet<u64>,
     unverified: HashSet<u64>,
+    gauges: Gauges,
 }
 
 impl SocketTable {
@@ -222,20 +250,37 @@ impl SocketTable {
         } else {
             self.unresolved.insert(entry.cookie);
         }
-        self.socks.insert(entry.cookie, entry)
+        match self.socks.entry(entry.cookie) {
+            hash_map::Entry::Occupied(mut slot) => {
+                // Uncount the old one first: it may sit in the same groups.
+                self.gauges.remove(slot.get().counted, entry.cookie);
+                let counted = self.gauges.add(&entry);
+                let old = std::mem::replace(slot.get_mut(), Slot { entry, counted });
+                Some(old.entry)
+            }
+            hash_map::Entry::Vacant(slot) => {
+                let counted = self.gauges.add(&entry);
+                slot.insert(Slot { entry, counted });
+                None
+            }
+        }
     }
 
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
         self.unresolved.remove(&cookie);
-        self.socks.remove(&cookie)
+        let slot = self.socks.remove(&cookie)?;
+        self.gauges.remove(slot.counted, cookie);
+        shrink_if_sparse(&mut self.socks);
+        Some(slot.entry)
     }
 
     /// Sets the holders of `cookie` (see [`SockEntry::set_holders`]).
     pub fn set_holders(&mut self, cookie: u64, holders: Vec<Holder>) -> bool {
         self.unresolved.remove(&cookie);
         match self.socks.get_mut(&cookie) {
-            Some(entry) => {
-                entry.set_holders(holders);
+            Some(slot) => {
+                slot.entry.set_holders(holders);
+                self.gauges.recount(&slot.entry, &mut slot.counted);
                 true
             }
             None => false,
@@ -244,7 +289,7 @@ impl SocketTable {
 
     /// `cookie` needs its holders looked up (again).
     pub fn mark_unresolved(&mut self, cookie: u64) {
-        if let Some(entry) = self.socks.get_mut(&cookie) {
+        if let Some(Slot { entry, .. }) = self.socks.get_mut(&cookie) {
             entry.resolved = false;
             self.unresolved.insert(cookie);
         }
@@ -252,7 +297,7 @@ impl SocketTable {
 
     /// Entries whose holders were never looked up.
     pub fn unresolved(&self) -> impl Iterator<Item = &SockEntry> {
-        self.unresolved.iter().filter_map(|c| self.socks.get(c))
+        self.unresolved.iter().filter_map(|c| self.get(*c))
     }
 
     /// Dead entries not verified yet.
@@ -270,15 +315,23 @@ impl SocketTable {
     }
 
     pub fn get(&self, cookie: u64) -> Option<&SockEntry> {
-        self.socks.get(&cookie)
+        self.socks.get(&cookie).map(|s| &s.entry)
     }
 
+    /// The entry of `cookie`, to change; the gauges check it again before
+    /// the next [`SocketTable::summary`].
     pub fn get_mut(&mut self, cookie: u64) -> Option<&mut SockEntry> {
-        self.socks.get_mut(&cookie)
+        let len = self.socks.len();
+        let slot = self.socks.get_mut(&cookie)?;
+        self.gauges.touch(cookie, len);
+        Some(&mut slot.entry)
     }
 
+    /// Every entry, to change; the gauges check them all again before the
+    /// next [`SocketTable::summary`].
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SockEntry> {
-        self.socks.values_mut()
+        self.gauges.touch_all();
+        self.socks.values_mut().map(|s| &mut s.entry)
     }
 
     /// Dead sockets: left CLOSE_WAIT, not destroyed yet.
@@ -303,7 +356,9 @@ impl SocketTable {
 
     pub fn remove_dead(&mut self, cookie: u64) -> Option<DeadEntry> {
         self.unverified.remove(&cookie);
-        self.dead.remove(&cookie)
+        let dead = self.dead.remove(&cookie);
+        shrink_if_sparse(&mut self.dead);
+        dead
     }
 
     pub fn dead_len(&self) -> usize {
@@ -319,7 +374,7 @@ impl SocketTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &SockEntry> {
-        self.socks.values()
+        self.socks.values().map(|s| &s.entry)
     }
 
     pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
@@ -329,9 +384,39 @@ impl SocketTable {
     /// Entries sorted oldest first (ties broken by cookie, so the order is
     /// stable from one call to the next).
     pub fn oldest_first(&self) -> Vec<&SockEntry> {
-        let mut all: Vec<&SockEntry> = self.socks.values().collect();
+        let mut all: Vec<&SockEntry> = self.iter().collect();
         all.sort_unstable_by_key(|e| (e.start_ns, e.cookie));
         all
+    }
+
+    /// The gauges at `now_ns`: per process and per peer from the groups
+    /// kept up to date (no walk of the sockets), dead sockets held by
+    /// holding process. Equal to [`crate::aging::summarize`].
+    pub fn summary(&mut self, now_ns: u64, leak_after: Duration) -> Summary {
+        match self.gauges.take_touched() {
+            Some(cookies) => {
+                for cookie in cookies {
+                    if let Some(slot) = self.socks.get_mut(&cookie) {
+                        self.gauges.recount(&slot.entry, &mut slot.counted);
+                    }
+                }
+            }
+            None => {
+                for slot in self.socks.values_mut() {
+                    self.gauges.recount(&slot.entry, &mut slot.counted);
+                }
+            }
+        }
+        let (processes, peers) = self.gauges.stats(now_ns, leak_after);
+        let mut dead = BTreeMap::new();
+        for d in self.dead.values().filter(|d| d.verified) {
+            *dead.entry(ProcessKey::of(&d.sock)).or_default() += 1;
+        }
+        Summary {
+            processes,
+            peers,
+            dead,
+        }
     }
 }
 
