@@ -11,7 +11,7 @@ use cwatch_testkit::{
 };
 use rustix::process::Signal;
 
-use crate::common::{free_port_on, serial, ss_to_port};
+use crate::common::{NetNs, free_port_on, serial, ss_to_port};
 
 fn correction(daemon: &Daemon, kind: &str) -> f64 {
     daemon
@@ -157,33 +157,6 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A network namespace of this test's own, deleted when dropped.
-struct NetNs(String);
-
-impl NetNs {
-    fn new() -> Self {
-        let name = format!("cwatch-test-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().unwrap().success();
-            assert!(ok, "ip {args:?}");
-        };
-        run(&["netns", "add", &name]);
-        let ns = NetNs(name);
-        run(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self) -> Vec<&str> {
-        vec!["ip", "netns", "exec", &self.0]
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
