@@ -186,8 +186,10 @@ pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corr
         && evidence == suspects.evidence
     {
         debug!("reconciliation: no event lost since the last full pass; skipped");
+        shared.metrics.own.reconcile_pass(false);
         return Ok(Corrections::default());
     }
+    shared.metrics.own.reconcile_pass(true);
     suspects.passes_since_full = 0;
     suspects.evidence = evidence;
     let dump_start_ns = shared.clock.now_ns();

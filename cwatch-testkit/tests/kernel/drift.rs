@@ -113,6 +113,18 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
         Some(10.0),
         "the gauges never moved"
     );
+    let passes = |kind: &str| {
+        daemon
+            .metrics()
+            .unwrap()
+            .get("cwatch_reconcile_passes_total", &[("pass", kind)])
+            .unwrap_or(0.0)
+    };
+    assert!(
+        passes("skipped") >= 1.0,
+        "no event was lost: the passes between full ones are skipped"
+    );
+    let full0 = passes("full");
 
     // Stop the daemon, overflow its 4 KiB ring: 100 new leaks, 10 closes.
     let lost0 = daemon
@@ -141,6 +153,10 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     assert!(
         m.scalar("cwatch_events_lost_total").unwrap() > lost0,
         "the ring did overflow"
+    );
+    assert!(
+        passes("full") > full0,
+        "lost events make the next pass a full one"
     );
     assert!(
         correction(&daemon, "added") > added0,
