@@ -89,17 +89,39 @@ pub struct KernelOffsets {
     pub socket_inode: u32,
     /// `struct inode`: `i_ino` (unsigned long).
     pub inode_ino: u32,
+    /// `struct socket`: `file` (pointer).
+    pub socket_file: u32,
+    /// `struct file`: `f_ref.refcnt` (6.13 and later) or `f_count` (before),
+    /// 8 bytes; see `file_ref_kind`.
+    pub file_ref: u32,
+    /// How to read `file_ref`: one of `FILE_REF_*`.
+    pub file_ref_kind: u32,
+    pub _pad: u32,
 }
+
+/// `KernelOffsets::file_ref_kind`: no usable file reference count; every
+/// socket leaving CLOSE_WAIT is treated as possibly still held.
+pub const FILE_REF_UNKNOWN: u32 = 0;
+/// `f_count` (atomic_long_t): 0 once the last reference is gone.
+pub const FILE_REF_COUNT: u32 = 1;
+/// `f_ref` (file_ref_t): 0 is one reference; negative once the last one is
+/// gone (FILE_REF_NOREF, then FILE_REF_DEAD while the file is released).
+pub const FILE_REF_BIASED: u32 = 2;
 
 /// `SockRecord::flags`: the owner was learned in the kernel at connect()
 /// (the SYN_SENT transition), so this is an outbound connection.
 pub const REC_OUTBOUND: u16 = 1;
-/// `SockRecord::flags`: the socket was cloned from a listener; the owner is
-/// the process that called listen() (a hint: the acceptor may differ).
+/// `SockRecord::flags`: a listener on the local port is known (`LISTENERS`);
+/// the owner is the process that called listen() (a hint: the acceptor may
+/// differ).
 pub const REC_INBOUND: u16 = 2;
 /// `SockRecord::flags`: no `struct socket` yet, i.e. still in the listener's
 /// accept queue: nobody called accept() on it.
 pub const REC_UNACCEPTED: u16 = 4;
+/// `SockRecord::flags` of a leave event: the socket left CLOSE_WAIT because
+/// its file was released (the last fd closed): no process can still hold
+/// it, so it is not a dead socket held.
+pub const REC_RELEASED: u16 = 8;
 
 /// One socket that entered CLOSE_WAIT. The value of the kernel's
 /// `CLOSE_WAIT` map (key: socket cookie) and the payload of every event.
@@ -152,8 +174,8 @@ impl SockRecord {
 
 /// `Owner::flags`: `tgid` called connect() on this socket.
 pub const OWNER_CONNECT: u32 = 1;
-/// `Owner::flags`: `tgid` called listen() on this socket, or on the listener
-/// this socket was cloned from (the storage is cloned to accepted children).
+/// `Owner::flags`: `tgid` called listen() on the socket (a `LISTENERS`
+/// value; accepted sockets look their listener up by port).
 pub const OWNER_LISTEN: u32 = 2;
 /// `Owner::flags`: the socket left CLOSE_WAIT and waits in `LINGER` for
 /// `tcp_destroy_sock`.
@@ -168,6 +190,25 @@ pub struct Owner {
     /// `OWNER_*` bits.
     pub flags: u32,
     pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Key of the `LISTENERS` map: a listening port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of the `LISTENERS` map: who called listen(), and on which socket
+/// (so that one listener closing does not forget another on the same port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub cookie: u64,
+    pub owner: Owner,
 }
 
 /// `Event::kind`: the socket entered CLOSE_WAIT.
@@ -215,11 +256,12 @@ pub mod counter {
     pub const LEN: u32 = 6;
 }
 
-/// Version of the pinned maps' layout (`CLOSE_WAIT`, `LINGER`, `OWNERS`),
+/// Version of the pinned maps' layout (`CLOSE_WAIT`, `LINGER`, `OWNERS`,
+/// `LISTENERS`),
 /// stored in the pinned `LAYOUT` map. Bump it whenever `SockRecord`, `Event`
 /// or `Owner` change meaning, even at the same size: a daemon that finds
 /// another version in the pin directory rebuilds the maps.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps and programs in the object, shared so both sides agree.
 pub mod names {
@@ -228,6 +270,7 @@ pub mod names {
     pub const MAP_OWNERS: &str = "OWNERS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_LINGER: &str = "LINGER";
+    pub const MAP_LISTENERS: &str = "LISTENERS";
     pub const MAP_LAYOUT: &str = "LAYOUT";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
@@ -237,7 +280,9 @@ pub mod names {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 88);
 const _: () = assert!(core::mem::size_of::<Event>() == 112);
 const _: () = assert!(core::mem::size_of::<Owner>() == 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Listener>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -248,4 +293,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Listener {}
 }

@@ -7,7 +7,7 @@ kernel to destroy them (attribution checks whether an fd still holds them).
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use cwatch_common::{EVENT_DESTROY, EVENT_ENTER, EVENT_LEAVE, Event};
+use cwatch_common::{EVENT_DESTROY, EVENT_ENTER, EVENT_LEAVE, Event, REC_RELEASED};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
@@ -76,7 +76,11 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
                     "left CLOSE_WAIT"
                 );
             }
-            table.insert_dead(DeadEntry::left(sock, event.ts_ns, event.newstate));
+            // Released by its last close(): nobody can hold it. Otherwise
+            // (reset, keepalive, shutdown) an fd may still: check it later.
+            if event.rec.flags & REC_RELEASED == 0 {
+                table.insert_dead(DeadEntry::left(sock, event.ts_ns, event.newstate));
+            }
             Applied::Left(start.map(|s| Duration::from_nanos(event.ts_ns.saturating_sub(s))))
         }
         EVENT_DESTROY => {
@@ -201,6 +205,18 @@ mod tests {
             Applied::Destroyed
         );
         assert_eq!(t.dead_len(), 0);
+    }
+
+    #[test]
+    fn leave_by_the_last_close_is_not_a_dead_candidate() {
+        let mut t = SocketTable::new();
+        apply(&mut t, &event(EVENT_ENTER, 5, record(1, 5, None)));
+        let mut released = record(1, 5, None);
+        released.flags |= REC_RELEASED;
+        let left = apply(&mut t, &event(EVENT_LEAVE, 1_000_000_005, released));
+        assert_eq!(left, Applied::Left(Some(Duration::from_secs(1))));
+        assert!(t.is_empty());
+        assert_eq!(t.dead_len(), 0, "its file is gone: no fd can hold it");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod groups;
 pub mod heap;
 pub mod http;
 pub mod intake;
+pub mod kernel_view;
 pub mod labels;
 pub mod logging;
 pub mod ls;
@@ -211,12 +212,9 @@ impl Shared {
     pub fn kernel_records(&self) -> anyhow::Result<HashMap<u64, SockRecord>> {
         let probes = self.lock_probes();
         let probes = probes.as_ref().context("probes are not loaded")?;
-        let mut out = HashMap::new();
-        for item in probes.records.iter() {
-            let (cookie, rec) = item.context("walking the kernel CLOSE_WAIT map")?;
-            out.insert(cookie, rec);
-        }
-        Ok(out)
+        probes
+            .records_snapshot()
+            .context("reading the kernel CLOSE_WAIT map")
     }
 
     /// A snapshot of the kernel's LINGER map (sockets that left CLOSE_WAIT
@@ -224,12 +222,9 @@ impl Shared {
     pub fn linger_records(&self) -> anyhow::Result<HashMap<u64, Event>> {
         let probes = self.lock_probes();
         let probes = probes.as_ref().context("probes are not loaded")?;
-        let mut out = HashMap::new();
-        for item in probes.linger.iter() {
-            let (cookie, ev) = item.context("walking the kernel LINGER map")?;
-            out.insert(cookie, ev);
-        }
-        Ok(out)
+        probes
+            .linger_snapshot()
+            .context("reading the kernel LINGER map")
     }
 
     /// Inserts `add` into the kernel's CLOSE_WAIT map and deletes `remove`.

@@ -19,14 +19,15 @@ use std::{
     time::Duration,
 };
 
-use cwatch_common::{Event, SockRecord, tcp_state};
-use netlink_packet_sock_diag::inet::StateFlags;
-use tracing::{info, warn};
+use cwatch_common::{Event, SockRecord, counter};
+use tracing::{debug, info, warn};
 
+#[cfg(test)]
+use crate::sockdiag::DiagSocket;
 use crate::{
-    Shared, netns,
+    Shared,
+    kernel_view::{KernelView, entry_from_diag, kernel_view},
     owners::Work,
-    sockdiag::{self, DiagSocket},
     table::{DeadEntry, Direction, SockEntry, SocketTable},
 };
 
@@ -47,105 +48,6 @@ pub struct Corrections {
 /// LAST_ACK is forgotten from `LINGER` after this long (its destroy went
 /// unseen, e.g. while no daemon ran).
 const LINGER_LIMIT: Duration = Duration::from_secs(30);
-
-/// What sock_diag showed, across namespaces.
-#[derive(Debug, Default)]
-pub struct KernelView {
-    /// CLOSE_WAIT sockets by cookie, with their namespace.
-    pub close_wait: HashMap<u64, (DiagSocket, u32)>,
-    /// Cookies in LAST_ACK (left CLOSE_WAIT, waiting for the peer's ACK).
-    pub last_ack: HashSet<u64>,
-    /// (netns, port) of every listener.
-    pub listeners: HashSet<(u32, u16)>,
-    /// `net.ipv4.ip_local_port_range` (low, high): where connect() picks
-    /// local ports.
-    pub ephemeral: (u16, u16),
-    /// Namespaces that answered: only their sockets can be called gone.
-    pub covered: HashSet<u32>,
-}
-
-/// Dumps every namespace's CLOSE_WAIT, LAST_ACK and LISTEN TCP sockets.
-pub fn kernel_view() -> KernelView {
-    let states = StateFlags::CLOSE_WAIT | StateFlags::LAST_ACK | StateFlags::LISTEN;
-    let mut view = KernelView {
-        ephemeral: ephemeral_ports(),
-        ..KernelView::default()
-    };
-    for (ns, result) in netns::in_each(netns::list(), move || sockdiag::dump(states)) {
-        let inum = ns.inode as u32;
-        match result {
-            Ok(sockets) => {
-                view.covered.insert(inum);
-                for s in sockets {
-                    match u32::from(s.state) {
-                        tcp_state::CLOSE_WAIT => {
-                            view.close_wait.insert(s.cookie, (s, inum));
-                        }
-                        tcp_state::LAST_ACK => {
-                            view.last_ack.insert(s.cookie);
-                        }
-                        tcp_state::LISTEN => {
-                            view.listeners.insert((inum, s.local.port()));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(err) => warn!(netns = ns.inode, path = %ns.path.display(), "sock_diag: {err}"),
-        }
-    }
-    view
-}
-
-/// The table entry for a socket only sock_diag told us about.
-fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelView) -> SockEntry {
-    let estimated_start = match d.last_ack_recv {
-        Some(ago) => now_ns.saturating_sub(ago.as_nanos() as u64),
-        None => now_ns,
-    };
-    let mut rec = SockRecord::zeroed();
-    rec.cookie = d.cookie;
-    let mut entry = SockEntry::from_record(&rec);
-    entry.start_ns = estimated_start;
-    entry.age_estimated = true;
-    entry.local = d.local;
-    entry.peer = d.peer;
-    entry.netns = netns;
-    entry.inode = d.inode;
-    entry.direction = if d.inode == 0 {
-        Direction::Unaccepted
-    } else if view.listeners.contains(&(netns, d.local.port())) {
-        Direction::Inbound
-    } else if view.is_ephemeral(d.peer.port()) && !view.is_ephemeral(d.local.port()) {
-        // The listener is gone, but the remote end picked the ephemeral
-        // port: we accepted this one. Grouping it by the peer's ephemeral
-        // port would make a series per connection.
-        Direction::Inbound
-    } else {
-        Direction::Outbound
-    };
-    entry
-}
-
-/// `net.ipv4.ip_local_port_range` of this host (the kernel's default when
-/// unreadable).
-fn ephemeral_ports() -> (u16, u16) {
-    let text =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut bounds = text
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u16>().ok());
-    match (bounds.next(), bounds.next()) {
-        (Some(low), Some(high)) if low <= high => (low, high),
-        _ => (32768, 60999),
-    }
-}
-
-impl KernelView {
-    fn is_ephemeral(&self, port: u16) -> bool {
-        (self.ephemeral.0..=self.ephemeral.1).contains(&port)
-    }
-}
 
 /// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the
 /// namespaces it covers). Call it after a drain of the ring that began once
@@ -211,12 +113,15 @@ pub fn sync(
     c
 }
 
-/// Sockets one pass found in CLOSE_WAIT that neither the table nor the
-/// kernel map knew (see [`sync`]).
+/// What one pass leaves to the next: sockets it found in CLOSE_WAIT that
+/// neither the table nor the kernel map knew (see [`sync`]), how many passes
+/// ran since the last full one, and the drift evidence it saw.
 #[derive(Debug)]
 pub struct Suspects {
     first_pass: bool,
     cookies: HashSet<u64>,
+    passes_since_full: u32,
+    evidence: Option<u64>,
 }
 
 impl Default for Suspects {
@@ -224,8 +129,38 @@ impl Default for Suspects {
         Self {
             first_pass: true,
             cookies: HashSet::new(),
+            passes_since_full: 0,
+            evidence: None,
         }
     }
+}
+
+/// A full pass (a sock_diag dump in every namespace, the kernel map read
+/// whole, and a walk of `/proc` if some socket has no known holder) runs
+/// when the kernel counted an event lost or a record it could not store
+/// since the last one — the only ways the table can drift from the
+/// kernel — and otherwise every this many intervals, as a safety net that
+/// also repairs records deleted from the map behind cwatch's back and finds
+/// holders that appeared without a fork. At a million sockets a full pass
+/// costs seconds of CPU; an interval without one costs a map read.
+pub const FULL_EVERY: u32 = 10;
+
+/// The kernel's counts of lost events and of records it could not store;
+/// `None` when unreadable (then every pass is full).
+fn drift_evidence(shared: &Shared) -> Option<u64> {
+    let k = shared.kernel_counters()?;
+    Some(
+        k[counter::EVENTS_LOST as usize]
+            + k[counter::RECORDS_FULL as usize]
+            + k[counter::LINGER_FULL as usize],
+    )
+}
+
+/// Whether a socket with an fd to find has no holder yet, or a dead socket
+/// is not verified yet.
+fn needs_walk(table: &SocketTable) -> bool {
+    table.iter().any(|e| e.inode != 0 && e.holders.is_empty())
+        || table.unverified().next().is_some()
 }
 
 /// Waits (at most a second) for a drain of the ring that began after
@@ -241,8 +176,26 @@ fn wait_for_drain(shared: &Shared, after_ns: u64) {
 /// map and `LINGER` are brought in line. `initial` is the start-up pass.
 pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corrections> {
     let initial = suspects.first_pass;
+    let evidence = drift_evidence(shared);
+    suspects.passes_since_full += 1;
+    let periodic = suspects.passes_since_full >= FULL_EVERY;
+    if !initial
+        && !periodic
+        && suspects.cookies.is_empty()
+        && evidence.is_some()
+        && evidence == suspects.evidence
+    {
+        debug!("reconciliation: no event lost since the last full pass; skipped");
+        shared.metrics.own.reconcile_pass(false);
+        return Ok(Corrections::default());
+    }
+    shared.metrics.own.reconcile_pass(true);
+    suspects.passes_since_full = 0;
+    suspects.evidence = evidence;
     let dump_start_ns = shared.clock.now_ns();
-    let view = kernel_view();
+    // Unknown sockets are added with an estimated start on the first pass,
+    // or when a suspect is seen again: only then is tcp_info worth its bytes.
+    let view = kernel_view(initial || !suspects.cookies.is_empty());
     wait_for_drain(shared, shared.clock.now_ns());
     let map = shared.kernel_records()?;
     let now_ns = shared.clock.now_ns();
@@ -258,7 +211,9 @@ pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corr
     c.map_added = map_added;
     c.map_removed = map_removed;
     prune_linger(shared, &view, now_ns)?;
-    shared.owners.request(Work::Walk);
+    if initial || periodic || needs_walk(&shared.lock_table()) {
+        shared.owners.request(Work::Walk);
+    }
     if initial {
         info!(
             sockets = view.close_wait.len(),

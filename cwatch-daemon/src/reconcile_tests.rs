@@ -1,5 +1,6 @@
 use super::*;
 use crate::table::tests::record;
+use cwatch_common::tcp_state;
 
 const S: u64 = 1_000_000_000;
 const NETNS: u32 = 4026531840;

@@ -4,7 +4,7 @@ open fds, from the prometheus crate's process collector), what its BPF
 programs cost the kernel (`cwatch_bpf_program_run_seconds_total` /
 `_runs_total`, counted by the kernel only while `kernel.bpf_stats_enabled`
 is 1), how full its maps are, how many series were folded by the series
-limits, and how long a scrape took.
+limits, how long a scrape took, and which reconciliation passes ran.
 */
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -20,6 +20,7 @@ pub struct SelfMetrics {
     bpf_stats_enabled: Gauge,
     reload_ok: Gauge,
     reloads: IntCounterVec,
+    passes: IntCounterVec,
     /// Last kernel totals per program, to advance the counters by deltas.
     seen: Mutex<HashMap<String, (Duration, u64)>>,
 }
@@ -57,6 +58,7 @@ impl SelfMetrics {
             bpf_stats_enabled: reg(r, Gauge::new("cwatch_bpf_stats_enabled", "The kernel.bpf_stats_enabled sysctl (1: program run time and counts are collected; a BPF_ENABLE_STATS holder can also turn counting on without showing here).").expect("valid")),
             reload_ok: reg(r, Gauge::new("cwatch_config_last_reload_successful", "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.").expect("valid")),
             reloads: reg(r, IntCounterVec::new(Opts::new("cwatch_config_reloads_total", "SIGHUP reloads, by result (success, failure)."), &["result"]).expect("valid")),
+            passes: reg(r, IntCounterVec::new(Opts::new("cwatch_reconcile_passes_total", "Reconciliation passes by kind: full (sock_diag dump, map read, fixes) or skipped (no event lost since the last full pass)."), &["pass"]).expect("valid")),
             seen: Mutex::new(HashMap::new()),
         }
         .init()
@@ -71,7 +73,17 @@ impl SelfMetrics {
         for result in ["success", "failure"] {
             self.reloads.with_label_values(&[result]).inc_by(0);
         }
+        for pass in ["full", "skipped"] {
+            self.passes.with_label_values(&[pass]).inc_by(0);
+        }
         self
+    }
+
+    /// One reconciliation pass ran: `full` or skipped.
+    pub fn reconcile_pass(&self, full: bool) {
+        self.passes
+            .with_label_values(&[if full { "full" } else { "skipped" }])
+            .inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

@@ -46,14 +46,20 @@ pub struct DiagSocket {
 const TCPI_LAST_ACK_RECV: usize = 8 + 4 * 12;
 
 /// Every TCP socket (IPv4 and IPv6) in `states` in this thread's network
-/// namespace.
+/// namespace, with tcp_info (`last_ack_recv`).
 pub fn dump(states: StateFlags) -> io::Result<Vec<DiagSocket>> {
+    dump_with(states, ExtensionFlags::INFO)
+}
+
+/// Like [`dump`], asking for `extensions` only: without tcp_info the kernel
+/// sends a third of the bytes (`last_ack_recv` is then `None`).
+pub fn dump_with(states: StateFlags, extensions: ExtensionFlags) -> io::Result<Vec<DiagSocket>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        request(&socket, family, states)?;
+        request(&socket, family, states, extensions)?;
         receive(&socket, &mut out)?;
     }
     Ok(out)
@@ -64,7 +70,12 @@ pub fn close_wait() -> io::Result<Vec<DiagSocket>> {
     dump(StateFlags::CLOSE_WAIT)
 }
 
-fn request(socket: &Socket, family: u8, states: StateFlags) -> io::Result<()> {
+fn request(
+    socket: &Socket,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+) -> io::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -77,7 +88,7 @@ fn request(socket: &Socket, family: u8, states: StateFlags) -> io::Result<()> {
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
+            extensions,
             states,
             socket_id,
         })

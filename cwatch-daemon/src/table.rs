@@ -115,7 +115,7 @@ impl SockEntry {
         } else if rec.flags & REC_UNACCEPTED != 0 {
             Direction::Unaccepted
         } else {
-            // REC_INBOUND (cloned from a listener), or a socket whose owner
+            // REC_INBOUND (its listener is known), or a socket whose owner
             // the kernel never saw because it predates cwatch.
             Direction::Inbound
         };

@@ -8,7 +8,9 @@
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
 };
-use cwatch_common::{AF_INET, AF_INET6, KernelOffsets, SockRecord, TASK_COMM_LEN};
+use cwatch_common::{
+    AF_INET, AF_INET6, FILE_REF_BIASED, FILE_REF_COUNT, KernelOffsets, SockRecord, TASK_COMM_LEN,
+};
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
@@ -28,6 +30,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_socket: 0,
     socket_inode: 0,
     inode_ino: 0,
+    socket_file: 0,
+    file_ref: 0,
+    file_ref_kind: 0,
+    _pad: 0,
 };
 
 /// Reads one field of `OFFSETS`, volatile so the compiler cannot fold the
@@ -66,6 +72,24 @@ pub fn protocol(sk: *const u8) -> u16 {
     unsafe { load::<u16>(sk, off!(sk_protocol)) }
 }
 
+/// `sk->sk_num`: the local port, host order.
+#[inline(always)]
+pub fn local_port(sk: *const u8) -> u16 {
+    unsafe { load::<u16>(sk, off!(sk_num)) }
+}
+
+/// Inode number of `sk`'s network namespace (0 if unreadable).
+#[inline(always)]
+pub fn netns(sk: *const u8) -> u32 {
+    unsafe {
+        let net = load::<*const u8>(sk, off!(sk_net));
+        if net.is_null() {
+            return 0;
+        }
+        load::<u32>(net, off!(net_ns_inum))
+    }
+}
+
 /// Fills family, addresses, ports and network namespace of `rec` from `sk`.
 #[inline(always)]
 pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
@@ -82,9 +106,35 @@ pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
             rec.local_addr = load_in6(sk, off!(sk_v6_rcv_saddr));
             rec.peer_addr = load_in6(sk, off!(sk_v6_daddr));
         }
-        let net = load::<*const u8>(sk, off!(sk_net));
-        if !net.is_null() {
-            rec.netns = load::<u32>(net, off!(net_ns_inum));
+    }
+    rec.netns = netns(sk);
+}
+
+/// Whether `sk`'s file is being released: the state change happens inside
+/// the last close() of its fd (close, exit, dup2, exec...), so no process
+/// holds it any more. `false` when the socket still has a live file (reset,
+/// keepalive, `ss -K`, shutdown() with the fd kept) or when the kernel's
+/// reference count cannot be read (`FILE_REF_UNKNOWN`).
+#[inline(always)]
+pub fn fd_released(sk: *const u8) -> bool {
+    let kind = off!(file_ref_kind) as u32;
+    if kind != FILE_REF_BIASED && kind != FILE_REF_COUNT {
+        return false;
+    }
+    unsafe {
+        let socket = load::<*const u8>(sk, off!(sk_socket));
+        if socket.is_null() {
+            return true; // orphaned: no file any more
+        }
+        let file = load::<*const u8>(socket, off!(socket_file));
+        if file.is_null() {
+            return true;
+        }
+        let refs = load::<i64>(file, off!(file_ref));
+        if kind == FILE_REF_BIASED {
+            refs < 0
+        } else {
+            refs == 0
         }
     }
 }

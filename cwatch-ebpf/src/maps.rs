@@ -4,14 +4,11 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use cwatch_common::{Event, Owner, SockRecord, counter};
+use cwatch_common::{Event, Listener, ListenerKey, Owner, SockRecord, counter};
 
 /// Allocate hash map elements on demand instead of up front: the map is
 /// sized for a million sockets but usually nearly empty.
 const BPF_F_NO_PREALLOC: u32 = 1;
-/// Socket storage: copy the element to sockets cloned from this one (the
-/// children a listener accepts).
-const BPF_F_CLONE: u32 = 1 << 9;
 
 /// Events for the daemon (`cwatch_common::Event`). The daemon may resize it
 /// before load (`--ring-buffer-size`).
@@ -31,26 +28,27 @@ pub static CLOSE_WAIT: HashMap<u64, SockRecord> =
 #[map]
 pub static LINGER: HashMap<u64, Event> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// A BTF map definition for `BPF_MAP_TYPE_SK_STORAGE` with `BPF_F_CLONE`
-/// (aya-ebpf's `SkStorage` fixes the flags to `BPF_F_NO_PREALLOC`). Same
-/// layout as aya-ebpf's definitions: the loader reads the map's type, key,
-/// value and flags from these fields' BTF types.
+/// A BTF map definition for `BPF_MAP_TYPE_SK_STORAGE` (aya-ebpf 0.2.1 has
+/// no `SkStorage` type). Same layout as aya-ebpf's definitions: the loader
+/// reads the map's type, key, value and flags from these fields' BTF types.
 #[repr(C)]
 pub struct OwnerStorage {
     r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
     key: *const i32,
     value: *const Owner,
     max_entries: *const [i32; 0],
-    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
 }
 
 // SAFETY: placeholder pointers the loader replaces; never dereferenced.
 unsafe impl Sync for OwnerStorage {}
 
-/// The owner of each socket, learned at connect() (SYN_SENT) or listen()
-/// (LISTEN) in the owner's context; accepted sockets inherit their
-/// listener's through `BPF_F_CLONE`. Socket-local storage: the kernel frees
-/// it with the socket, so it is bounded by the live sockets.
+/// The owner of each outbound socket, learned at connect() (SYN_SENT) in the
+/// owner's context, and the `OWNER_LINGER` mark of a socket that left
+/// CLOSE_WAIT while still held. Socket-local storage: the kernel frees it
+/// with the socket, so it is bounded by the live sockets. Accepted sockets
+/// get none (no copy per accepted connection): they find their owner in
+/// `LISTENERS`.
 #[btf_map]
 pub static OWNERS: OwnerStorage = OwnerStorage {
     r#type: core::ptr::null(),
@@ -59,6 +57,13 @@ pub static OWNERS: OwnerStorage = OwnerStorage {
     max_entries: core::ptr::null(),
     map_flags: core::ptr::null(),
 };
+
+/// Who listens on each port: learned at listen() (LISTEN), forgotten when
+/// that listener closes. An accepted socket entering CLOSE_WAIT looks up its
+/// local port here for its owner hint, so accepting costs nothing. Pinned.
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, Listener> =
+    HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
 
 /// One entry: the `cwatch_common::LAYOUT_VERSION` of the pinned maps beside
 /// it, written by the daemon. Never touched by the programs.

@@ -7,6 +7,7 @@ Dropping [`Probes`] detaches the programs and closes the maps. What is left
 in the kernel after the daemon exits is only the pinned maps ([`pins`]), so
 the next start keeps every socket's history.
 */
+pub mod batch;
 pub mod mounts;
 pub mod offsets;
 pub mod pins;
@@ -115,6 +116,18 @@ impl Probes {
                 })
             })
             .collect()
+    }
+
+    /// Every record of the CLOSE_WAIT map, read in batches.
+    pub fn records_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, SockRecord>> {
+        use aya::maps::IterableMap as _;
+        batch::read_all(self.records.map())
+    }
+
+    /// Every record of the LINGER map, read in batches.
+    pub fn linger_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, Event>> {
+        use aya::maps::IterableMap as _;
+        batch::read_all(self.linger.map())
     }
 
     /// Capacity of the CLOSE_WAIT map.

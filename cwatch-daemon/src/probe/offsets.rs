@@ -9,7 +9,7 @@ unions and typedefs, and checked for the size the program reads. Anything
 unexpected (missing field, bitfield, other size) is an error naming the field.
 */
 use btf_rs::{Btf, Type};
-use cwatch_common::KernelOffsets;
+use cwatch_common::{FILE_REF_BIASED, FILE_REF_COUNT, FILE_REF_UNKNOWN, KernelOffsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -60,6 +60,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         (Err(OffsetsError::NoField { .. }), Err(OffsetsError::NoField { .. })) => (0, 0, 0),
         (Err(err), _) | (_, Err(err)) => return Err(err),
     };
+    let (socket_file, file_ref, file_ref_kind) = file_ref(btf)?;
     Ok(KernelOffsets {
         sk_family: sock("__sk_common.skc_family", 2)?,
         sk_protocol: sock("sk_protocol", 2)?,
@@ -82,7 +83,32 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
                 field: "vfs_inode after socket".into(),
             })?,
         inode_ino: field(btf, "inode", "i_ino", 8)?,
+        socket_file,
+        file_ref,
+        file_ref_kind,
+        _pad: 0,
     })
+}
+
+/// `struct socket`'s `file` and the file's reference count, and how to read
+/// it (`FILE_REF_*`). Optional: without them every socket that leaves
+/// CLOSE_WAIT is treated as possibly still held (slower, never wrong).
+fn file_ref(btf: &Btf) -> Result<(u32, u32, u32), OffsetsError> {
+    let optional = |r: Result<u32, OffsetsError>| match r {
+        Ok(offset) => Ok(Some(offset)),
+        Err(OffsetsError::NoField { .. } | OffsetsError::NoStruct(_)) => Ok(None),
+        Err(err) => Err(err),
+    };
+    let Some(socket_file) = optional(field(btf, "socket", "file", 8))? else {
+        return Ok((0, 0, FILE_REF_UNKNOWN));
+    };
+    if let Some(f_ref) = optional(field(btf, "file", "f_ref.refcnt", 8))? {
+        return Ok((socket_file, f_ref, FILE_REF_BIASED));
+    }
+    match optional(field(btf, "file", "f_count", 8))? {
+        Some(f_count) => Ok((socket_file, f_count, FILE_REF_COUNT)),
+        None => Ok((0, 0, FILE_REF_UNKNOWN)),
+    }
 }
 
 /// Byte offset of the dotted `path` inside `strukt`, whatever its size (for

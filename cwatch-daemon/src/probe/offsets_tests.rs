@@ -273,4 +273,16 @@ fn running_kernel_resolves_with_the_c_layout() {
         o.sk_socket > o.sk_v6_rcv_saddr,
         "sk_socket lies past __sk_common: {o:?}"
     );
+    // The file's reference count: `f_ref` since 6.13, `f_count` before.
+    let has_f_ref = field(&btf, "file", "f_ref", 8).is_ok();
+    let expected_kind = if has_f_ref {
+        cwatch_common::FILE_REF_BIASED
+    } else {
+        cwatch_common::FILE_REF_COUNT
+    };
+    assert_eq!(o.file_ref_kind, expected_kind, "{o:?}");
+    assert!(
+        o.socket_file > 0 && (o.socket_file as usize) < socket_size,
+        "{o:?}"
+    );
 }

@@ -1,6 +1,6 @@
 /*!
 Pinned maps: the records that must outlive the daemon (`CLOSE_WAIT`,
-`LINGER`, the `OWNERS` socket storage) are pinned under the pin directory
+`LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
 (default `/sys/fs/bpf/cwatch`), so a restart, even after SIGKILL, finds every
 socket's true CLOSE_WAIT start instead of estimating it.
 
@@ -15,11 +15,10 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType};
-use cwatch_common::{Event, LAYOUT_VERSION, Owner, SockRecord, names};
+use cwatch_common::{Event, LAYOUT_VERSION, Listener, ListenerKey, Owner, SockRecord, names};
 use tracing::{info, warn};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
-const BPF_F_CLONE: u32 = 1 << 9;
 
 /// What a pinned map must look like to be reused.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,7 +32,7 @@ pub struct Spec {
 }
 
 /// The maps cwatch pins, as the eBPF object defines them.
-pub fn specs() -> [Spec; 4] {
+pub fn specs() -> [Spec; 5] {
     [
         Spec {
             name: names::MAP_CLOSE_WAIT,
@@ -57,7 +56,15 @@ pub fn specs() -> [Spec; 4] {
             key_size: 4,
             value_size: size_of::<Owner>() as u32,
             max_entries: 0,
-            flags: BPF_F_NO_PREALLOC | BPF_F_CLONE,
+            flags: BPF_F_NO_PREALLOC,
+        },
+        Spec {
+            name: names::MAP_LISTENERS,
+            map_type: MapType::Hash,
+            key_size: size_of::<ListenerKey>() as u32,
+            value_size: size_of::<Listener>() as u32,
+            max_entries: 1 << 16,
+            flags: BPF_F_NO_PREALLOC,
         },
         Spec {
             name: names::MAP_LAYOUT,
@@ -139,9 +146,14 @@ pub fn prepare(dir: &Path) -> io::Result<Vec<(&'static str, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
     let specs = specs();
     let layout_path = dir.join(names::MAP_LAYOUT);
+    let layout_spec = specs
+        .iter()
+        .find(|s| s.name == names::MAP_LAYOUT)
+        .copied()
+        .ok_or_else(|| io::Error::other("no LAYOUT map in the pin specs"))?;
     let mut rebuild_all = false;
     if layout_path.exists() {
-        match check(&layout_path, &specs[3]).and_then(|()| layout_version(&layout_path)) {
+        match check(&layout_path, &layout_spec).and_then(|()| layout_version(&layout_path)) {
             Ok(LAYOUT_VERSION) => {}
             Ok(found) => {
                 warn!(dir = %dir.display(), "{}: rebuilding all pinned maps", Mismatch::Layout { found });

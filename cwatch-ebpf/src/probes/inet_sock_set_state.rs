@@ -3,17 +3,19 @@
 //!
 //! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
 //!   the owner in the socket's own storage.
-//! - into LISTEN: we are in listen(); remember the listener's owner. The
-//!   storage is cloned to every socket the listener accepts, so inbound
-//!   sockets carry their listener's process as an owner hint.
+//! - into LISTEN: we are in listen(); remember the listener's owner by port
+//!   in `LISTENERS` (out of LISTEN: forget it). Sockets the listener accepts
+//!   look their owner hint up there when they enter CLOSE_WAIT, so accepting
+//!   a connection costs nothing.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
 //!   not the owner). Start a record, count it, tell the daemon.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
-//!   kernel reset it (CLOSE). End the record, count it, tell the daemon, and
-//!   keep the record in `LINGER` until `tcp_destroy_sock`: if an fd still
-//!   holds the socket, it is still a leaked fd.
+//!   kernel reset it (CLOSE). End the record, count it, tell the daemon. Only
+//!   when no close() released its file (reset, keepalive, `ss -K`, shutdown)
+//!   is the record kept in `LINGER` until `tcp_destroy_sock`: an fd still
+//!   holds the socket, a leaked fd. A plain close() costs no more than that.
 //!
-//! Every other transition returns after two loads and three compares.
+//! Every other transition returns after two loads and four compares.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -22,15 +24,16 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use cwatch_common::{
-    EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN, REC_INBOUND,
-    REC_OUTBOUND, REC_UNACCEPTED, SockRecord, counter,
+    EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER,
+    OWNER_LISTEN, Owner, REC_INBOUND, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord,
+    counter,
     tcp_state::{CLOSE_WAIT, LISTEN, SYN_SENT},
 };
 
 use crate::{
     events::{event, submit},
     kernel,
-    maps::{self, CLOSE_WAIT as RECORDS, LINGER},
+    maps::{self, CLOSE_WAIT as RECORDS, LINGER, LISTENERS},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -40,20 +43,22 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let entering = new == CLOSE_WAIT && old != CLOSE_WAIT;
     let leaving = old == CLOSE_WAIT && new != CLOSE_WAIT;
     let owned_here = new == SYN_SENT || new == LISTEN;
-    if !(entering || leaving || owned_here) {
+    let unlistened = old == LISTEN && new != LISTEN;
+    if !(entering || leaving || owned_here || unlistened) {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
     if kernel::protocol(sk.cast()) != IPPROTO_TCP {
         return 0; // MPTCP and SCTP fire the same tracepoint
     }
-    if owned_here {
-        let flag = if new == SYN_SENT {
-            OWNER_CONNECT
-        } else {
-            OWNER_LISTEN
-        };
-        remember_owner(sk, flag);
+    if new == SYN_SENT {
+        remember_owner(sk);
+        return 0;
+    }
+    if new == LISTEN || unlistened {
+        // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
+        let cookie = unsafe { bpf_get_socket_cookie(sk) };
+        listener(sk, cookie, new == LISTEN);
         return 0;
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
@@ -66,15 +71,61 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-fn remember_owner(sk: *mut c_void, flag: u32) {
+fn remember_owner(sk: *mut c_void) {
     match maps::owner_of(sk, true) {
         Some(owner) => unsafe {
             (*owner).tgid = kernel::current_tgid();
-            (*owner).flags = flag;
+            (*owner).flags = OWNER_CONNECT;
             (*owner).comm = kernel::leader_comm();
         },
         None => maps::count(counter::OWNERS_FULL),
     }
+}
+
+fn listener_key(sk: *mut c_void) -> ListenerKey {
+    ListenerKey {
+        netns: kernel::netns(sk.cast()),
+        port: kernel::local_port(sk.cast()),
+        _pad: 0,
+    }
+}
+
+/// listen() (`listening`) or the listener's close: remember or forget who
+/// listens on the port. A listener that closes forgets only its own entry.
+fn listener(sk: *mut c_void, cookie: u64, listening: bool) {
+    let key = listener_key(sk);
+    if listening {
+        let value = Listener {
+            cookie,
+            owner: Owner {
+                tgid: kernel::current_tgid(),
+                flags: OWNER_LISTEN,
+                comm: kernel::leader_comm(),
+            },
+        };
+        if LISTENERS.insert(key, value, 0).is_err() {
+            maps::count(counter::OWNERS_FULL);
+        }
+    } else if let Some(known) = unsafe { LISTENERS.get(key) }
+        && known.cookie == cookie
+    {
+        let _ = LISTENERS.remove(key);
+    }
+}
+
+/// The owner hint of a socket entering CLOSE_WAIT, with its direction flag:
+/// the connect()er from its storage, else the listener of its local port.
+fn owner_hint(sk: *mut c_void) -> Option<(Owner, u16)> {
+    if let Some(owner) = maps::owner_of(sk, false) {
+        // SAFETY: storage of this socket, valid for this program run.
+        let owner = unsafe { *owner };
+        if owner.tgid != 0 && owner.flags & OWNER_CONNECT != 0 {
+            return Some((owner, REC_OUTBOUND));
+        }
+    }
+    // SAFETY: copied out at once.
+    let listener = unsafe { LISTENERS.get(listener_key(sk)) }?;
+    Some((listener.owner, REC_INBOUND))
 }
 
 fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
@@ -88,18 +139,10 @@ fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
         Some(inode) => rec.inode = inode,
         None => rec.flags |= REC_UNACCEPTED,
     }
-    if let Some(owner) = maps::owner_of(sk, false) {
-        // SAFETY: storage of this socket, valid for this program run.
-        let owner = unsafe { *owner };
-        if owner.tgid != 0 {
-            rec.owner_tgid = owner.tgid;
-            rec.owner_comm = owner.comm;
-            if owner.flags & OWNER_CONNECT != 0 {
-                rec.flags |= REC_OUTBOUND;
-            } else if owner.flags & OWNER_LISTEN != 0 {
-                rec.flags |= REC_INBOUND;
-            }
-        }
+    if let Some((owner, direction)) = owner_hint(sk) {
+        rec.owner_tgid = owner.tgid;
+        rec.owner_comm = owner.comm;
+        rec.flags |= direction;
     }
     if RECORDS.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
@@ -120,9 +163,15 @@ fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
         }
     };
     let _ = RECORDS.remove(cookie);
-    let event = event(EVENT_LEAVE, old, new, ts, rec);
-    // Wait for tcp_destroy_sock. Marked in the socket's storage so that
-    // program tests one flag instead of hashing every destroyed socket.
+    let mut event = event(EVENT_LEAVE, old, new, ts, rec);
+    if kernel::fd_released(sk.cast()) {
+        event.rec.flags |= REC_RELEASED;
+        submit(&event);
+        return;
+    }
+    // Still held: wait for tcp_destroy_sock. Marked in the socket's storage
+    // so that program tests one flag instead of hashing every destroyed
+    // socket.
     match maps::owner_of(sk, true) {
         Some(owner) if LINGER.insert(cookie, event, 0).is_ok() => unsafe {
             (*owner).flags |= OWNER_LINGER;

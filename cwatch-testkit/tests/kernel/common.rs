@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, TcpListener},
+    process::Command,
     sync::{Mutex, MutexGuard},
 };
 
@@ -81,3 +82,30 @@ pub fn api_to_port(sockets: &[serde_json::Value], port: u16) -> Vec<serde_json::
 }
 
 pub const SECOND: u64 = 1_000_000_000;
+
+/// A network namespace of this test's own, deleted when dropped.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn new() -> Self {
+        let name = format!("cwatch-test-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?}");
+        };
+        run(&["netns", "add", &name]);
+        let ns = NetNs(name);
+        run(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn exec(&self) -> Vec<&str> {
+        vec!["ip", "netns", "exec", &self.0]
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

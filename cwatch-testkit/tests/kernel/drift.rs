@@ -11,7 +11,7 @@ use cwatch_testkit::{
 };
 use rustix::process::Signal;
 
-use crate::common::{free_port_on, serial, ss_to_port};
+use crate::common::{NetNs, free_port_on, serial, ss_to_port};
 
 fn correction(daemon: &Daemon, kind: &str) -> f64 {
     daemon
@@ -97,7 +97,9 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
             .unwrap();
         assert!(out.status.success(), "bpftool: {out:?}");
     }
-    wait_for("map records restored", Duration::from_secs(10), || {
+    // No event was lost: the periodic full pass (every 10 intervals of 2 s)
+    // finds them.
+    wait_for("map records restored", Duration::from_secs(30), || {
         let got = correction(&daemon, "map_added");
         if got >= added0 + 4.0 {
             Ok(())
@@ -111,6 +113,18 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
         Some(10.0),
         "the gauges never moved"
     );
+    let passes = |kind: &str| {
+        daemon
+            .metrics()
+            .unwrap()
+            .get("cwatch_reconcile_passes_total", &[("pass", kind)])
+            .unwrap_or(0.0)
+    };
+    assert!(
+        passes("skipped") >= 1.0,
+        "no event was lost: the passes between full ones are skipped"
+    );
+    let full0 = passes("full");
 
     // Stop the daemon, overflow its 4 KiB ring: 100 new leaks, 10 closes.
     let lost0 = daemon
@@ -141,6 +155,10 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
         "the ring did overflow"
     );
     assert!(
+        passes("full") > full0,
+        "lost events make the next pass a full one"
+    );
+    assert!(
         correction(&daemon, "added") > added0,
         "lost enters were added back"
     );
@@ -157,33 +175,6 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A network namespace of this test's own, deleted when dropped.
-struct NetNs(String);
-
-impl NetNs {
-    fn new() -> Self {
-        let name = format!("cwatch-test-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().unwrap().success();
-            assert!(ok, "ip {args:?}");
-        };
-        run(&["netns", "add", &name]);
-        let ns = NetNs(name);
-        run(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self) -> Vec<&str> {
-        vec!["ip", "netns", "exec", &self.0]
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

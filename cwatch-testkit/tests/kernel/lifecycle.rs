@@ -94,13 +94,13 @@ fn stop_and_kill_leave_nothing_behind() {
         );
         // Ours to remove now, not the daemon handle's.
         let pin_dir = daemon.pin_dir.take().expect("a private pin dir");
-        let pinned: Vec<u64> = ["CLOSE_WAIT", "LINGER", "OWNERS", "LAYOUT"]
+        let pinned: Vec<u64> = ["CLOSE_WAIT", "LINGER", "OWNERS", "LISTENERS", "LAYOUT"]
             .iter()
             .map(|name| pinned_map_id(&pin_dir.join(name)))
             .collect();
-        // The programs use the first three; LAYOUT is only read at load.
+        // The programs use the first four; LAYOUT is only read at load.
         assert!(
-            pinned[..3].iter().all(|id| maps.contains(id)),
+            pinned[..4].iter().all(|id| maps.contains(id)),
             "{pinned:?} ⊄ {maps:?}"
         );
         daemon.signal(signal).unwrap();

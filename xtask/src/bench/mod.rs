@@ -14,6 +14,7 @@ mod chart;
 mod cost;
 mod daemon;
 mod holders;
+mod idle;
 mod latency;
 mod overhead;
 mod procs;
@@ -50,8 +51,8 @@ pub struct Plan {
     pub levels: Vec<usize>,
     /// /metrics scrapes per level (and node_exporter scrapes).
     pub scrapes: usize,
-    /// Idle window for the daemon's CPU use (seconds); at least one
-    /// reconciliation at the default 60 s interval falls in it when full.
+    /// With `--quick`, the idle window for the daemon's CPU use (seconds);
+    /// a full run measures the background and a full pass (`idle`).
     pub idle_secs: u64,
     /// Detection latency trials.
     pub latency_trials: usize,
@@ -76,7 +77,7 @@ impl Plan {
                 rounds: 10,
                 levels: vec![10_000, 50_000, 200_000, 1_000_000],
                 scrapes: 30,
-                idle_secs: 65,
+                idle_secs: 0,
                 latency_trials: 20,
             }
         }

@@ -72,6 +72,7 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
     let none = Run {
         rate: f64::NAN,
         cpu_ns: f64::NAN,
+        ops: f64::NAN,
     };
 
     // The syscall-entry tax first: its number is wanted early.

@@ -39,9 +39,12 @@ impl Bins {
 pub struct Run {
     pub rate: f64,
     pub cpu_ns: f64,
+    /// Operations done: rate × seconds.
+    pub ops: f64,
 }
 
-/// Runs a generator and reads the `rate R` and `cpu_ns C` of its output line.
+/// Runs a generator and reads the `secs S`, `rate R` and `cpu_ns C` of its
+/// output line.
 pub fn run_gen(bin: &Path, args: &[&str]) -> anyhow::Result<Run> {
     let out = Command::new(bin)
         .args(args)
@@ -70,8 +73,10 @@ pub fn run_gen(bin: &Path, args: &[&str]) -> anyhow::Result<Run> {
         }
         bail!("no {name} in {text:?}")
     };
+    let rate = field("rate")?;
     Ok(Run {
-        rate: field("rate")?,
+        rate,
+        ops: rate * field("secs")?,
         cpu_ns: field("cpu_ns")?,
     })
 }

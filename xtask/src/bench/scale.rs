@@ -2,7 +2,8 @@
 //! `holders`), a freshly started daemon's time to ready (probes attached and
 //! the first reconciliation done) and to the full count in its gauges,
 //! /metrics scrape latency, `cwatch ls` latency, resident memory and idle
-//! CPU (a window that includes a periodic reconciliation); side by side
+//! CPU per hour (background plus full reconciliation passes, see `idle`);
+//! side by side
 //! with `ss -tn state close-wait | wc -l`, `ss -tnap state close-wait` and
 //! node_exporter's tcpstat collector. tcp_mem is raised for the section
 //! (restored after): the default enters memory pressure near 290k sockets.
@@ -17,6 +18,7 @@ use super::{
     Plan,
     daemon::BenchDaemon,
     holders::{self, Holders},
+    idle,
     procs::{self, Bins},
     stats::Samples,
     system::{self, Sysctl},
@@ -47,6 +49,8 @@ pub struct Level {
     pub rss_mib: f64,
     pub rss_after_ls_mib: f64,
     pub cpu_s_per_hour: f64,
+    /// CPU seconds of one full reconciliation pass (see `idle`).
+    pub full_pass_s: f64,
     pub ss_wc_ms: Samples,
     pub ss_tnap_ms: Samples,
     pub node_ms: Samples,
@@ -126,7 +130,7 @@ fn measure(
         holders::NETWORK
     ))?;
     let started = Instant::now();
-    let daemon = BenchDaemon::start(&bins.cwatch, &[])?;
+    let daemon = BenchDaemon::start(&bins.cwatch, &["--reconcile-interval", idle::INTERVAL])?;
     level.ready_s = daemon.ready_after.as_secs_f64();
     loop {
         let scrape = Scrape::parse(&daemon.metrics()?)?;
@@ -161,10 +165,9 @@ fn measure(
         }
     }
     level.rss_after_ls_mib = system::rss_mib(daemon.pid)?;
-    let cpu0 = system::cpu_seconds(daemon.pid)?;
-    std::thread::sleep(Duration::from_secs(plan.idle_secs));
-    let cpu1 = system::cpu_seconds(daemon.pid)?;
-    level.cpu_s_per_hour = (cpu1 - cpu0) / plan.idle_secs as f64 * 3600.0;
+    let idle = idle::measure(&daemon, plan.quick.then_some(plan.idle_secs))?;
+    level.cpu_s_per_hour = idle.per_hour();
+    level.full_pass_s = idle.full_pass_s;
     daemon.stop()?;
 
     let count = std::process::Command::new("sh")

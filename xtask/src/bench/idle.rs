@@ -1,0 +1,93 @@
+//! Idle CPU of a daemon holding a level's sockets, per hour at the default
+//! `--reconcile-interval` (60 s). A reconciliation pass is skipped unless
+//! the kernel counted a lost event, and one in ten is full regardless, so an
+//! hour holds six full passes: too few to catch in a short window. The
+//! bench daemon runs with a short interval instead ([`INTERVAL`]); this
+//! measures the background (a window between two full passes) and one full
+//! pass (the next window, which holds one, minus the background), and adds
+//! them up for an hour at the default interval.
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cwatch_testkit::prom::Scrape;
+
+use super::{daemon::BenchDaemon, system};
+
+/// `--reconcile-interval` of the bench daemon: a full pass every ten.
+pub const INTERVAL: &str = "4s";
+const INTERVAL_SECS: f64 = 4.0;
+/// Full passes per hour at the default interval (60 s, one in ten full).
+const FULL_PER_HOUR: f64 = 6.0;
+/// Left after a full pass for the walk of `/proc` it may ask for.
+const SETTLE: Duration = Duration::from_secs(8);
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Idle {
+    /// CPU seconds per second with no full pass running.
+    pub background: f64,
+    /// CPU seconds of one full pass (and the walk it asks for).
+    pub full_pass_s: f64,
+}
+
+impl Idle {
+    /// CPU seconds per hour at the default interval.
+    pub fn per_hour(&self) -> f64 {
+        self.background * 3600.0 + FULL_PER_HOUR * self.full_pass_s
+    }
+}
+
+fn full_passes(daemon: &BenchDaemon) -> anyhow::Result<f64> {
+    Ok(Scrape::parse(&daemon.metrics()?)?
+        .get("cwatch_reconcile_passes_total", &[("pass", "full")])
+        .unwrap_or(0.0))
+}
+
+/// Waits for the full pass after `seen` (at most two full periods).
+fn next_full(daemon: &BenchDaemon, seen: f64) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(INTERVAL_SECS * 20.0 + 5.0);
+    loop {
+        let now = full_passes(daemon)?;
+        if now > seen {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            bail!("no full reconciliation pass within two periods");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Measures `daemon` (started with `--reconcile-interval INTERVAL`).
+/// `quick`: the background over `quick_secs` only, no full pass.
+pub fn measure(daemon: &BenchDaemon, quick: Option<u64>) -> anyhow::Result<Idle> {
+    let sample = || -> anyhow::Result<(Instant, f64)> {
+        Ok((Instant::now(), system::cpu_seconds(daemon.pid)?))
+    };
+    if let Some(secs) = quick {
+        let (t0, c0) = sample()?;
+        std::thread::sleep(Duration::from_secs(secs));
+        let (t1, c1) = sample()?;
+        return Ok(Idle {
+            background: (c1 - c0) / (t1 - t0).as_secs_f64(),
+            full_pass_s: 0.0,
+        });
+    }
+    let passes = next_full(daemon, full_passes(daemon)?)?;
+    std::thread::sleep(SETTLE);
+    let (t0, c0) = sample()?;
+    // Up to a few intervals before the next full pass.
+    std::thread::sleep(Duration::from_secs_f64(INTERVAL_SECS * 10.0) - SETTLE * 2);
+    let (t1, c1) = sample()?;
+    if full_passes(daemon)? > passes {
+        bail!("a full pass came early: the background window is not clean");
+    }
+    let background = (c1 - c0) / (t1 - t0).as_secs_f64();
+    next_full(daemon, passes)?;
+    std::thread::sleep(SETTLE);
+    let (t2, c2) = sample()?;
+    let full_pass_s = ((c2 - c1) - background * (t2 - t1).as_secs_f64()).max(0.0);
+    Ok(Idle {
+        background,
+        full_pass_s,
+    })
+}
