@@ -6,13 +6,50 @@ change owner. Entries handed out mutably (`get_mut`, `iter_mut`) may have
 changed behind the table's back: they are marked and checked again before
 the next summary.
 */
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
+    time::Duration,
+};
 
 use crate::{
     aging::{GroupStats, PeerKey, ProcessKey},
     groups::{GroupIndex, frontier},
     table::SockEntry,
 };
+
+/// A socket in the table and the groups its gauges count it under.
+#[derive(Debug)]
+pub struct Slot {
+    pub entry: SockEntry,
+    pub counted: Counted,
+}
+
+/// The table's maps and sets: their capacity at most [`SHRINK_FACTOR`]
+/// times their length (beyond [`SHRINK_MIN`]), so that a million sockets
+/// closed at once do not keep their memory.
+pub trait Shrink {
+    fn shrink_if_sparse(&mut self);
+}
+
+const SHRINK_FACTOR: usize = 4;
+const SHRINK_MIN: usize = 4096;
+
+impl<K: Hash + Eq, V> Shrink for HashMap<K, V> {
+    fn shrink_if_sparse(&mut self) {
+        if self.capacity() > SHRINK_MIN && self.capacity() > SHRINK_FACTOR * self.len() {
+            self.shrink_to(2 * self.len());
+        }
+    }
+}
+
+impl<K: Hash + Eq> Shrink for HashSet<K> {
+    fn shrink_if_sparse(&mut self) {
+        if self.capacity() > SHRINK_MIN && self.capacity() > SHRINK_FACTOR * self.len() {
+            self.shrink_to(2 * self.len());
+        }
+    }
+}
 
 /// The groups (and start) a socket is counted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +74,10 @@ pub struct Gauges {
     processes: GroupIndex<ProcessKey>,
     peers: GroupIndex<PeerKey>,
     touched: Touched,
+    /// The groups are built at the first summary: start-up fills the table
+    /// with every socket and then moves most of them to their holders, and
+    /// counting every move would cost more than counting once.
+    built: bool,
 }
 
 /// Beyond this many marked sockets (and a quarter of the table), checking
@@ -46,6 +87,13 @@ const TOUCHED_LIST: usize = 4096;
 impl Gauges {
     /// Counts `entry`; returns what it was counted under.
     pub fn add(&mut self, entry: &SockEntry) -> Counted {
+        if !self.built {
+            return Counted {
+                process: u32::MAX,
+                peer: u32::MAX,
+                start: entry.start_ns,
+            };
+        }
         Counted {
             process: self
                 .processes
@@ -59,6 +107,9 @@ impl Gauges {
 
     /// Stops counting socket `cookie`, counted as `counted`.
     pub fn remove(&mut self, counted: Counted, cookie: u64) {
+        if !self.built {
+            return;
+        }
         self.processes
             .remove(counted.process, counted.start, cookie);
         self.peers.remove(counted.peer, counted.start, cookie);
@@ -67,9 +118,10 @@ impl Gauges {
     /// Counts `entry` again if its owner, peer group or start changed since
     /// it was counted as `counted`.
     pub fn recount(&mut self, entry: &SockEntry, counted: &mut Counted) {
-        let same = counted.start == entry.start_ns
-            && self.processes.key(counted.process) == Some(ProcessKey::of(entry))
-            && self.peers.key(counted.peer) == Some(PeerKey::of(entry));
+        let same = !self.built
+            || counted.start == entry.start_ns
+                && self.processes.key(counted.process) == Some(ProcessKey::of(entry))
+                && self.peers.key(counted.peer) == Some(PeerKey::of(entry));
         if !same {
             self.remove(*counted, entry.cookie);
             *counted = self.add(entry);
@@ -93,12 +145,31 @@ impl Gauges {
         self.touched = Touched::All;
     }
 
-    /// The sockets to check again: `None` for all of them.
-    pub fn take_touched(&mut self) -> Option<Vec<u64>> {
+    /// Counts again the sockets of `socks` handed out mutably since the
+    /// last call.
+    pub fn recount_touched(&mut self, socks: &mut HashMap<u64, Slot>) {
+        if !self.built {
+            self.built = true;
+            self.touched = Touched::None;
+            for slot in socks.values_mut() {
+                slot.counted = self.add(&slot.entry);
+            }
+            return;
+        }
         match std::mem::take(&mut self.touched) {
-            Touched::None => Some(Vec::new()),
-            Touched::Some(list) => Some(list),
-            Touched::All => None,
+            Touched::None => {}
+            Touched::Some(cookies) => {
+                for cookie in cookies {
+                    if let Some(slot) = socks.get_mut(&cookie) {
+                        self.recount(&slot.entry, &mut slot.counted);
+                    }
+                }
+            }
+            Touched::All => {
+                for slot in socks.values_mut() {
+                    self.recount(&slot.entry, &mut slot.counted);
+                }
+            }
         }
     }
 

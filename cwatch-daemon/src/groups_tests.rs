@@ -110,7 +110,11 @@ fn kept_groups_equal_the_walk_through_random_changes() {
                     leak_after = Duration::from_secs(rng.below(12));
                 }
             }
-            check(&mut table, now, leak_after, step);
+            // Some seeds change the table many times between summaries
+            // (the first one builds the groups from scratch).
+            if seed % 3 != 0 || step % 50 == 49 {
+                check(&mut table, now, leak_after, step);
+            }
         }
         // Every socket gone: no group left.
         let cookies: Vec<u64> = table.cookies().collect();

@@ -15,7 +15,7 @@ use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, REC_UNACCEPTED, SockRecord,
 
 use crate::{
     aging::{ProcessKey, Summary},
-    gauges::{Counted, Gauges},
+    gauges::{Gauges, Shrink as _, Slot},
 };
 
 /// Who opened the connection.
@@ -205,25 +205,6 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// A socket in the table and the groups its gauges count it under.
-#[derive(Debug)]
-struct Slot {
-    entry: SockEntry,
-    counted: Counted,
-}
-
-/// A map whose capacity is this many times its length (and more than
-/// [`SHRINK_MIN`]) is shrunk: a million sockets closed at once must not keep
-/// their memory.
-const SHRINK_FACTOR: usize = 4;
-const SHRINK_MIN: usize = 4096;
-
-fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > SHRINK_MIN && map.capacity() > SHRINK_FACTOR * map.len() {
-        map.shrink_to(2 * map.len());
-    }
-}
-
 /// All sockets now in CLOSE_WAIT, by cookie, and the dead ones still held,
 /// with the per-process and per-peer gauges kept up to date as they change.
 #[derive(Debug, Default)]
@@ -268,15 +249,17 @@ impl SocketTable {
 
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
         self.unresolved.remove(&cookie);
+        self.unresolved.shrink_if_sparse();
         let slot = self.socks.remove(&cookie)?;
         self.gauges.remove(slot.counted, cookie);
-        shrink_if_sparse(&mut self.socks);
+        self.socks.shrink_if_sparse();
         Some(slot.entry)
     }
 
     /// Sets the holders of `cookie` (see [`SockEntry::set_holders`]).
     pub fn set_holders(&mut self, cookie: u64, holders: Vec<Holder>) -> bool {
         self.unresolved.remove(&cookie);
+        self.unresolved.shrink_if_sparse();
         match self.socks.get_mut(&cookie) {
             Some(slot) => {
                 slot.entry.set_holders(holders);
@@ -356,8 +339,9 @@ impl SocketTable {
 
     pub fn remove_dead(&mut self, cookie: u64) -> Option<DeadEntry> {
         self.unverified.remove(&cookie);
+        self.unverified.shrink_if_sparse();
         let dead = self.dead.remove(&cookie);
-        shrink_if_sparse(&mut self.dead);
+        self.dead.shrink_if_sparse();
         dead
     }
 
@@ -393,20 +377,7 @@ impl SocketTable {
     /// kept up to date (no walk of the sockets), dead sockets held by
     /// holding process. Equal to [`crate::aging::summarize`].
     pub fn summary(&mut self, now_ns: u64, leak_after: Duration) -> Summary {
-        match self.gauges.take_touched() {
-            Some(cookies) => {
-                for cookie in cookies {
-                    if let Some(slot) = self.socks.get_mut(&cookie) {
-                        self.gauges.recount(&slot.entry, &mut slot.counted);
-                    }
-                }
-            }
-            None => {
-                for slot in self.socks.values_mut() {
-                    self.gauges.recount(&slot.entry, &mut slot.counted);
-                }
-            }
-        }
+        self.gauges.recount_touched(&mut self.socks);
         let (processes, peers) = self.gauges.stats(now_ns, leak_after);
         let mut dead = BTreeMap::new();
         for d in self.dead.values().filter(|d| d.verified) {
