@@ -209,7 +209,7 @@ fn a_closed_socket_still_sending_its_fin_is_not_dead() {
     let in_ns = |state: &str| -> Vec<u64> {
         let mut cmd = Command::new(ns.exec()[0]);
         cmd.args(&ns.exec()[1..])
-            .args(["ss", "-tnpie", "state", state, "dport", "= :7401"]);
+            .args(["ss", "-tnepH", "state", state, "dport", "= :7401"]);
         let out = cmd.output().unwrap();
         ss::parse(&String::from_utf8_lossy(&out.stdout))
             .unwrap()
