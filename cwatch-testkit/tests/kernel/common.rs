@@ -5,9 +5,13 @@ use std::{
     net::{IpAddr, TcpListener},
     process::Command,
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
-use cwatch_testkit::ss::{self, SsSocket};
+use cwatch_testkit::{
+    load::Load,
+    ss::{self, SsSocket},
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -101,6 +105,46 @@ impl NetNs {
 
     pub fn exec(&self) -> Vec<&str> {
         vec!["ip", "netns", "exec", &self.0]
+    }
+
+    /// The namespace's inode number (the API's `netns`).
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/run/netns/{}", self.0))
+            .unwrap()
+            .ino()
+    }
+
+    /// A server on 127.0.0.1:`port` in the namespace and a client `comm`
+    /// with `count` connections to it, left in CLOSE_WAIT by the server's
+    /// close: (server, client).
+    pub fn leak(&self, port: u16, comm: &str, count: usize) -> (Load, Load) {
+        let inst = format!("127.0.0.1:{port}");
+        let mut server = Load::spawn_wrapped(
+            &self.exec(),
+            &["server".into(), "--listen".into(), inst.clone()],
+        )
+        .unwrap();
+        server.expect("ready", Duration::from_secs(30)).unwrap();
+        let count = count.to_string();
+        let args: Vec<String> = [
+            "client",
+            "--comm",
+            comm,
+            "--on-eof",
+            "leak",
+            "--connect",
+            &inst,
+            "--count",
+            &count,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut client = Load::spawn_wrapped(&self.exec(), &args).unwrap();
+        client.expect("connected", Duration::from_secs(30)).unwrap();
+        server.ask(&format!("close {inst}"), "closed").unwrap();
+        (server, client)
     }
 }
 

@@ -3,9 +3,7 @@
 //! still leaked fds: `cwatch_process_dead_sockets_held` counts them until
 //! the last fd is closed (`tcp_destroy_sock`). A socket whose last fd was
 //! closed is never one, even while the kernel still sends its FIN.
-use std::{
-    collections::HashSet, os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration,
-};
+use std::{collections::HashSet, path::Path, process::Command, time::Duration};
 
 use cwatch_testkit::{daemon::Daemon, load::Load, ss, wait_for};
 
@@ -138,35 +136,10 @@ fn linger_cookies(pin_dir: &Path) -> HashSet<u64> {
 fn a_closed_socket_still_sending_its_fin_is_not_dead() {
     let _serial = serial();
     let ns = NetNs::new();
-    let netns = std::fs::metadata(format!("/run/netns/{}", ns.0))
-        .unwrap()
-        .ino();
+    let netns = ns.inode();
     let daemon = Daemon::start(&["--leak-after", "1h"]).unwrap();
     let pin_dir = daemon.pin_dir.clone().expect("a private pin dir");
-    let inst = "127.0.0.1:7401".to_string();
-    let mut server = Load::spawn_wrapped(
-        &ns.exec(),
-        &["server".into(), "--listen".into(), inst.clone()],
-    )
-    .unwrap();
-    server.expect("ready", Duration::from_secs(30)).unwrap();
-    let args: Vec<String> = [
-        "client",
-        "--comm",
-        "cw-lastack",
-        "--on-eof",
-        "leak",
-        "--connect",
-        &inst,
-        "--count",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut client = Load::spawn_wrapped(&ns.exec(), &args).unwrap();
-    client.expect("connected", Duration::from_secs(30)).unwrap();
-    server.ask(&format!("close {inst}"), "closed").unwrap();
+    let (server, mut client) = ns.leak(7401, "cw-lastack", 2);
     let ours = || -> Vec<u64> {
         daemon
             .sockets()
@@ -209,7 +182,7 @@ fn a_closed_socket_still_sending_its_fin_is_not_dead() {
     let in_ns = |state: &str| -> Vec<u64> {
         let mut cmd = Command::new(ns.exec()[0]);
         cmd.args(&ns.exec()[1..])
-            .args(["ss", "-tnpie", "state", state, "dport", "= :7401"]);
+            .args(["ss", "-tnepH", "state", state, "dport", "= :7401"]);
         let out = cmd.output().unwrap();
         ss::parse(&String::from_utf8_lossy(&out.stdout))
             .unwrap()

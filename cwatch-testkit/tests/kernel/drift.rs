@@ -2,7 +2,7 @@
 //! deleted from the kernel map behind cwatch's back (bpftool), events
 //! dropped because the ring overflowed while the daemon was stopped; and it
 //! reaches sockets in other network namespaces.
-use std::{os::unix::fs::MetadataExt, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use cwatch_testkit::{
     daemon::{Daemon, private_pin_dir},
@@ -182,33 +182,8 @@ impl Drop for RemoveOnDrop {
 fn sockets_in_other_network_namespaces_are_found_at_start() {
     let _serial = serial();
     let ns = NetNs::new();
-    let inode = std::fs::metadata(format!("/run/netns/{}", ns.0))
-        .unwrap()
-        .ino();
-    let inst = "127.0.0.1:7400".to_string();
-    let mut server = Load::spawn_wrapped(
-        &ns.exec(),
-        &["server".into(), "--listen".into(), inst.clone()],
-    )
-    .unwrap();
-    server.expect("ready", Duration::from_secs(30)).unwrap();
-    let args: Vec<String> = [
-        "client",
-        "--comm",
-        "cw-netns",
-        "--on-eof",
-        "leak",
-        "--connect",
-        &inst,
-        "--count",
-        "3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut client = Load::spawn_wrapped(&ns.exec(), &args).unwrap();
-    client.expect("connected", Duration::from_secs(30)).unwrap();
-    server.ask(&format!("close {inst}"), "closed").unwrap();
+    let inode = ns.inode();
+    let (server, client) = ns.leak(7400, "cw-netns", 3);
     std::thread::sleep(Duration::from_millis(300));
 
     let daemon = Daemon::start(&["--leak-after", "1h"]).unwrap();
