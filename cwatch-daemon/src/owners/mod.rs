@@ -97,6 +97,10 @@ struct Worker {
     next_scan: HashMap<u32, Instant>,
     /// Sockets their candidates did not hold, since when.
     missed: HashMap<u64, Instant>,
+    /// Bumped whenever this worker sets holders (see `refresh`).
+    epoch: u64,
+    /// What the last refresh learned from the whole table.
+    refresh_cache: refresh::Cache,
 }
 
 /// Walks every process once, now, on the calling thread: start-up does it
@@ -138,6 +142,8 @@ impl Worker {
             comms: HashMap::new(),
             next_scan: HashMap::new(),
             missed: HashMap::new(),
+            epoch: 0,
+            refresh_cache: refresh::Cache::default(),
         }
     }
 
@@ -151,7 +157,7 @@ impl Worker {
 
     /// Sockets past their grace that still need holders, and dead sockets
     /// past their grace that still need a verdict.
-    fn pending(&self) -> Vec<Pending> {
+    fn pending(&mut self) -> Vec<Pending> {
         let now = self.shared.clock.now_ns();
         let grace = GRACE.as_nanos() as u64;
         let mut table = self.shared.lock_table();
@@ -173,6 +179,7 @@ impl Worker {
             });
         }
         // Unaccepted: no fd anywhere; the listener is the owner.
+        self.epoch += 1;
         for cookie in unaccepted {
             table.set_holders(cookie, Vec::new());
         }
@@ -260,6 +267,7 @@ impl Worker {
     /// unresolved when `retry` (a walk will come), dead ones not held are
     /// dropped.
     fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+        self.epoch += 1;
         let now = self.shared.clock.now_ns();
         let mut latencies = Vec::new();
         let mut table = self.shared.lock_table();

@@ -1,6 +1,12 @@
 //! The periodic re-check of holders: sockets held by several fds (a single
 //! holder's close would have ended CLOSE_WAIT in the kernel) and processes
 //! forked by holders since the last refresh.
+//!
+//! Which sockets are shared and which processes hold sockets is learned from
+//! the whole table, but only when it may have changed: its size, or holders
+//! set by this worker, and once a minute regardless. At a million idle
+//! sockets a refresh then costs a listing of `/proc`, not a walk of the
+//! table every few seconds.
 use std::collections::HashSet;
 
 use tracing::debug;
@@ -8,24 +14,27 @@ use tracing::debug;
 use super::{Worker, procfs};
 use crate::table::Holder;
 
+/// Refreshes between two looks at the whole table, at most.
+const REBUILD_EVERY: u32 = 12;
+
+/// The shared sockets and holding processes of the table as last seen.
+#[derive(Debug, Default)]
+pub(super) struct Cache {
+    /// (table size, dead entries, worker epoch) when built; `None`: never.
+    stamp: Option<(usize, usize, u64)>,
+    since: u32,
+    shared_socks: Vec<(u64, u64, Vec<Holder>)>,
+    holder_pids: HashSet<u32>,
+}
+
 impl Worker {
     /// Re-checks sockets held by several fds (a single holder's close would
     /// have ended CLOSE_WAIT in the kernel) and scans processes forked by
     /// holders since the last refresh.
     pub(super) fn refresh(&mut self) {
-        let (shared_socks, holder_pids) = {
-            let table = self.shared.lock_table();
-            let mut shared_socks = Vec::new();
-            let mut holder_pids = HashSet::new();
-            let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
-            for entry in table.iter().chain(dead) {
-                holder_pids.extend(entry.holders.iter().map(|h| h.pid));
-                if entry.holders.len() > 1 {
-                    shared_socks.push((entry.cookie, entry.inode, entry.holders.clone()));
-                }
-            }
-            (shared_socks, holder_pids)
-        };
+        self.rebuild_cache_if_stale();
+        let shared_socks = self.refresh_cache.shared_socks.clone();
+        let holder_pids = &self.refresh_cache.holder_pids;
         let pids = procfs::pids();
         let new: Vec<u32> = pids
             .iter()
@@ -43,6 +52,7 @@ impl Worker {
         if changed.is_empty() && new.is_empty() {
             return;
         }
+        self.epoch += 1;
         // Rescan the processes involved: the holders of changed sockets and
         // the new children.
         let mut pids: Vec<u32> = new.clone();
@@ -84,6 +94,36 @@ impl Worker {
         }
         if !new.is_empty() {
             debug!(new = new.len(), "scanned processes forked by holders");
+        }
+    }
+
+    fn rebuild_cache_if_stale(&mut self) {
+        let table = self.shared.lock_table();
+        let stamp = (table.len(), table.dead_len(), self.epoch);
+        let cache = &mut self.refresh_cache;
+        cache.since += 1;
+        if cache.stamp == Some(stamp) && cache.since < REBUILD_EVERY {
+            return;
+        }
+        cache.stamp = Some(stamp);
+        cache.since = 0;
+        cache.shared_socks.clear();
+        cache.holder_pids.clear();
+        let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
+        let mut last = None;
+        for entry in table.iter().chain(dead) {
+            for h in &entry.holders {
+                // Sockets of one process tend to come in runs: skip the set.
+                if last != Some(h.pid) {
+                    cache.holder_pids.insert(h.pid);
+                    last = Some(h.pid);
+                }
+            }
+            if entry.holders.len() > 1 {
+                cache
+                    .shared_socks
+                    .push((entry.cookie, entry.inode, entry.holders.clone()));
+            }
         }
     }
 }
