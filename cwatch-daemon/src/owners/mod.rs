@@ -179,7 +179,9 @@ impl Worker {
             });
         }
         // Unaccepted: no fd anywhere; the listener is the owner.
-        self.epoch += 1;
+        if !unaccepted.is_empty() {
+            self.epoch += 1;
+        }
         for cookie in unaccepted {
             table.set_holders(cookie, Vec::new());
         }

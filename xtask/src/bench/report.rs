@@ -167,7 +167,7 @@ pub fn render(r: &Results) -> String {
     for l in &r.scale.levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {} | {:.0} |",
             l.sockets,
             l.held,
             l.ss_count,
@@ -182,7 +182,11 @@ pub fn render(r: &Results) -> String {
             l.cpu_s_per_hour,
             l.full_pass_s,
             l.ss_wc_ms.median(),
-            l.ss_tnap_ms.median(),
+            if l.ss_tnap_ms.is_empty() {
+                "not run".to_string()
+            } else {
+                format!("{:.0}", l.ss_tnap_ms.median())
+            },
             l.node_ms.median()
         );
     }
