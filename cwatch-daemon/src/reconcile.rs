@@ -189,7 +189,6 @@ pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corr
         shared.metrics.own.reconcile_pass(false);
         return Ok(Corrections::default());
     }
-    shared.metrics.own.reconcile_pass(true);
     suspects.passes_since_full = 0;
     suspects.evidence = evidence;
     let dump_start_ns = shared.clock.now_ns();
@@ -214,6 +213,8 @@ pub fn run_once(shared: &Shared, suspects: &mut Suspects) -> anyhow::Result<Corr
     if initial || periodic || needs_walk(&shared.lock_table()) {
         shared.owners.request(Work::Walk);
     }
+    // Counted once done, so a reader of the counter knows the pass is over.
+    shared.metrics.own.reconcile_pass(true);
     if initial {
         info!(
             sockets = view.close_wait.len(),

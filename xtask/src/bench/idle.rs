@@ -3,7 +3,8 @@
 //! the kernel counted a lost event, and one in ten is full regardless, so an
 //! hour holds six full passes: too few to catch in a short window. The
 //! bench daemon runs with a short interval instead ([`INTERVAL`]); this
-//! measures the background (a window between two full passes) and one full
+//! measures the background (a window between two full passes, once the
+//! previous one and the walk of `/proc` it asked for are over) and one full
 //! pass (the next window, which holds one, minus the background), and adds
 //! them up for an hour at the default interval.
 use std::time::{Duration, Instant};
@@ -14,12 +15,15 @@ use cwatch_testkit::prom::Scrape;
 use super::{daemon::BenchDaemon, system};
 
 /// `--reconcile-interval` of the bench daemon: a full pass every ten.
-pub const INTERVAL: &str = "4s";
-const INTERVAL_SECS: f64 = 4.0;
+pub const INTERVAL: &str = "6s";
+const INTERVAL_SECS: f64 = 6.0;
 /// Full passes per hour at the default interval (60 s, one in ten full).
 const FULL_PER_HOUR: f64 = 6.0;
-/// Left after a full pass for the walk of `/proc` it may ask for.
-const SETTLE: Duration = Duration::from_secs(8);
+/// The background window.
+const BACKGROUND: Duration = Duration::from_secs(10);
+/// A daemon using less than this share of a core over a second is done
+/// with its pass (and walk).
+const QUIET: f64 = 0.05;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Idle {
@@ -57,6 +61,22 @@ fn next_full(daemon: &BenchDaemon, seen: f64) -> anyhow::Result<f64> {
     }
 }
 
+/// Waits (at most a minute) until `daemon` uses under [`QUIET`] of a core
+/// over a second: the full pass and the walk it asked for are over.
+fn settle(daemon: &BenchDaemon) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = system::cpu_seconds(daemon.pid)?;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = system::cpu_seconds(daemon.pid)?;
+        if now - last < QUIET {
+            return Ok(());
+        }
+        last = now;
+    }
+    bail!("the daemon did not go quiet within a minute of a full pass")
+}
+
 /// Measures `daemon` (started with `--reconcile-interval INTERVAL`).
 /// `quick`: the background over `quick_secs` only, no full pass.
 pub fn measure(daemon: &BenchDaemon, quick: Option<u64>) -> anyhow::Result<Idle> {
@@ -72,18 +92,18 @@ pub fn measure(daemon: &BenchDaemon, quick: Option<u64>) -> anyhow::Result<Idle>
             full_pass_s: 0.0,
         });
     }
+    // Full passes are counted once done.
     let passes = next_full(daemon, full_passes(daemon)?)?;
-    std::thread::sleep(SETTLE);
+    settle(daemon)?;
     let (t0, c0) = sample()?;
-    // Up to a few intervals before the next full pass.
-    std::thread::sleep(Duration::from_secs_f64(INTERVAL_SECS * 10.0) - SETTLE * 2);
+    std::thread::sleep(BACKGROUND);
     let (t1, c1) = sample()?;
     if full_passes(daemon)? > passes {
         bail!("a full pass came early: the background window is not clean");
     }
     let background = (c1 - c0) / (t1 - t0).as_secs_f64();
     next_full(daemon, passes)?;
-    std::thread::sleep(SETTLE);
+    settle(daemon)?;
     let (t2, c2) = sample()?;
     let full_pass_s = ((c2 - c1) - background * (t2 - t1).as_secs_f64()).max(0.0);
     Ok(Idle {

@@ -160,7 +160,7 @@ pub fn render(r: &Results) -> String {
          CPU is per hour at the default `--reconcile-interval` (60 s): the background \
          between full reconciliation passes, plus six full passes (one interval in ten; \
          the others are skipped unless the kernel counted a lost event), each measured \
-         on its own (the bench daemon reconciles every 4 s to have one in reach).\n\n\
+         on its own (the bench daemon reconciles every 6 s to have one in reach; a window starts once the daemon is quiet again after a pass and the walk it asked for).\n\n\
          | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | RSS (MiB) | RSS after ls (MiB) | idle CPU-s/h | one full pass (CPU-s) | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
