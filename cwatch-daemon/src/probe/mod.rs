@@ -120,14 +120,12 @@ impl Probes {
 
     /// Every record of the CLOSE_WAIT map, read in batches.
     pub fn records_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, SockRecord>> {
-        use aya::maps::IterableMap as _;
-        batch::read_all(self.records.map())
+        snapshot(&self.records)
     }
 
     /// Every record of the LINGER map, read in batches.
     pub fn linger_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, Event>> {
-        use aya::maps::IterableMap as _;
-        batch::read_all(self.linger.map())
+        snapshot(&self.linger)
     }
 
     /// Capacity of the CLOSE_WAIT map.
@@ -191,6 +189,32 @@ pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
         linger,
         events: Some(events),
     })
+}
+
+/// The kernel's internal "operation not supported", which bpf() returns for
+/// a map type without batch operations.
+const ENOTSUPP: i32 = 524;
+
+/// Every entry of `map`: in batches, or one by one where the kernel has no
+/// batch lookup (before 5.6).
+fn snapshot<V: aya::Pod>(
+    map: &HashMap<MapData, u64, V>,
+) -> std::io::Result<std::collections::HashMap<u64, V>> {
+    use aya::maps::IterableMap as _;
+    match batch::read_all(map.map()) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
+            ) =>
+        {
+            tracing::debug!("no batch map lookup ({e}): reading entry by entry");
+            map.iter()
+                .map(|r| r.map_err(std::io::Error::other))
+                .collect()
+        }
+        other => other,
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
