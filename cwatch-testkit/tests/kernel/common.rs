@@ -87,6 +87,16 @@ pub fn api_to_port(sockets: &[serde_json::Value], port: u16) -> Vec<serde_json::
 
 pub const SECOND: u64 = 1_000_000_000;
 
+/// Runs `cmd` (cwatch refusing its input) and checks the contract for bad
+/// input: exit code 2 and exactly one line on stderr, which it returns.
+pub fn exits_2_with_one_line(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{cmd:?}: {stderr}");
+    stderr
+}
+
 /// A network namespace of this test's own, deleted when dropped.
 pub struct NetNs(pub String);
 

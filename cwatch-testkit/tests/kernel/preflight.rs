@@ -5,7 +5,7 @@ use std::process::Command;
 
 use cwatch_testkit::daemon::cwatch_bin;
 
-use crate::common::serial;
+use crate::common::{exits_2_with_one_line, serial};
 
 #[test]
 fn doctor_passes_here_and_names_a_missing_tracefs_with_its_fix() {
@@ -80,14 +80,11 @@ fn check_config_prints_the_effective_config_or_one_error_line() {
     }
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[web]\nconfig_file = \"/nonexistent/web.yml\"\n").unwrap();
-    let out = Command::new(cwatch_bin().unwrap())
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = exits_2_with_one_line(
+        Command::new(cwatch_bin().unwrap())
+            .arg("check-config")
+            .arg(&bad),
+    );
     assert!(stderr.contains("/nonexistent/web.yml"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -96,15 +93,12 @@ fn check_config_prints_the_effective_config_or_one_error_line() {
 fn run_without_capabilities_is_one_line_and_exit_2() {
     let _serial = serial();
     // Root with an empty capability set: loading would fail for certain.
-    let out = Command::new("setpriv")
-        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
-        .arg(cwatch_bin().unwrap())
-        .args(["run", "--listen", "127.0.0.1:1"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = exits_2_with_one_line(
+        Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+            .arg(cwatch_bin().unwrap())
+            .args(["run", "--listen", "127.0.0.1:1"]),
+    );
     assert!(
         stderr.contains("missing CAP_BPF") && stderr.contains("fix:"),
         "{stderr}"

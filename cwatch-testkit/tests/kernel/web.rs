@@ -162,13 +162,15 @@ fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
         "bad.yml",
         "basic_auth_users:\n  prometheus: plaintext\n",
     );
-    let out = std::process::Command::new(cwatch_testkit::daemon::cwatch_bin().unwrap())
-        .args(["run", "--listen", "127.0.0.1:1", "--web.config.file", &bad])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = crate::common::exits_2_with_one_line(
+        std::process::Command::new(cwatch_testkit::daemon::cwatch_bin().unwrap()).args([
+            "run",
+            "--listen",
+            "127.0.0.1:1",
+            "--web.config.file",
+            &bad,
+        ]),
+    );
     assert!(
         stderr.contains("bad.yml") && stderr.contains("not a bcrypt hash"),
         "{stderr}"
