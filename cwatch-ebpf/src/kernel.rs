@@ -95,7 +95,6 @@ pub fn netns(sk: *const u8) -> u32 {
 pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
     unsafe {
         rec.family = load::<u16>(sk, off!(sk_family));
-        rec.local_port = load::<u16>(sk, off!(sk_num));
         rec.peer_port = u16::from_be(load::<u16>(sk, off!(sk_dport)));
         if rec.family == AF_INET {
             let local: [u8; 4] = load::<u32>(sk, off!(sk_rcv_saddr)).to_ne_bytes();
@@ -107,6 +106,7 @@ pub fn fill_endpoints(sk: *const u8, rec: &mut SockRecord) {
             rec.peer_addr = load_in6(sk, off!(sk_v6_daddr));
         }
     }
+    rec.local_port = local_port(sk);
     rec.netns = netns(sk);
 }
 

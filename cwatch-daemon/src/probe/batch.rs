@@ -4,7 +4,11 @@ two syscalls per entry (`BPF_MAP_GET_NEXT_KEY`, then a lookup); at a million
 CLOSE_WAIT records that is two million syscalls for every reconciliation.
 `BPF_MAP_LOOKUP_BATCH` (Linux 5.6) copies thousands of entries per call.
 */
-use std::{collections::HashMap, io, os::fd::AsRawFd as _};
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use aya::{Pod, maps::MapData};
 
@@ -31,7 +35,7 @@ struct BatchAttr {
 
 /// Every entry of the hash map `map` (u64 keys, `V` values).
 pub fn read_all<V: Pod>(map: &MapData) -> io::Result<HashMap<u64, V>> {
-    let fd = map.fd().as_fd_raw();
+    let fd = map.fd().as_fd().as_raw_fd();
     let mut out = HashMap::new();
     let mut chunk = CHUNK;
     let mut keys: Vec<u64> = vec![0; chunk];
@@ -89,17 +93,5 @@ pub fn read_all<V: Pod>(map: &MapData) -> io::Result<HashMap<u64, V>> {
         }
         cursor_in = cursor_out;
         first = false;
-    }
-}
-
-/// The raw fd of a map, for a syscall aya does not wrap.
-trait RawMapFd {
-    fn as_fd_raw(&self) -> i32;
-}
-
-impl RawMapFd for aya::maps::MapFd {
-    fn as_fd_raw(&self) -> i32 {
-        use std::os::fd::AsFd as _;
-        self.as_fd().as_raw_fd()
     }
 }
