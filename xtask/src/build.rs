@@ -22,17 +22,11 @@ pub fn run(opts: &Options) -> anyhow::Result<PathBuf> {
     }
     util::run(&mut cmd)?;
     let profile = if opts.release { "release" } else { "debug" };
-    let binary = target_dir().join(profile).join("cwatch");
+    let binary = util::target_dir().join(profile).join("cwatch");
     eprintln!(
         "xtask: built {} in {:.1?}",
         binary.display(),
         started.elapsed()
     );
     Ok(binary)
-}
-
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::workspace_root().join("target"))
 }

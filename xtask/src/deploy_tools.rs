@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::bail;
 
-use crate::{build, setup, util};
+use crate::util;
 
 /// Tool → Debian package.
 const APT_TOOLS: &[(&str, &str)] = &[
@@ -28,7 +28,7 @@ const NPM_PACKAGES: &[&str] = &["@kubernetes-models/prometheus-operator@6.0.0", 
 
 /// Where the npm packages go (the deploy tests read it as CWATCH_NODE_TOOLS).
 pub fn node_tools_dir() -> PathBuf {
-    build::target_dir().join("deploy-tools")
+    util::target_dir().join("deploy-tools")
 }
 
 pub fn ensure(check_only: bool) -> anyhow::Result<()> {
@@ -54,14 +54,14 @@ pub fn ensure(check_only: bool) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if check_only || !setup::can_install() {
+    if check_only || !util::can_install() {
         bail!(
             "the deploy tests need {}; run `cargo xtask setup` as root",
             missing.join(", ")
         );
     }
     if !packages.is_empty() {
-        setup::apt_install(&packages)?;
+        util::apt_install(&packages)?;
     }
     if !cargo_deb {
         util::run(util::cargo().args([

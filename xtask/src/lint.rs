@@ -1,7 +1,7 @@
 //! `cargo xtask lint`: formatting and clippy with warnings denied, for the
 //! userspace crates and (checked for the host, as aya-template does) the
 //! eBPF crate.
-use crate::{build, setup, util};
+use crate::{setup, util};
 
 pub fn run() -> anyhow::Result<()> {
     setup::ensure_build_toolchain(false)?;
@@ -18,7 +18,7 @@ pub fn run() -> anyhow::Result<()> {
     ]))?;
     // The eBPF crate alone (its own feature set), non-test targets; a
     // separate target dir keeps feature unification from rebuilding the rest.
-    let ebpf_dir = build::target_dir().join("clippy-ebpf");
+    let ebpf_dir = util::target_dir().join("clippy-ebpf");
     util::run(
         util::cargo()
             .args(["clippy", "--package", "cwatch-ebpf", "--target-dir"])

@@ -2,16 +2,12 @@
 //! run the kernel tests, installing what is missing when we are root, or
 //! printing the exact commands when we are not. With everything present it
 //! only looks (well under 2 s).
-use std::{
-    process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
-};
+use std::time::Instant;
 
 use anyhow::bail;
 use cwatch_build::{DEBIAN_PACKAGES, LLVM_PREFIX};
 
-use crate::util::{self, is_root};
+use crate::util::{self, apt_install, can_install};
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -119,30 +115,6 @@ pub fn ensure_bench_tools(check_only: bool) -> anyhow::Result<()> {
         );
     }
     apt_install(&packages)
-}
-
-pub fn can_install() -> bool {
-    is_root() && which::which("apt-get").is_ok()
-}
-
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
-    static UPDATED: AtomicBool = AtomicBool::new(false);
-    let started = Instant::now();
-    eprintln!(
-        "xtask: installing Debian packages {} (about a minute)…",
-        packages.join(" ")
-    );
-    if !UPDATED.swap(true, Ordering::Relaxed) {
-        util::run(Command::new("apt-get").args(["update", "-q"]))?;
-    }
-    let mut install = Command::new("apt-get");
-    install
-        .args(["install", "-y", "-q"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    util::run(&mut install)?;
-    eprintln!("xtask: packages installed in {:.0?}", started.elapsed());
-    Ok(())
 }
 
 /// bpf-linker, built against Debian's LLVM 22 (no download of a prebuilt

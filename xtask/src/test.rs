@@ -11,7 +11,7 @@
 //! root instead.
 use anyhow::{Context as _, bail};
 
-use crate::{build, deploy_tools, package, setup, util};
+use crate::{deploy_tools, package, setup, util};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DaemonCaps {
@@ -91,7 +91,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "--bin",
         "cwatch-load",
     ]))?;
-    let cwatch = build::target_dir().join("debug").join("cwatch");
+    let cwatch = util::target_dir().join("debug").join("cwatch");
     let caps = match opts.daemon_caps {
         DaemonCaps::Unit => unit_capabilities()?,
         DaemonCaps::All => String::new(),

@@ -1,6 +1,12 @@
-//! Running commands loudly (each is echoed before it runs) and finding the
-//! workspace.
-use std::{path::PathBuf, process::Command};
+//! What every command shares: running commands loudly (each is echoed before
+//! it runs), finding the workspace and its target directory, and installing
+//! Debian packages.
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -8,6 +14,13 @@ use anyhow::{Context as _, bail};
 pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Where cargo puts its output (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// `cargo` as invoked by the user (keeps the toolchain `cargo xtask` ran with).
@@ -50,5 +63,30 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }
+    Ok(())
+}
+
+/// Whether this process may install packages (root, with apt-get).
+pub fn can_install() -> bool {
+    is_root() && which::which("apt-get").is_ok()
+}
+
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    static UPDATED: AtomicBool = AtomicBool::new(false);
+    let started = Instant::now();
+    eprintln!(
+        "xtask: installing Debian packages {} (about a minute)…",
+        packages.join(" ")
+    );
+    if !UPDATED.swap(true, Ordering::Relaxed) {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut install)?;
+    eprintln!("xtask: packages installed in {:.0?}", started.elapsed());
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, setup, util};
+use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -103,11 +103,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "cwatch-testkit",
         "--bins",
     ]))?;
-    let bins = procs::Bins::in_dir(&build::target_dir().join("release"));
+    let bins = procs::Bins::in_dir(&util::target_dir().join("release"));
     let plan = Plan::new(opts.quick);
     let out_dir = opts.out.clone().unwrap_or_else(|| {
         if opts.quick {
-            build::target_dir().join("bench-quick")
+            util::target_dir().join("bench-quick")
         } else {
             util::workspace_root().join("bench")
         }
