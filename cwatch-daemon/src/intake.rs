@@ -9,10 +9,11 @@ use std::{sync::Arc, time::Duration};
 use aya::maps::{MapData, RingBuf};
 use cwatch_common::{EVENT_DESTROY, EVENT_ENTER, EVENT_LEAVE, Event, REC_RELEASED};
 use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
-    Shared,
+    state::State,
     table::{DeadEntry, SockEntry, SocketTable},
 };
 
@@ -97,9 +98,25 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
 /// late a lone event shows in /metrics.
 pub const POLL_PERIOD: Duration = Duration::from_millis(50);
 
-/// Drains the ring buffer when the kernel signals a backlog and every
-/// `POLL_PERIOD`, until the task is aborted at shutdown.
-pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// The intake task: it owns the ring buffer and applies what it reads to
+/// the shared table.
+pub struct Intake {
+    pub ring: RingBuf<MapData>,
+    pub state: Arc<State>,
+}
+
+impl Intake {
+    /// Drains the ring buffer when the kernel signals a backlog and every
+    /// `POLL_PERIOD`, until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        tokio::select! {
+            result = drain_forever(self.ring, &self.state) => result,
+            () = cancel.cancelled() => Ok(()),
+        }
+    }
+}
+
+async fn drain_forever(ring: RingBuf<MapData>, state: &State) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
@@ -107,7 +124,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
     loop {
-        let drain_start = shared.clock.now_ns();
+        let drain_start = state.clock.now_ns();
         let malformed = tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -118,19 +135,19 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             _ = tick.tick() => drain(ring.get_mut(), &mut batch),
         };
         if malformed > 0 {
-            shared.metrics.malformed_events(malformed);
+            state.telemetry.malformed_events(malformed);
             warn!(
                 malformed,
                 "ring buffer records of the wrong size (eBPF object mismatch?)"
             );
         }
         if batch.is_empty() {
-            shared.set_drained(drain_start);
+            state.set_drained(drain_start);
             continue;
         }
         let mut durations = Vec::new();
         {
-            let mut table = shared.lock_table();
+            let mut table = state.lock_table();
             for event in &batch {
                 if let Applied::Left(Some(d)) = apply(&mut table, event) {
                     durations.push(d);
@@ -143,9 +160,9 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<
             "applied events"
         );
         for d in durations {
-            shared.metrics.observe_closed(d);
+            state.telemetry.observe_closed(d);
         }
-        shared.set_drained(drain_start);
+        state.set_drained(drain_start);
         batch.clear();
     }
 }

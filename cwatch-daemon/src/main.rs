@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use cwatch_daemon::{cli::Cli, commands};
+use cwatch_daemon::cli::{Cli, commands};
 
 fn main() -> ExitCode {
     commands::run(Cli::parse())

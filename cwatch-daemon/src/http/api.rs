@@ -1,44 +1,11 @@
 /*!
 `GET /api/v1/sockets`: one JSON object per tracked socket, oldest first, with
-exactly the keys DESIGN.md lists. The serde types live here, apart from the
-table's types, so the wire format changes only on purpose; `cwatch ls` reads
-them back with the same types.
+exactly the keys the contract lists ([`super::wire`]), made from the table's
+entries and selected by the query.
 */
-use serde::{Deserialize, Serialize};
-
 use super::query::{Cursor, SocketQuery};
-use crate::{
-    aging::{age, is_leaked},
-    table::{DeadEntry, SockEntry, SocketTable},
-};
-
-/// One holder of a socket: a process and the fd it holds it under.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Holder {
-    pub pid: u32,
-    pub comm: String,
-    pub fd: Option<i32>,
-}
-
-/// One socket, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ApiSocket {
-    pub cookie: u64,
-    pub state: String,
-    pub direction: String,
-    pub local_addr: String,
-    pub local_port: u16,
-    pub peer_addr: String,
-    pub peer_port: u16,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub fd: Option<i32>,
-    pub holders: Vec<Holder>,
-    pub netns: u32,
-    pub age_seconds: f64,
-    pub age_estimated: bool,
-    pub leaked: bool,
-}
+pub use super::wire::{ApiSocket, Holder};
+use crate::table::{DeadEntry, SockEntry, SocketTable, age, is_leaked};
 
 impl ApiSocket {
     pub fn of(entry: &SockEntry, now_ns: u64, leak_after: std::time::Duration) -> Self {
@@ -137,6 +104,7 @@ pub fn select(
 }
 
 /// Every socket in the table, oldest first.
+#[cfg(test)]
 pub fn sockets(
     table: &SocketTable,
     now_ns: u64,

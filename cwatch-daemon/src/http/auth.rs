@@ -4,10 +4,7 @@ bcrypt hash costs tens of milliseconds by design, so it runs on the blocking
 pool, and a credential that passed is remembered (as its SHA-256, never in
 clear) so that scrapes every few seconds do not each pay for it.
 */
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashSet, sync::Mutex};
 
 use axum::{
     extract::{Request, State},
@@ -18,7 +15,7 @@ use axum::{
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::Shared;
+use super::App;
 
 /// Credentials that passed, by SHA-256 of the Authorization header; cleared
 /// when the web config is reloaded.
@@ -66,8 +63,8 @@ pub fn decode_basic(value: &str) -> Option<(String, String)> {
 
 /// Middleware: passes the request on when no users are configured or the
 /// credentials match; 401 with a challenge otherwise.
-pub async fn require(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let security = shared.web_security();
+pub async fn require(State(app): State<App>, request: Request, next: Next) -> Response {
+    let security = app.web.security();
     if security.users.is_empty() {
         return next.run(request).await;
     }
@@ -78,7 +75,7 @@ pub async fn require(State(shared): State<Arc<Shared>>, request: Request, next: 
         .unwrap_or_default()
         .to_string();
     let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
-    if shared.auth_cache.contains(&key) {
+    if app.web.auth_cache.contains(&key) {
         return next.run(request).await;
     }
     let ok = match decode_basic(&value) {
@@ -91,7 +88,7 @@ pub async fn require(State(shared): State<Arc<Shared>>, request: Request, next: 
         None => false,
     };
     if ok {
-        shared.auth_cache.insert(key);
+        app.web.auth_cache.insert(key);
         return next.run(request).await;
     }
     (

@@ -3,19 +3,24 @@ The HTTP endpoints: `/metrics`, `/healthz`, `/api/v1/sockets`; anything else
 is a 404. Handlers only read shared state; a bad request cannot reach the
 table or the probes. Every route sits behind basic auth when the web config
 has users, answers gzip when asked, and gives up after the request timeout.
-The accept loop, TLS and the per-connection limits are in [`server`].
+The accept loop, TLS and the per-connection limits are in [`server`]; the
+types the client reads back are in [`wire`].
 */
 pub mod api;
 pub mod auth;
 pub mod query;
 pub mod server;
 pub mod webconfig;
+pub mod wire;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, RwLock},
+    time::Instant,
+};
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{Query, State as AppState},
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
@@ -23,32 +28,64 @@ use axum::{
 };
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
-use crate::Shared;
+use crate::{export::Exporter, state::State};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    let timeout = shared.config().web.request_timeout;
+/// TLS and basic auth now in force, and the credentials that passed.
+#[derive(Default)]
+pub struct Web {
+    security: RwLock<Arc<webconfig::WebSecurity>>,
+    pub auth_cache: auth::AuthCache,
+}
+
+impl Web {
+    pub fn new(security: webconfig::WebSecurity) -> Self {
+        let web = Self::default();
+        web.set_security(security);
+        web
+    }
+
+    /// TLS and basic auth now in force.
+    pub fn security(&self) -> Arc<webconfig::WebSecurity> {
+        Arc::clone(&self.security.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces them (SIGHUP); credentials must pass again.
+    pub fn set_security(&self, security: webconfig::WebSecurity) {
+        *self.security.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(security);
+        self.auth_cache.clear();
+    }
+}
+
+/// What the handlers work with: the shared state (read only), the
+/// exporter, and the web security.
+#[derive(Clone)]
+pub struct App {
+    pub state: Arc<State>,
+    pub exporter: Arc<Exporter>,
+    pub web: Arc<Web>,
+}
+
+pub fn router(app: App) -> Router {
+    let timeout = app.state.config().web.request_timeout;
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/sockets", get(sockets))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            auth::require,
-        ))
+        .layer(middleware::from_fn_with_state(app.clone(), auth::require))
         .layer(CompressionLayer::new().gzip(true))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .with_state(shared)
+        .with_state(app)
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(AppState(app): AppState<App>) -> Response {
     let started = Instant::now();
-    let body = tokio::task::spawn_blocking(move || shared.render_metrics(started)).await;
+    let body = tokio::task::spawn_blocking(move || app.exporter.render(&app.state, started)).await;
     match body {
         Ok(body) => ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], body).into_response(),
         Err(err) => (
@@ -59,8 +96,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.is_ready() {
+async fn healthz(AppState(app): AppState<App>) -> Response {
+    if app.state.is_ready() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (
@@ -72,7 +109,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn sockets(
-    State(shared): State<Arc<Shared>>,
+    AppState(app): AppState<App>,
     params: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let pairs = match params {
@@ -83,7 +120,14 @@ async fn sockets(
         Ok(q) => q,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
     };
-    let (page, next) = shared.select_sockets(&query);
+    let selected = tokio::task::spawn_blocking(move || select(&app, &query)).await;
+    let Ok((page, next)) = selected else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "selecting sockets failed\n",
+        )
+            .into_response();
+    };
     let mut response = Json(page).into_response();
     if let Some(cursor) = next
         && let Ok(value) = HeaderValue::from_str(&cursor.to_string())
@@ -91,6 +135,17 @@ async fn sockets(
         response.headers_mut().insert("x-next-cursor", value);
     }
     response
+}
+
+/// One page of `/api/v1/sockets`: the owners' units (for the filters) are
+/// looked up before the table is locked.
+fn select(app: &App, query: &query::SocketQuery) -> (Vec<api::ApiSocket>, Option<query::Cursor>) {
+    let state = &app.state;
+    let config = state.config();
+    let filter = app.exporter.filter(state, Arc::clone(&config));
+    let now = state.clock.now_ns();
+    let table = state.lock_table();
+    api::select(&table, now, config.leak_after, query, |e| filter.keeps(e))
 }
 
 async fn not_found() -> Response {

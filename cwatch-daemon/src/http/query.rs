@@ -7,48 +7,13 @@ start time and cookie), so pages neither skip nor repeat sockets while the
 table changes underneath; sockets that entered CLOSE_WAIT meanwhile come on
 later pages, since they are younger.
 */
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, str::FromStr};
 
+use super::wire::{PeerFilter, Selectable, Selection};
 use crate::table::SockEntry;
 
 /// Most sockets one page may hold.
 pub const MAX_LIMIT: usize = 100_000;
-
-/// `peer=ADDR` or `peer=ADDR:PORT` (`[V6]:PORT`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerFilter {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-}
-
-impl PeerFilter {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Ok(addr) = text.parse::<IpAddr>() {
-            return Ok(Self { addr, port: None });
-        }
-        match text.parse::<std::net::SocketAddr>() {
-            Ok(sa) => Ok(Self {
-                addr: canonical(sa.ip()),
-                port: Some(sa.port()),
-            }),
-            Err(_) => Err(format!(
-                "{text:?} is not ADDR or ADDR:PORT (e.g. 10.1.2.3, 10.1.2.3:7000, [::1]:7000)"
-            )),
-        }
-    }
-
-    pub fn matches(&self, entry: &SockEntry) -> bool {
-        canonical(self.addr) == entry.peer.ip() && self.port.is_none_or(|p| p == entry.peer.port())
-    }
-}
-
-/// IPv4-mapped IPv6 shown as IPv4, as the table stores addresses.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
 
 /// Position of the last socket of a page: CLOSE_WAIT sockets come before
 /// dead ones, each by (start_ns, cookie).
@@ -135,16 +100,30 @@ impl SocketQuery {
         Ok(q)
     }
 
+    /// The filters, as the client applies them too.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            leaked: self.leaked,
+            pid: self.pid,
+            peer: self.peer,
+        }
+    }
+
     /// Whether `entry` passes the filters (`leaked` is decided by the caller,
     /// who knows the time; the cursor by the caller, who knows the order).
     /// `pid` matches any process holding the socket.
     pub fn matches(&self, entry: &SockEntry, leaked: bool) -> bool {
-        self.leaked.is_none_or(|want| want == leaked)
-            && self.pid.is_none_or(|pid| {
-                entry.owner.is_some_and(|o| o.pid == pid)
-                    || entry.holders.iter().any(|h| h.pid == pid)
-            })
-            && self.peer.is_none_or(|p| p.matches(entry))
+        self.selection().matches(entry, leaked)
+    }
+}
+
+impl Selectable for SockEntry {
+    fn peer(&self) -> Option<(std::net::IpAddr, u16)> {
+        Some((self.peer.ip(), self.peer.port()))
+    }
+
+    fn held_by(&self, pid: u32) -> bool {
+        self.owner.is_some_and(|o| o.pid == pid) || self.holders.iter().any(|h| h.pid == pid)
     }
 }
 

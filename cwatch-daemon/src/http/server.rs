@@ -23,11 +23,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::Semaphore,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::Shared;
+use super::App;
 
 /// How long a keep-alive connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -123,26 +124,30 @@ async fn overstayed(activity: Arc<Mutex<Activity>>, request_timeout: Duration) -
     }
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// The HTTP server task: it owns the listening socket and serves `app`.
+pub struct Server {
+    pub listener: TcpListener,
+    pub app: App,
 }
 
-/// Serves until `stop` turns true; then stops accepting and lets open
-/// requests finish (at most one request timeout).
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let limit = shared.config().web.max_connections;
+impl Server {
+    /// Serves until `stop`; then stops accepting and lets open requests
+    /// finish (at most one request timeout).
+    pub async fn run(self, stop: CancellationToken) -> std::io::Result<()> {
+        serve(self.listener, self.app, stop).await
+    }
+}
+
+async fn serve(listener: TcpListener, app: App, stop: CancellationToken) -> std::io::Result<()> {
+    let limit = app.state.config().web.max_connections;
     let slots = Arc::new(Semaphore::new(limit));
     loop {
         let permit = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             permit = Arc::clone(&slots).acquire_owned() => permit.map_err(std::io::Error::other)?,
         };
         let (stream, peer) = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -153,28 +158,24 @@ pub async fn serve(
                 }
             },
         };
-        let shared = Arc::clone(&shared);
+        let app = app.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(reason) = connection(stream, shared, stop).await {
+            if let Err(reason) = connection(stream, app, stop).await {
                 debug!(%peer, "connection closed: {reason}");
             }
             drop(permit);
         });
     }
     // Give in-flight requests their time, not more.
-    let grace = shared.config().web.request_timeout;
+    let grace = app.state.config().web.request_timeout;
     let _ = tokio::time::timeout(grace, slots.acquire_many(limit as u32)).await;
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+async fn connection(stream: TcpStream, app: App, stop: CancellationToken) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let timeout = shared.config().web.request_timeout;
+    let timeout = app.state.config().web.request_timeout;
     let activity = Arc::new(Mutex::new(Activity {
         last: Instant::now(),
         busy_since: None,
@@ -184,8 +185,8 @@ async fn connection(
         inner: stream,
         activity: Arc::clone(&activity),
     };
-    let tls = shared.web_security().tls.clone();
-    let router = super::router(Arc::clone(&shared));
+    let tls = app.web.security().tls.clone();
+    let router = super::router(app);
     match tls {
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -204,7 +205,7 @@ async fn drive<I>(
     router: axum::Router,
     activity: Arc<Mutex<Activity>>,
     timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -220,7 +221,7 @@ where
     tokio::select! {
         result = conn.as_mut() => result.map_err(|e| e.to_string()),
         reason = overstayed(activity, timeout) => Err(reason.to_string()),
-        _ = stopped(&mut stop) => {
+        () = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::time::timeout(timeout, conn).await
                 .map_err(|_| "shutdown".to_string())?

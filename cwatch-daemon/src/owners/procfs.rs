@@ -1,46 +1,165 @@
 /*!
-The few `/proc` reads attribution needs, each as cheap as the kernel allows:
-a socket fd is found with one `readlink` per fd (`socket:[inode]`), nothing
-else is opened. (The procfs crate's fd iterator also stats every fd, which
-doubles the syscalls of the one scan that has to be fast.)
+Every `/proc` read the daemon makes, under one injectable root ([`ProcRoot`],
+like node_exporter's `--path.procfs`): `/proc` on a host, a fixture tree the
+test built in a unit test. Attribution, labels, the namespace list and the
+direct `cwatch ls` fallback all read through it, so their rules are tested
+without root.
+
+Each read is as cheap as the kernel allows: a socket fd is found with one
+`readlink` per fd (`socket:[inode]`), nothing else is opened. (The procfs
+crate's fd iterator also stats every fd, which doubles the syscalls of the
+one scan that has to be fast.) Parsing is apart from reading: `stat` lines
+go through procfs-core, the rest through the small parsers below.
 */
 use std::{
     fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use procfs_core::FromRead as _;
 
 use crate::table::Comm;
 
-/// The socket fds of process `pid`: (fd, socket inode). A process that is
-/// gone or cannot be read yields an error; fds closed during the scan are
-/// skipped.
-pub fn socket_fds(pid: u32) -> io::Result<Vec<(i32, u64)>> {
-    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    let mut out = Vec::new();
-    for entry in fs::read_dir(&dir)? {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = std::str::from_utf8(entry.file_name().as_bytes())
-            .ok()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(target) = fs::read_link(entry.path())
-            && let Some(inode) = socket_inode(&target)
-        {
-            out.push((fd, inode));
-        }
+/// Where `/proc` is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcRoot(Arc<Path>);
+
+impl Default for ProcRoot {
+    fn default() -> Self {
+        Self::real()
     }
-    Ok(out)
 }
 
-/// Whether `pid`'s fd `fd` still is socket `inode`: one `readlink`.
-pub fn holds(pid: u32, fd: i32, inode: u64) -> bool {
-    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .ok()
-        .and_then(|t| socket_inode(&t))
-        == Some(inode)
+impl ProcRoot {
+    /// The host's `/proc`.
+    pub fn real() -> Self {
+        Self::at("/proc")
+    }
+
+    /// A `/proc` look-alike at `path` (tests build one).
+    pub fn at(path: impl AsRef<Path>) -> Self {
+        Self(Arc::from(path.as_ref()))
+    }
+
+    /// `rel` under the root (`"1/fd"` → `/proc/1/fd`).
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// The socket fds of process `pid`: (fd, socket inode). A process that
+    /// is gone or cannot be read yields an error; fds closed during the
+    /// scan are skipped.
+    pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(i32, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.path(format!("{pid}/fd")))? {
+            let Ok(entry) = entry else { continue };
+            let Some(fd) = number::<i32>(entry.file_name().as_bytes()) else {
+                continue;
+            };
+            if let Ok(target) = fs::read_link(entry.path())
+                && let Some(inode) = socket_inode(&target)
+            {
+                out.push((fd, inode));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `pid`'s fd `fd` still is socket `inode`: one `readlink`.
+    pub fn holds(&self, pid: u32, fd: i32, inode: u64) -> bool {
+        fs::read_link(self.path(format!("{pid}/fd/{fd}")))
+            .ok()
+            .and_then(|t| socket_inode(&t))
+            == Some(inode)
+    }
+
+    /// The process name (`comm`, the group leader's).
+    pub fn comm(&self, pid: u32) -> Option<Comm> {
+        let raw = fs::read(self.path(format!("{pid}/comm"))).ok()?;
+        Some(comm_of(&raw))
+    }
+
+    /// Parent pid of `pid` (`stat` field 4).
+    pub fn parent(&self, pid: u32) -> Option<u32> {
+        u32::try_from(self.stat(pid)?.ppid).ok()
+    }
+
+    /// When `pid` started, in clock ticks since boot (`stat` field 22): with
+    /// the pid, it names one process for good (pids are reused).
+    pub fn start_time(&self, pid: u32) -> Option<u64> {
+        Some(self.stat(pid)?.starttime)
+    }
+
+    fn stat(&self, pid: u32) -> Option<procfs_core::process::Stat> {
+        let raw = fs::read(self.path(format!("{pid}/stat"))).ok()?;
+        procfs_core::process::Stat::from_read(&raw[..]).ok()
+    }
+
+    /// Children of process `pid` (of all its threads), from
+    /// `task/*/children`.
+    pub fn children(&self, pid: u32) -> Vec<u32> {
+        let Ok(tasks) = fs::read_dir(self.path(format!("{pid}/task"))) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    text.split_ascii_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        out
+    }
+
+    /// `pid` and all its descendants, at most `limit` processes.
+    pub fn family(&self, pid: u32, limit: usize) -> Vec<u32> {
+        let mut out = vec![pid];
+        let mut next = 0;
+        while next < out.len() && out.len() < limit {
+            let kids = self.children(out[next]);
+            out.extend(kids.into_iter().take(limit - out.len()));
+            next += 1;
+        }
+        out
+    }
+
+    /// Every process (thread-group) id.
+    pub fn pids(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir(self.path("")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| number(e.file_name().as_bytes()))
+            .collect()
+    }
+
+    /// The text of `/proc/<pid>/cgroup`.
+    pub fn cgroup(&self, pid: u32) -> Option<String> {
+        fs::read_to_string(self.path(format!("{pid}/cgroup"))).ok()
+    }
+
+    /// The executable of `pid` (`exe` link).
+    pub fn exe(&self, pid: u32) -> Option<String> {
+        fs::read_link(self.path(format!("{pid}/exe")))
+            .ok()
+            .map(|p| p.display().to_string())
+    }
+
+    /// `net.ipv4.ip_local_port_range` (the kernel's default when unreadable).
+    pub fn ephemeral_ports(&self) -> (u16, u16) {
+        let text =
+            fs::read_to_string(self.path("sys/net/ipv4/ip_local_port_range")).unwrap_or_default();
+        port_range(&text).unwrap_or((32768, 60999))
+    }
+}
+
+/// A decimal file name (`"123"`); anything else is `None`.
+fn number<T: std::str::FromStr>(name: &[u8]) -> Option<T> {
+    std::str::from_utf8(name).ok()?.parse().ok()
 }
 
 /// `socket:[123]` → 123.
@@ -50,101 +169,94 @@ pub fn socket_inode(target: &Path) -> Option<u64> {
     std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
-/// The process name (`/proc/<pid>/comm`, the group leader's).
-pub fn comm(pid: u32) -> Option<Comm> {
-    let raw = fs::read(format!("/proc/{pid}/comm")).ok()?;
+/// A `comm` file's bytes (newline-terminated, at most 15 bytes of name).
+pub fn comm_of(raw: &[u8]) -> Comm {
     let mut bytes = [0u8; cwatch_common::TASK_COMM_LEN];
-    let name = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let name = raw.strip_suffix(b"\n").unwrap_or(raw);
     let len = name.len().min(bytes.len() - 1);
     bytes[..len].copy_from_slice(&name[..len]);
-    Some(Comm::from_bytes(bytes))
+    Comm::from_bytes(bytes)
 }
 
-/// Parent pid of `pid` (`/proc/<pid>/stat`, field 4).
-pub fn parent(pid: u32) -> Option<u32> {
-    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // The comm field may hold spaces and parentheses: parse after the last ')'.
-    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
-    let text = std::str::from_utf8(after).ok()?;
-    text.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
-/// Children of process `pid` (of all its threads), from
-/// `/proc/<pid>/task/*/children`.
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for task in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                text.split_ascii_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
-        }
+/// `"32768\t60999\n"` → (32768, 60999).
+pub fn port_range(text: &str) -> Option<(u16, u16)> {
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low <= high => Some((low, high)),
+        _ => None,
     }
-    out
 }
 
-/// `pid` and all its descendants, at most `limit` processes.
-pub fn family(pid: u32, limit: usize) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut next = 0;
-    while next < out.len() && out.len() < limit {
-        let kids = children(out[next]);
-        out.extend(kids.into_iter().take(limit - out.len()));
-        next += 1;
-    }
-    out
-}
-
-/// Every process (thread-group) id in `/proc`.
-pub fn pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            std::str::from_utf8(e.file_name().as_bytes())
-                .ok()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
+#[cfg(test)]
+pub(crate) mod fixture;
 
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
 
-    use super::*;
+    use super::{fixture::FakeProc, *};
 
     #[test]
-    fn parses_socket_links_only() {
+    fn parses_socket_links_ranges_and_names() {
         assert_eq!(socket_inode(Path::new("socket:[4026]")), Some(4026));
         assert_eq!(socket_inode(Path::new("pipe:[4026]")), None);
         assert_eq!(socket_inode(Path::new("socket:[x]")), None);
         assert_eq!(socket_inode(Path::new("/dev/null")), None);
+        assert_eq!(port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(port_range("9 1"), None);
+        assert_eq!(comm_of(b"order-svc\n").as_str(), "order-svc");
+        assert_eq!(
+            comm_of(b"a-name-longer-than-15").as_str(),
+            "a-name-longer-t"
+        );
+    }
+
+    #[test]
+    fn reads_a_fixture_tree() {
+        let mut proc = FakeProc::new();
+        proc.process(10, 1, "server").socket(3, 500).socket(4, 501);
+        proc.process(11, 10, "worker").socket(5, 502);
+        proc.process(12, 1, "other");
+        let root = proc.root();
+        let mut fds = root.socket_fds(10).unwrap();
+        fds.sort_unstable();
+        assert_eq!(fds, vec![(3, 500), (4, 501)]);
+        assert!(root.holds(11, 5, 502) && !root.holds(11, 5, 500));
+        assert_eq!(root.parent(11), Some(10));
+        assert_eq!(root.start_time(11), Some(11_000));
+        assert_eq!(root.family(10, 256), vec![10, 11]);
+        assert_eq!(root.family(10, 1), vec![10]);
+        let mut pids = root.pids();
+        pids.sort_unstable();
+        assert_eq!(pids, vec![10, 11, 12]);
+        assert_eq!(
+            root.comm(12).map(|c| c.as_str().into_owned()).as_deref(),
+            Some("other")
+        );
+        assert!(root.socket_fds(99).is_err());
+        assert_eq!(root.ephemeral_ports(), (32768, 60999));
     }
 
     #[test]
     fn finds_our_own_socket_and_its_fd() {
+        let root = ProcRoot::real();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = listener.as_raw_fd();
         let me = std::process::id();
-        let fds = socket_fds(me).unwrap();
+        let fds = root.socket_fds(me).unwrap();
         let (_, inode) = *fds.iter().find(|(f, _)| *f == fd).expect("our fd");
-        assert!(holds(me, fd, inode));
-        assert!(!holds(me, fd, inode + 1));
+        assert!(root.holds(me, fd, inode));
+        assert!(!root.holds(me, fd, inode + 1));
         drop(listener);
-        assert!(!holds(me, fd, inode), "closed fd no longer holds it");
-        assert!(comm(me).is_some());
+        assert!(!root.holds(me, fd, inode), "closed fd no longer holds it");
+        assert!(root.comm(me).is_some());
         assert_eq!(
-            parent(me),
+            root.parent(me),
             Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32))
         );
-        assert!(pids().contains(&me));
-        assert!(socket_fds(u32::MAX).is_err());
+        assert!(root.start_time(me).is_some_and(|t| t > 0));
+        assert!(root.pids().contains(&me));
     }
 }

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 
 use tracing::debug;
 
-use super::{Worker, procfs};
-use crate::table::Holder;
+use super::worker::Worker;
+use crate::table::{Holder, SockEntry};
 
 /// Refreshes between two looks at the whole table, at most.
 const REBUILD_EVERY: u32 = 12;
@@ -35,17 +35,24 @@ impl Worker {
         self.rebuild_cache_if_stale();
         let shared_socks = self.refresh_cache.shared_socks.clone();
         let holder_pids = &self.refresh_cache.holder_pids;
-        let pids = procfs::pids();
+        let pids = self.proc.pids();
         let new: Vec<u32> = pids
             .iter()
             .copied()
             .filter(|p| !self.known_pids.contains(p))
-            .filter(|p| procfs::parent(*p).is_some_and(|pp| holder_pids.contains(&pp)))
+            .filter(|p| {
+                self.proc
+                    .parent(*p)
+                    .is_some_and(|pp| holder_pids.contains(&pp))
+            })
             .collect();
         self.known_pids = pids.into_iter().collect();
         let mut changed: Vec<u64> = Vec::new();
         for (cookie, inode, holders) in &shared_socks {
-            if holders.iter().any(|h| !procfs::holds(h.pid, h.fd, *inode)) {
+            if holders
+                .iter()
+                .any(|h| !self.proc.holds(h.pid, h.fd, *inode))
+            {
                 changed.push(*cookie);
             }
         }
@@ -65,8 +72,8 @@ impl Worker {
         pids.dedup();
         let found = self.scan(&pids);
         let scanned: HashSet<u32> = pids.iter().copied().collect();
-        let mut table = self.shared.lock_table();
-        let update = |entry: &mut crate::table::SockEntry| {
+        let mut table = self.state.lock_table();
+        let update = |entry: &mut SockEntry| {
             let mut holders: Vec<Holder> = entry
                 .holders
                 .iter()
@@ -98,7 +105,7 @@ impl Worker {
     }
 
     fn rebuild_cache_if_stale(&mut self) {
-        let table = self.shared.lock_table();
+        let table = self.state.lock_table();
         let stamp = (table.len(), table.dead_len(), self.epoch);
         let cache = &mut self.refresh_cache;
         cache.since += 1;

@@ -7,7 +7,8 @@ Dropping [`Probes`] detaches the programs and closes the maps. What is left
 in the kernel after the daemon exits is only the pinned maps ([`pins`]), so
 the next start keeps every socket's history.
 */
-pub mod batch;
+mod batch;
+mod maps;
 pub mod mounts;
 pub mod offsets;
 pub mod pins;
@@ -16,10 +17,11 @@ use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, RingBuf},
     programs::BtfTracePoint,
 };
-use cwatch_common::{Event, SockRecord, counter, names};
+use cwatch_common::names;
+pub use maps::{KernelCounters, Probes, ProgramStats};
 use tracing::info;
 
 /// The object built by build.rs from cwatch-ebpf.
@@ -72,72 +74,10 @@ pub enum ProbeError {
     },
 }
 
-/// The loaded, attached programs and the maps userspace reads.
-pub struct Probes {
-    /// Owns the programs and their links; dropping it detaches them.
-    _ebpf: Ebpf,
-    pub counters: PerCpuArray<MapData, u64>,
-    pub records: HashMap<MapData, u64, SockRecord>,
-    pub linger: HashMap<MapData, u64, Event>,
-    /// Taken by intake.
-    pub events: Option<RingBuf<MapData>>,
-}
-
-impl Probes {
-    /// Sums of the per-CPU kernel counters, indexed by `cwatch_common::counter`.
-    pub fn counter_totals(&self) -> Result<[u64; counter::LEN as usize], ProbeError> {
-        let mut totals = [0u64; counter::LEN as usize];
-        for (index, total) in totals.iter_mut().enumerate() {
-            let values =
-                self.counters
-                    .get(&(index as u32), 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: names::MAP_COUNTERS,
-                        source,
-                    })?;
-            *total = values.iter().sum();
-        }
-        Ok(totals)
-    }
-}
-
-impl Probes {
-    /// Run time and run count of each attached program, as the kernel
-    /// reports them (both stay 0 unless kernel.bpf_stats_enabled is 1).
-    pub fn program_stats(&self) -> Vec<crate::selfmetrics::ProgramStats> {
-        PROGRAMS
-            .iter()
-            .filter_map(|&name| {
-                let info = self._ebpf.program(name)?.info().ok()?;
-                Some(crate::selfmetrics::ProgramStats {
-                    name: name.to_string(),
-                    run_time: info.run_time(),
-                    run_count: info.run_count(),
-                })
-            })
-            .collect()
-    }
-
-    /// Every record of the CLOSE_WAIT map, read in batches.
-    pub fn records_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, SockRecord>> {
-        snapshot(&self.records)
-    }
-
-    /// Every record of the LINGER map, read in batches.
-    pub fn linger_snapshot(&self) -> std::io::Result<std::collections::HashMap<u64, Event>> {
-        snapshot(&self.linger)
-    }
-
-    /// Capacity of the CLOSE_WAIT map.
-    pub fn records_capacity(&self) -> u32 {
-        use aya::maps::IterableMap as _;
-        self.records.map().info().map_or(0, |i| i.max_entries())
-    }
-}
-
-/// Loads and attaches everything. Blocking (BTF parsing, verifier): call it
-/// from a blocking task.
-pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
+/// Loads and attaches everything; returns the probes and the event ring
+/// (for intake). Blocking (BTF parsing, verifier): call it from a blocking
+/// task.
+pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
     mounts::ensure_all();
     raise_memlock();
     let kernel_offsets = offsets::from_running_kernel()?;
@@ -179,42 +119,10 @@ pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
         info!(program = name, "attached tp_btf/{name}");
     }
     let counters = take_map(&mut ebpf, names::MAP_COUNTERS)?;
-    let records = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
+    let close_wait = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
     let linger = take_map(&mut ebpf, names::MAP_LINGER)?;
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
-    Ok(Probes {
-        _ebpf: ebpf,
-        counters,
-        records,
-        linger,
-        events: Some(events),
-    })
-}
-
-/// The kernel's internal "operation not supported", which bpf() returns for
-/// a map type without batch operations.
-const ENOTSUPP: i32 = 524;
-
-/// Every entry of `map`: in batches, or one by one where the kernel has no
-/// batch lookup (before 5.6).
-fn snapshot<V: aya::Pod>(
-    map: &HashMap<MapData, u64, V>,
-) -> std::io::Result<std::collections::HashMap<u64, V>> {
-    use aya::maps::IterableMap as _;
-    match batch::read_all(map.map()) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
-            ) =>
-        {
-            tracing::debug!("no batch map lookup ({e}): reading entry by entry");
-            map.iter()
-                .map(|r| r.map_err(std::io::Error::other))
-                .collect()
-        }
-        other => other,
-    }
+    Ok((Probes::new(ebpf, counters, close_wait, linger), events))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

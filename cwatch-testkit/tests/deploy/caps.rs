@@ -6,7 +6,7 @@
 //! exactly `caps::REQUIRED`.
 use std::time::Duration;
 
-use cwatch_daemon::caps::{self, KEPT, REQUIRED};
+use cwatch_daemon::daemon::caps::{self, KEPT, REQUIRED};
 use cwatch_testkit::{
     daemon::{Daemon, setpriv_exactly},
     load::Load,

@@ -95,6 +95,6 @@ impl Drop for TempDir {
 }
 
 /// The capability names of a mask, as `CAP_BPF` etc.
-pub fn cap_names(caps: &[cwatch_daemon::caps::Capability]) -> Vec<String> {
-    cwatch_daemon::caps::names(cwatch_daemon::caps::mask(caps))
+pub fn cap_names(caps: &[cwatch_daemon::daemon::caps::Capability]) -> Vec<String> {
+    cwatch_daemon::daemon::caps::names(cwatch_daemon::daemon::caps::mask(caps))
 }

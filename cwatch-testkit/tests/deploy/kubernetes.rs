@@ -132,7 +132,7 @@ fn daemonset_is_what_cwatch_needs_and_no_more() {
         .map(|c| format!("CAP_{}", c.as_str().unwrap()))
         .collect();
     add.sort();
-    let mut want = crate::common::cap_names(cwatch_daemon::caps::REQUIRED);
+    let mut want = crate::common::cap_names(cwatch_daemon::daemon::caps::REQUIRED);
     want.sort();
     assert_eq!(add, want);
     let host_path = |mount: &str| {
@@ -161,7 +161,7 @@ fn daemonset_is_what_cwatch_needs_and_no_more() {
     assert!(toml.contains("listen = \"0.0.0.0:9478\""), "{toml}");
     let dir = TempDir::new("k8s-config");
     std::fs::write(dir.path().join("cwatch.toml"), toml).unwrap();
-    let config = cwatch_daemon::config::Config::from_run_args(&RunArgs {
+    let config = cwatch_daemon::cli::resolve::run_config(&RunArgs {
         config: Some(dir.path().join("cwatch.toml")),
         ..RunArgs::default()
     })

@@ -1,0 +1,96 @@
+/*!
+What each subcommand does once the command line is parsed, and the exit code
+for each outcome: 0 done, 1 a runtime failure, 2 bad input (flag, value,
+config file, web config file). Input errors are checked before anything
+starts, and each is one line on stderr.
+*/
+use std::process::ExitCode;
+
+use super::{CheckConfigArgs, Cli, Command, DoctorArgs, RunArgs, doctor, ls, resolve};
+use crate::{
+    config,
+    daemon::{self, heap, logging},
+    http::webconfig,
+};
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => run_daemon(args),
+        Command::Ls(args) => match resolve::ls_settings(&args) {
+            Ok((target, leak_after)) => outcome(ls::run(&args, target, leak_after)),
+            Err(err) => usage_error(&err),
+        },
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Doctor(args) => run_doctor(&args),
+    }
+}
+
+fn run_daemon(args: RunArgs) -> ExitCode {
+    let config = match resolve::run_config(&args) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
+    let web = match webconfig::load(config.web.config_file.as_deref()) {
+        Ok(w) => w,
+        Err(err) => return usage_error(&err),
+    };
+    // A kernel or permission problem that makes loading fail for certain is
+    // bad input too: say it in one line before anything starts.
+    if let Some(problem) = doctor::blocking_problem(&doctor::Host::real(
+        config
+            .pin_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(config::DEFAULT_PIN_DIR)),
+    )) {
+        return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
+    }
+    logging::init(&config.log_level);
+    heap::single_arena();
+    let reloader: daemon::Reloader = Box::new(move || resolve::run_config(&args));
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(daemon::run(config, web, Some(reloader))));
+    outcome(result)
+}
+
+fn check_config(args: &CheckConfigArgs) -> ExitCode {
+    let config = match config::load_file(&args.file) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
+    if let Err(err) = webconfig::load(config.web.config_file.as_deref()) {
+        return usage_error(&err);
+    }
+    println!(
+        "# {}: valid. Effective configuration (defaults filled in):",
+        args.file.display()
+    );
+    print!("{}", config.to_toml());
+    ExitCode::SUCCESS
+}
+
+fn run_doctor(args: &DoctorArgs) -> ExitCode {
+    let checks = doctor::run_checks(&doctor::Host::real(&args.pin_dir));
+    let (text, ok) = doctor::report(&checks);
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn outcome(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cwatch: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("cwatch: {err}");
+    ExitCode::from(2)
+}

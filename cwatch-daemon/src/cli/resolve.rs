@@ -1,0 +1,81 @@
+/*!
+The command line into the configuration: `cwatch run`'s flags over the
+config file (over the defaults), validated; and what `cwatch ls` takes from
+a config file (the daemon's address, leak-after).
+*/
+use std::{net::SocketAddr, time::Duration};
+
+use super::{LsArgs, RunArgs};
+use crate::config::{Config, ConfigError, load_file, pin_dir_setting};
+
+/// Merges the config file (if any) under the flags and validates.
+pub fn run_config(args: &RunArgs) -> Result<Config, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => load_file(path)?,
+        None => Config::default(),
+    };
+    apply_flags(&mut config, args);
+    config.validate()?;
+    Ok(config)
+}
+
+fn apply_flags(config: &mut Config, args: &RunArgs) {
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.leak_after {
+        config.leak_after = v;
+    }
+    if let Some(v) = args.reconcile_interval {
+        config.reconcile_interval = v;
+    }
+    if let Some(v) = args.holders_refresh {
+        config.holders_refresh = v;
+    }
+    if let Some(dir) = &args.pin_dir {
+        config.pin_dir = pin_dir_setting(dir);
+    }
+    if let Some(v) = args.ring_buffer_size {
+        config.ring_buffer_size = v;
+    }
+    if let Some(v) = &args.log_level {
+        config.log_level = v.clone();
+    }
+    if !args.labels.is_empty() {
+        config.labels.set(&args.labels);
+    }
+    if let Some(v) = args.process_key {
+        config.labels.process_key = v;
+    }
+    if let Some(v) = args.max_process_series {
+        config.max_process_series = v;
+    }
+    if let Some(v) = args.max_peer_series {
+        config.max_peer_series = v;
+    }
+    if !args.include.is_empty() {
+        config.filters.include = args.include.clone();
+    }
+    if !args.exclude.is_empty() {
+        config.filters.exclude = args.exclude.clone();
+    }
+    if let Some(v) = &args.web_config_file {
+        config.web.config_file = Some(v.clone());
+    }
+    if let Some(v) = args.web_request_timeout {
+        config.web.request_timeout = v;
+    }
+    if let Some(v) = args.web_max_connections {
+        config.web.max_connections = v;
+    }
+}
+
+/// The daemon `cwatch ls` asks, and the leak-after it judges by when it
+/// reads the kernel itself (from `--config`, else the default).
+pub fn ls_settings(args: &LsArgs) -> Result<(SocketAddr, Duration), ConfigError> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => Config::default(),
+    };
+    Ok((args.listen.unwrap_or(file.listen), file.leak_after))
+}

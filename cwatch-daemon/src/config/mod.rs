@@ -1,0 +1,155 @@
+/*!
+The validated [`Config`] that `cwatch run` passes down: defaults, then the
+TOML file ([`file`]: `--config`, unknown keys rejected), then the flags on
+top (applied by the command line, `crate::cli`). Every value goes through
+the same parsers ([`values`]) wherever it comes from; [`filters`] and
+[`labels`] are the include/exclude rules and the optional labels.
+
+Errors here are the user's to fix: each is one line naming the problem and the
+offending value or file, and `main` exits with code 2 for them.
+*/
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+mod file;
+pub mod filters;
+pub mod labels;
+pub mod values;
+
+use filters::Filters;
+use labels::LabelConfig;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
+pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
+pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// The HTTP endpoint's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// exporter-toolkit web config (TLS, basic auth); `None`: plain HTTP, no auth.
+    pub config_file: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Everything `cwatch run` needs, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub leak_after: Duration,
+    pub reconcile_interval: Duration,
+    /// How often the fds holding tracked sockets are re-checked.
+    pub holders_refresh: Duration,
+    /// `None`: maps are not pinned.
+    pub pin_dir: Option<PathBuf>,
+    pub ring_buffer_size: u32,
+    pub log_level: String,
+    pub labels: LabelConfig,
+    /// 0 = no limit.
+    pub max_process_series: usize,
+    /// 0 = no limit.
+    pub max_peer_series: usize,
+    pub filters: Filters,
+    pub web: WebConfig,
+    /// The file the config came from (re-read on SIGHUP).
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            leak_after: DEFAULT_LEAK_AFTER,
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            holders_refresh: DEFAULT_HOLDERS_REFRESH,
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            log_level: DEFAULT_LOG_LEVEL.to_string(),
+            labels: LabelConfig::default(),
+            max_process_series: DEFAULT_MAX_PROCESS_SERIES,
+            max_peer_series: DEFAULT_MAX_PEER_SERIES,
+            filters: Filters::default(),
+            web: WebConfig {
+                config_file: None,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+            },
+            source: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config file {path}: {key} = {value:?}: {reason}")]
+    Value {
+        path: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{flag} {value}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Checks beyond the per-value parsers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.pin_dir
+            && !dir.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                flag: "--pin-dir",
+                value: dir.display().to_string(),
+                reason: "must be an absolute path on a bpf filesystem".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        file::to_toml(self)
+    }
+}
+
+/// `""` (or `none`) means "do not pin".
+pub fn pin_dir_setting(value: &Path) -> Option<PathBuf> {
+    let text = value.as_os_str();
+    (!text.is_empty() && text != "none").then(|| value.to_path_buf())
+}
+
+/// Reads and parses a config file over the defaults.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut config = parse_file(&shown, &text)?;
+    config.source = Some(path.to_path_buf());
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses config file text over the defaults (`path` only names it in errors).
+pub fn parse_file(path: &str, text: &str) -> Result<Config, ConfigError> {
+    file::parse(path, text)
+}

@@ -1,0 +1,93 @@
+/*!
+The value parsers every setting goes through, whether it comes from a flag
+or from the TOML file, so a bad value reads the same either way; and
+[`format_size`], which writes a size back the way [`parse_size`] reads it.
+*/
+use std::time::Duration;
+
+use super::{
+    filters::FilterRule,
+    labels::{OwnerLabel, ProcessKeyMode},
+};
+
+/// Human durations ("500ms", "2s", "5m").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (use a duration such as 500ms, 30s, 5m, 1h)"))
+}
+
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
+    parse_min_100ms(text)
+}
+
+pub fn parse_min_100ms(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
+}
+
+/// The ring size: bytes, or with a KiB/MiB suffix; a power of two of at
+/// least 4096 (the kernel's rule for ring buffers).
+pub fn parse_size(text: &str) -> Result<u32, String> {
+    let (digits, unit) = match text.trim() {
+        t if t.ends_with("MiB") => (&t[..t.len() - 3], 1u64 << 20),
+        t if t.ends_with("KiB") => (&t[..t.len() - 3], 1u64 << 10),
+        t => (t, 1u64),
+    };
+    let bytes = digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| "not a size (use bytes, or a number with KiB or MiB)".to_string())?;
+    if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
+        return Err("must be a power of two between 4KiB and 1024MiB".into());
+    }
+    Ok(bytes as u32)
+}
+
+/// The ring size as `parse_size` reads it back.
+pub fn format_size(bytes: u32) -> String {
+    match bytes {
+        b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+pub fn parse_log_level(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{e} (use error, warn, info, debug or trace)"))
+}
+
+pub fn parse_owner_label(text: &str) -> Result<OwnerLabel, String> {
+    text.parse()
+}
+
+pub fn parse_process_key(text: &str) -> Result<ProcessKeyMode, String> {
+    text.parse()
+}
+
+pub fn parse_filter_rule(text: &str) -> Result<FilterRule, String> {
+    text.parse()
+}
+
+pub fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (expected a number)")),
+    }
+}

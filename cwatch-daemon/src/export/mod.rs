@@ -1,0 +1,98 @@
+/*!
+From the socket table to what Prometheus and the journal read: [`series`]
+(filters applied, owner labels looked up, groups keyed by pid, comm or
+unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
+contract's families, rendered with the stages' telemetry) and
+[`selfmetrics`] (what a scrape learns about cwatch itself).
+
+The [`Exporter`] owns the registry and the label cache. A scrape takes the
+table's lock only to read the groups (no I/O under it), then looks up labels
+and reads the kernel's counters with the lock released.
+*/
+pub mod cardinality;
+pub mod metrics;
+pub mod selfmetrics;
+pub mod series;
+
+use std::{sync::Arc, time::Instant};
+
+use metrics::Metrics;
+pub use series::{Families, Filter};
+
+use crate::{
+    config::Config,
+    owners::{ProcRoot, labels::LabelCache},
+    state::State,
+};
+
+/// Renders `/metrics` and the families the leak notices read.
+pub struct Exporter {
+    metrics: Metrics,
+    labels: LabelCache,
+    proc: ProcRoot,
+}
+
+impl Exporter {
+    pub fn new(proc: ProcRoot) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            labels: LabelCache::new(proc.clone()),
+            proc,
+        }
+    }
+
+    /// The configured filters for the table now (owners' units looked up
+    /// when a rule needs them).
+    pub fn filter(&self, state: &State, config: Arc<Config>) -> Filter {
+        Filter::new(state, config, &self.labels)
+    }
+
+    /// The per-process and per-peer series as configured, now.
+    pub fn families(&self, state: &State) -> Families {
+        let config = state.config();
+        let filter = self.filter(state, Arc::clone(&config));
+        let now = state.clock.now_ns();
+        let summary = series::summary(&mut state.lock_table(), now, &filter);
+        series::families(&summary, &config, &self.labels)
+    }
+
+    /// The /metrics text; `started` is when the scrape began.
+    pub fn render(&self, state: &State, started: Instant) -> String {
+        let config = state.config();
+        let families = self.families(state);
+        let probes = state.probes();
+        let kernel = probes.as_ref().and_then(|p| match p.counter_totals() {
+            Ok(totals) => Some(totals),
+            Err(err) => {
+                tracing::warn!("reading kernel counters: {err}");
+                None
+            }
+        });
+        if let Some(probes) = &probes {
+            let table_len = state.lock_table().len();
+            self.metrics
+                .own
+                .programs(&probes.program_stats(), self.bpf_stats_enabled());
+            self.metrics
+                .own
+                .map_fill("close_wait", table_len, probes.close_wait_capacity());
+        }
+        let body = self.metrics.render_families(
+            &families,
+            &config.labels.label_names(),
+            kernel.as_ref(),
+            &state.telemetry,
+        );
+        self.metrics.own.scrape_took(started.elapsed());
+        body
+    }
+
+    /// Whether the kernel now counts BPF program run time (sysctl).
+    fn bpf_stats_enabled(&self) -> bool {
+        std::fs::read_to_string(self.proc.path("sys/kernel/bpf_stats_enabled"))
+            .is_ok_and(|v| v.trim() == "1")
+    }
+}
+
+#[cfg(test)]
+mod tests;

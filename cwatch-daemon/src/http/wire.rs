@@ -1,0 +1,176 @@
+/*!
+The wire types of `GET /api/v1/sockets`, all that the client (`cwatch ls`)
+imports from the daemon: one [`ApiSocket`] per socket with exactly the keys
+the contract lists, and the filters both sides apply ([`Selection`]: leaked,
+pid, peer), so `cwatch ls` reading the kernel itself selects exactly what the
+daemon would. They live apart from the table's types so that the wire format
+changes only on purpose.
+*/
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One holder of a socket: a process and the fd it holds it under.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: Option<i32>,
+}
+
+/// One socket, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiSocket {
+    pub cookie: u64,
+    pub state: String,
+    pub direction: String,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub peer_addr: String,
+    pub peer_port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<i32>,
+    pub holders: Vec<Holder>,
+    pub netns: u32,
+    pub age_seconds: f64,
+    pub age_estimated: bool,
+    pub leaked: bool,
+}
+
+/// `peer=ADDR` or `peer=ADDR:PORT` (`[V6]:PORT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerFilter {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl PeerFilter {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Ok(Self {
+                addr: canonical(addr),
+                port: None,
+            });
+        }
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(sa) => Ok(Self {
+                addr: canonical(sa.ip()),
+                port: Some(sa.port()),
+            }),
+            Err(_) => Err(format!(
+                "{text:?} is not ADDR or ADDR:PORT (e.g. 10.1.2.3, 10.1.2.3:7000, [::1]:7000)"
+            )),
+        }
+    }
+
+    /// Whether a socket to `addr`:`port` matches.
+    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
+        self.addr == canonical(addr) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// IPv4-mapped IPv6 shown as IPv4, as the table stores addresses.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What a [`Selection`] looks at in a socket, on either side of the wire.
+pub trait Selectable {
+    /// The remote end.
+    fn peer(&self) -> Option<(IpAddr, u16)>;
+    /// Whether `pid` owns or holds the socket.
+    fn held_by(&self, pid: u32) -> bool;
+}
+
+impl Selectable for ApiSocket {
+    fn peer(&self) -> Option<(IpAddr, u16)> {
+        Some((self.peer_addr.parse().ok()?, self.peer_port))
+    }
+
+    fn held_by(&self, pid: u32) -> bool {
+        self.pid == Some(pid) || self.holders.iter().any(|h| h.pid == pid)
+    }
+}
+
+/// The filters of the sockets endpoint (and of `cwatch ls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub leaked: Option<bool>,
+    pub pid: Option<u32>,
+    pub peer: Option<PeerFilter>,
+}
+
+impl Selection {
+    /// Whether `socket` passes (`leaked`: whether it is leaked now). `pid`
+    /// matches any process holding the socket.
+    pub fn matches(&self, socket: &impl Selectable, leaked: bool) -> bool {
+        self.leaked.is_none_or(|want| want == leaked)
+            && self.pid.is_none_or(|pid| socket.held_by(pid))
+            && self.peer.is_none_or(|p| {
+                socket
+                    .peer()
+                    .is_some_and(|(addr, port)| p.matches(addr, port))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(peer: &str, port: u16, pid: Option<u32>, holders: &[u32]) -> ApiSocket {
+        ApiSocket {
+            cookie: 1,
+            state: "CLOSE_WAIT".into(),
+            direction: "outbound".into(),
+            local_addr: "127.0.0.1".into(),
+            local_port: 40000,
+            peer_addr: peer.into(),
+            peer_port: port,
+            pid,
+            comm: None,
+            fd: None,
+            holders: holders
+                .iter()
+                .map(|&pid| Holder {
+                    pid,
+                    comm: "x".into(),
+                    fd: Some(3),
+                })
+                .collect(),
+            netns: 1,
+            age_seconds: 1.0,
+            age_estimated: false,
+            leaked: false,
+        }
+    }
+
+    #[test]
+    fn the_client_selects_as_the_daemon_does() {
+        let peer = |t: &str| Some(PeerFilter::parse(t).unwrap());
+        let s = api("127.0.1.1", 7000, Some(42), &[42, 43]);
+        let sel = |pid, p| Selection {
+            leaked: None,
+            pid,
+            peer: p,
+        };
+        assert!(sel(Some(43), peer("127.0.1.1")).matches(&s, false));
+        assert!(sel(None, peer("[::ffff:127.0.1.1]:7000")).matches(&s, false));
+        assert!(!sel(None, peer("127.0.1.1:7001")).matches(&s, false));
+        assert!(!sel(Some(44), None).matches(&s, false));
+        let leaked = Selection {
+            leaked: Some(true),
+            ..Selection::default()
+        };
+        assert!(!leaked.matches(&s, false) && leaked.matches(&s, true));
+        assert!(
+            PeerFilter::parse("somehost")
+                .unwrap_err()
+                .contains("not ADDR")
+        );
+    }
+}

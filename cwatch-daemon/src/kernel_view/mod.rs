@@ -1,0 +1,129 @@
+/*!
+What the kernel's own socket table shows, through [`sockdiag`] in every
+network namespace ([`netns`]): the CLOSE_WAIT sockets reconciliation
+compares with the table, the LAST_ACK ones `LINGER` pruning spares, and the
+listeners that tell an accepted socket from a connected one.
+
+Fetching ([`kernel_view`]: a dump per namespace) is apart from building the
+view ([`KernelView::from_dumps`]), which is unit-tested on made-up dumps.
+*/
+pub mod netns;
+pub mod sockdiag;
+
+use std::collections::{HashMap, HashSet};
+
+use cwatch_common::{SockRecord, tcp_state};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, StateFlags};
+use tracing::warn;
+
+use self::sockdiag::DiagSocket;
+use crate::{
+    owners::ProcRoot,
+    table::{Direction, SockEntry},
+};
+
+/// What sock_diag showed, across namespaces.
+#[derive(Debug, Default)]
+pub struct KernelView {
+    /// CLOSE_WAIT sockets by cookie, with their namespace.
+    pub close_wait: HashMap<u64, (DiagSocket, u32)>,
+    /// Cookies in LAST_ACK (left CLOSE_WAIT, waiting for the peer's ACK).
+    pub last_ack: HashSet<u64>,
+    /// (netns, port) of every listener.
+    pub listeners: HashSet<(u32, u16)>,
+    /// `net.ipv4.ip_local_port_range` (low, high): where connect() picks
+    /// local ports.
+    pub ephemeral: (u16, u16),
+    /// Namespaces that answered: only their sockets can be called gone.
+    pub covered: HashSet<u32>,
+}
+
+/// Dumps every namespace's CLOSE_WAIT, LAST_ACK and LISTEN TCP sockets;
+/// `with_info`: with tcp_info, for estimating the start of sockets cwatch
+/// never saw enter CLOSE_WAIT (needed only when some may be added).
+pub fn kernel_view(proc: &ProcRoot, with_info: bool) -> KernelView {
+    let states = StateFlags::CLOSE_WAIT | StateFlags::LAST_ACK | StateFlags::LISTEN;
+    let extensions = if with_info {
+        ExtensionFlags::INFO
+    } else {
+        ExtensionFlags::empty()
+    };
+    let dumps = netns::in_each(netns::list(proc), move || {
+        sockdiag::dump_with(states, extensions)
+    })
+    .into_iter()
+    .map(|(ns, result)| {
+        if let Err(err) = &result {
+            warn!(netns = ns.inode, path = %ns.path.display(), "sock_diag: {err}");
+        }
+        (ns.inode as u32, result.ok())
+    });
+    KernelView::from_dumps(dumps, proc.ephemeral_ports())
+}
+
+impl KernelView {
+    /// The view of one dump per namespace (`None`: that namespace did not
+    /// answer, so none of its sockets can be called gone).
+    pub fn from_dumps(
+        dumps: impl IntoIterator<Item = (u32, Option<Vec<DiagSocket>>)>,
+        ephemeral: (u16, u16),
+    ) -> Self {
+        let mut view = KernelView {
+            ephemeral,
+            ..KernelView::default()
+        };
+        for (inum, sockets) in dumps {
+            let Some(sockets) = sockets else { continue };
+            view.covered.insert(inum);
+            for s in sockets {
+                match u32::from(s.state) {
+                    tcp_state::CLOSE_WAIT => {
+                        view.close_wait.insert(s.cookie, (s, inum));
+                    }
+                    tcp_state::LAST_ACK => {
+                        view.last_ack.insert(s.cookie);
+                    }
+                    tcp_state::LISTEN => {
+                        view.listeners.insert((inum, s.local.port()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        view
+    }
+
+    pub fn is_ephemeral(&self, port: u16) -> bool {
+        (self.ephemeral.0..=self.ephemeral.1).contains(&port)
+    }
+}
+
+/// The table entry for a socket only sock_diag told us about.
+pub fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelView) -> SockEntry {
+    let estimated_start = match d.last_ack_recv {
+        Some(ago) => now_ns.saturating_sub(ago.as_nanos() as u64),
+        None => now_ns,
+    };
+    let mut rec = SockRecord::zeroed();
+    rec.cookie = d.cookie;
+    let mut entry = SockEntry::from_record(&rec);
+    entry.start_ns = estimated_start;
+    entry.age_estimated = true;
+    entry.local = d.local;
+    entry.peer = d.peer;
+    entry.netns = netns;
+    entry.inode = d.inode;
+    entry.direction = if d.inode == 0 {
+        Direction::Unaccepted
+    } else if view.listeners.contains(&(netns, d.local.port())) {
+        Direction::Inbound
+    } else if view.is_ephemeral(d.peer.port()) && !view.is_ephemeral(d.local.port()) {
+        // The listener is gone, but the remote end picked the ephemeral
+        // port: we accepted this one. Grouping it by the peer's ephemeral
+        // port would make a series per connection.
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    entry
+}

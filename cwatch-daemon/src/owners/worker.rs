@@ -1,0 +1,327 @@
+/*!
+The attribution worker's state and passes: which sockets are past their
+grace ([`Worker::pending`]), looking them up among their candidates'
+families within the scan budget or, for sockets found nowhere, with a walk
+of every process ([`Worker::resolve_pending`], [`Worker::walk`]), and
+recording what was found ([`Worker::apply`]). The rules are in the parent
+module's doc; the times all come from the state's clock.
+*/
+use std::{
+    collections::{HashMap, HashSet},
+    ops::{Add, Sub},
+    sync::Arc,
+    time::Duration,
+};
+
+use tracing::debug;
+
+use super::{
+    DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, WALK_MIN_GAP,
+    procfs::ProcRoot, refresh,
+};
+use crate::{
+    state::State,
+    table::{Comm, Holder, SockEntry},
+};
+
+/// A point in time on the state's clock (CLOCK_BOOTTIME ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Instant(u64);
+
+#[cfg(test)]
+impl Instant {
+    pub(super) fn at(ns: u64) -> Self {
+        Self(ns)
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, d: Duration) -> Instant {
+        Instant(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl Sub for Instant {
+    type Output = Duration;
+    fn sub(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// When a candidate's family scanned at `started`, for `took`, may be
+/// scanned again: scans take at most 1 / [`SCAN_BUDGET`] of the time, and
+/// never more often than every [`TICK`].
+pub(super) fn scan_again_at(started: Instant, took: Duration) -> Instant {
+    started + took.saturating_mul(SCAN_BUDGET).max(TICK)
+}
+
+/// One socket the worker has to look up.
+struct Pending {
+    cookie: u64,
+    inode: u64,
+    candidates: Vec<u32>,
+    dead: bool,
+}
+
+/// The worker thread's state.
+pub(super) struct Worker {
+    pub(super) state: Arc<State>,
+    pub(super) proc: ProcRoot,
+    pub(super) known_pids: HashSet<u32>,
+    last_walk: Option<Instant>,
+    comms: HashMap<u32, Option<Comm>>,
+    /// When each candidate's family may be scanned again.
+    next_scan: HashMap<u32, Instant>,
+    /// Sockets their candidates did not hold, since when.
+    missed: HashMap<u64, Instant>,
+    /// Bumped whenever this worker sets holders (see `refresh`).
+    pub(super) epoch: u64,
+    /// What the last refresh learned from the whole table.
+    pub(super) refresh_cache: refresh::Cache,
+}
+
+impl Worker {
+    pub(super) fn new(state: Arc<State>, proc: ProcRoot) -> Self {
+        Self {
+            known_pids: proc.pids().into_iter().collect(),
+            state,
+            proc,
+            last_walk: None,
+            comms: HashMap::new(),
+            next_scan: HashMap::new(),
+            missed: HashMap::new(),
+            epoch: 0,
+            refresh_cache: refresh::Cache::default(),
+        }
+    }
+
+    /// Now, on the state's clock (a test's clock in unit tests).
+    pub(super) fn now(&self) -> Instant {
+        Instant(self.state.clock.now_ns())
+    }
+
+    /// Process names are read again at the next pass.
+    pub(super) fn forget_comms(&mut self) {
+        self.comms.clear();
+    }
+
+    fn comm(&mut self, pid: u32) -> Option<Comm> {
+        let proc = &self.proc;
+        *self.comms.entry(pid).or_insert_with(|| proc.comm(pid))
+    }
+
+    fn holder(&mut self, pid: u32, fd: i32) -> Option<Holder> {
+        self.comm(pid).map(|comm| Holder { pid, fd, comm })
+    }
+
+    /// Sockets past their grace that still need holders, and dead sockets
+    /// past their grace that still need a verdict.
+    fn pending(&mut self) -> Vec<Pending> {
+        let now = self.state.clock.now_ns();
+        let grace = GRACE.as_nanos() as u64;
+        let mut table = self.state.lock_table();
+        let mut out = Vec::new();
+        let mut unaccepted = Vec::new();
+        for entry in table.unresolved() {
+            if now.saturating_sub(entry.start_ns) < grace {
+                continue;
+            }
+            if entry.inode == 0 {
+                unaccepted.push(entry.cookie);
+                continue;
+            }
+            out.push(Pending {
+                cookie: entry.cookie,
+                inode: entry.inode,
+                candidates: entry.hint.map(|h| h.pid).into_iter().collect(),
+                dead: false,
+            });
+        }
+        // Unaccepted: no fd anywhere; the listener is the owner.
+        if !unaccepted.is_empty() {
+            self.epoch += 1;
+        }
+        for cookie in unaccepted {
+            table.set_holders(cookie, Vec::new());
+        }
+        let dead_grace = DEAD_GRACE.as_nanos() as u64;
+        for dead in table.unverified() {
+            if now.saturating_sub(dead.left_ns) < dead_grace {
+                continue;
+            }
+            let mut candidates: Vec<u32> = dead.sock.holders.iter().map(|h| h.pid).collect();
+            candidates.extend(dead.sock.hint.map(|h| h.pid));
+            out.push(Pending {
+                cookie: dead.sock.cookie,
+                inode: dead.sock.inode,
+                candidates,
+                dead: true,
+            });
+        }
+        out
+    }
+
+    /// Looks up pending sockets among their candidates' families; falls back
+    /// to one walk for those found nowhere.
+    pub(super) fn resolve_pending(&mut self) {
+        let now = self.now();
+        self.next_scan.retain(|_, t| *t > now);
+        // Candidates over their scan budget wait for a later pass.
+        let pending: Vec<Pending> = self
+            .pending()
+            .into_iter()
+            .filter(|p| !p.candidates.iter().any(|c| self.next_scan.contains_key(c)))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        tracing::trace!(pending = pending.len(), "looking up holders");
+        let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
+        let mut scanned = HashSet::new();
+        let candidates: HashSet<u32> = pending
+            .iter()
+            .flat_map(|p| p.candidates.iter().copied())
+            .collect();
+        for c in candidates {
+            let started = self.now();
+            let family: Vec<u32> = self
+                .proc
+                .family(c, FAMILY_LIMIT)
+                .into_iter()
+                .filter(|pid| scanned.insert(*pid))
+                .collect();
+            for (inode, holders) in self.scan(&family) {
+                found.entry(inode).or_default().extend(holders);
+            }
+            let took = self.now() - started;
+            self.next_scan.insert(c, scan_again_at(started, took));
+        }
+        // A socket its candidates do not hold may just have been closed
+        // (its leave event not applied yet): only one still missing after
+        // MISS_PATIENCE is worth a walk.
+        let missing: Vec<u64> = pending
+            .iter()
+            .filter(|p| p.inode != 0 && !found.contains_key(&p.inode))
+            .map(|p| p.cookie)
+            .collect();
+        self.missed.retain(|cookie, _| missing.contains(cookie));
+        for cookie in &missing {
+            self.missed.entry(*cookie).or_insert(now);
+        }
+        let overdue = self.missed.values().any(|t| now - *t >= MISS_PATIENCE);
+        let walk_due = self.last_walk.is_none_or(|t| now - t >= WALK_MIN_GAP);
+        let missing = missing.len();
+        if overdue && walk_due {
+            self.missed.clear();
+            debug!(
+                missing,
+                "sockets not held by their candidates: walking /proc"
+            );
+            self.walk();
+            return;
+        }
+        self.apply(&pending, &found, missing > 0);
+    }
+
+    /// Records holders found for `pending`. Sockets not found stay
+    /// unresolved when `retry` (a walk will come), dead ones not held are
+    /// dropped.
+    fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+        self.epoch += 1;
+        let now = self.state.clock.now_ns();
+        let mut latencies = Vec::new();
+        let mut table = self.state.lock_table();
+        let mut observe = |entry: &SockEntry| {
+            if !entry.resolved && !entry.age_estimated {
+                latencies.push(Duration::from_nanos(now.saturating_sub(entry.start_ns)));
+            }
+        };
+        for p in pending {
+            let holders = found.get(&p.inode).cloned().unwrap_or_default();
+            if p.dead {
+                if holders.is_empty() {
+                    table.remove_dead(p.cookie);
+                } else {
+                    table.verify_dead(p.cookie, holders);
+                }
+            } else if let Some(entry) = table.get(p.cookie) {
+                if holders.is_empty() && retry {
+                    continue;
+                }
+                observe(entry);
+                table.set_holders(p.cookie, holders);
+            }
+        }
+        // Younger sockets whose holders the scans just saw are resolved too:
+        // the fd tables were read anyway.
+        if !found.is_empty() {
+            let seen: Vec<(u64, Vec<Holder>)> = table
+                .unresolved()
+                .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
+                .collect();
+            for (cookie, holders) in seen {
+                if let Some(entry) = table.get(cookie) {
+                    observe(entry);
+                }
+                table.set_holders(cookie, holders);
+            }
+        }
+        drop(table);
+        for l in latencies {
+            self.state.telemetry.observe_attribution(l);
+        }
+    }
+
+    /// Socket fds of `pids`, as inode → holders.
+    pub(super) fn scan(&mut self, pids: &[u32]) -> HashMap<u64, Vec<Holder>> {
+        let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
+        for &pid in pids {
+            let Ok(fds) = self.proc.socket_fds(pid) else {
+                continue;
+            };
+            for (fd, inode) in fds {
+                if let Some(h) = self.holder(pid, fd) {
+                    out.entry(inode).or_default().push(h);
+                }
+            }
+        }
+        self.state.telemetry.procfs_scans(pids.len() as u64, 0);
+        out
+    }
+
+    /// Scans every process and sets the holders of every tracked socket.
+    pub(super) fn walk(&mut self) {
+        let pids = self.proc.pids();
+        self.known_pids = pids.iter().copied().collect();
+        let found = self.scan(&pids);
+        self.last_walk = Some(self.now());
+        self.state.telemetry.procfs_scans(0, 1);
+        // Young dead sockets may just be closing: leave them to their grace.
+        let now = self.state.clock.now_ns();
+        let grace = DEAD_GRACE.as_nanos() as u64;
+        let pending: Vec<Pending> = {
+            let table = self.state.lock_table();
+            let live = table.iter().map(|e| Pending {
+                cookie: e.cookie,
+                inode: e.inode,
+                candidates: Vec::new(),
+                dead: false,
+            });
+            let dead = table
+                .dead()
+                .filter(|d| now.saturating_sub(d.left_ns) >= grace)
+                .map(|d| Pending {
+                    cookie: d.sock.cookie,
+                    inode: d.sock.inode,
+                    candidates: Vec::new(),
+                    dead: true,
+                });
+            live.chain(dead).filter(|p| p.inode != 0).collect()
+        };
+        self.apply(&pending, &found, false);
+    }
+}

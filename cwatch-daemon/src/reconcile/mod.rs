@@ -1,0 +1,380 @@
+/*!
+Reconciliation: brings the socket table (and the kernel's pinned
+`CLOSE_WAIT` map) back in line with the kernel's own socket table, read
+through sock_diag in every network namespace, so a lost event, a missed
+transition or a record deleted from a map never leaves a gauge wrong for
+longer than one `--reconcile-interval`. Each difference fixed is counted in
+`cwatch_reconcile_corrections_total`.
+
+The first pass, at start-up before `/healthz` turns ready, is how cwatch
+learns the sockets that were in CLOSE_WAIT before it ran: those the pinned
+map remembers keep their true start; the others get an estimated one
+(tcp_info's last ACK received, else now) and `age_estimated`. Differences
+found by the first pass are discovery, not drift, and are not counted.
+*/
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use cwatch_common::{Event, SockRecord, counter};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    kernel_view::{KernelView, entry_from_diag, kernel_view},
+    owners::{self, ProcRoot, Work},
+    probe::Probes,
+    state::State,
+    table::{DeadEntry, Direction, SockEntry, SocketTable},
+};
+
+/// What one pass changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Corrections {
+    /// In CLOSE_WAIT in the kernel, missing from the table.
+    pub added: u64,
+    /// In the table, no longer in CLOSE_WAIT in the kernel.
+    pub removed: u64,
+    /// Missing from the kernel's CLOSE_WAIT map (re-inserted).
+    pub map_added: u64,
+    /// In the kernel's CLOSE_WAIT map, no longer in CLOSE_WAIT (deleted).
+    pub map_removed: u64,
+}
+
+impl Corrections {
+    /// The counts in the order of `telemetry::CORRECTION_KINDS`.
+    pub fn counts(&self) -> [u64; 4] {
+        [self.added, self.removed, self.map_added, self.map_removed]
+    }
+}
+
+/// A socket that left CLOSE_WAIT, is held by no fd and is no longer in
+/// LAST_ACK is forgotten from `LINGER` after this long (its destroy went
+/// unseen, e.g. while no daemon ran).
+const LINGER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the
+/// namespaces it covers). Call it after a drain of the ring that began once
+/// the dump was complete: every event from before the dump is applied, so
+/// a difference left is drift.
+///
+/// `map` is the kernel's CLOSE_WAIT map read after that drain: a socket
+/// found there but not in the table lost its enter event and keeps its true
+/// start. A socket in neither either predates cwatch (the first pass), or
+/// left CLOSE_WAIT while the dump ran: after the first pass it is added
+/// only when two passes in a row find it so (`suspects` carries them).
+/// Entries recorded at or after `dump_start_ns` are newer than the dump and
+/// left alone.
+pub fn sync(
+    table: &mut SocketTable,
+    view: &KernelView,
+    map: &HashMap<u64, SockRecord>,
+    now_ns: u64,
+    dump_start_ns: u64,
+    suspects: &mut Suspects,
+) -> Corrections {
+    let mut c = Corrections::default();
+    let stale: Vec<u64> = table
+        .iter()
+        .filter(|e| {
+            view.covered.contains(&e.netns)
+                && !view.close_wait.contains_key(&e.cookie)
+                && e.start_ns < dump_start_ns
+        })
+        .map(|e| e.cookie)
+        .collect();
+    for cookie in stale {
+        table.remove(cookie);
+        c.removed += 1;
+    }
+    let mut next_suspects = HashSet::new();
+    for (cookie, (d, netns)) in &view.close_wait {
+        if let Some(entry) = table.get_mut(*cookie) {
+            if entry.inode == 0 && d.inode != 0 {
+                // Accepted since: now it has an fd to find.
+                entry.inode = d.inode;
+                entry.direction = Direction::Inbound;
+                table.mark_unresolved(*cookie);
+            }
+            continue;
+        }
+        match map.get(cookie) {
+            Some(rec) if rec.start_ns != 0 => {
+                table.insert(SockEntry::from_record(rec));
+                c.added += 1;
+            }
+            _ if suspects.first_pass || suspects.cookies.contains(cookie) => {
+                table.insert(entry_from_diag(d, *netns, now_ns, view));
+                c.added += 1;
+            }
+            _ => {
+                next_suspects.insert(*cookie);
+            }
+        }
+    }
+    suspects.cookies = next_suspects;
+    suspects.first_pass = false;
+    c
+}
+
+/// What one pass leaves to the next: sockets it found in CLOSE_WAIT that
+/// neither the table nor the kernel map knew (see [`sync`]), how many passes
+/// ran since the last full one, and the drift evidence it saw.
+#[derive(Debug)]
+pub struct Suspects {
+    first_pass: bool,
+    cookies: HashSet<u64>,
+    passes_since_full: u32,
+    evidence: Option<u64>,
+}
+
+impl Default for Suspects {
+    fn default() -> Self {
+        Self {
+            first_pass: true,
+            cookies: HashSet::new(),
+            passes_since_full: 0,
+            evidence: None,
+        }
+    }
+}
+
+/// A full pass (a sock_diag dump in every namespace, the kernel map read
+/// whole, and a walk of `/proc` if some socket has no known holder) runs
+/// when the kernel counted an event lost or a record it could not store
+/// since the last one — the only ways the table can drift from the
+/// kernel — and otherwise every this many intervals, as a safety net that
+/// also repairs records deleted from the map behind cwatch's back and finds
+/// holders that appeared without a fork. At a million sockets a full pass
+/// costs seconds of CPU; an interval without one costs a map read.
+pub const FULL_EVERY: u32 = 10;
+
+/// The kernel's counts of lost events and of records it could not store;
+/// `None` when unreadable (then every pass is full).
+fn drift_evidence(probes: &Probes) -> Option<u64> {
+    match probes.counter_totals() {
+        Ok(k) => Some(
+            k[counter::EVENTS_LOST as usize]
+                + k[counter::RECORDS_FULL as usize]
+                + k[counter::LINGER_FULL as usize],
+        ),
+        Err(err) => {
+            warn!("reading kernel counters: {err}");
+            None
+        }
+    }
+}
+
+/// Whether a socket with an fd to find has no holder yet, or a dead socket
+/// is not verified yet.
+fn needs_walk(table: &SocketTable) -> bool {
+    table.iter().any(|e| e.inode != 0 && e.holders.is_empty())
+        || table.unverified().next().is_some()
+}
+
+/// The reconciliation task: what it owns (the pass-to-pass suspects) and
+/// what it works with (the shared state, the probes' maps, the attribution
+/// worker's handle, the proc root).
+pub struct Reconciler {
+    pub state: Arc<State>,
+    pub probes: Arc<Probes>,
+    pub owners: owners::Handle,
+    pub proc: ProcRoot,
+    pub suspects: Suspects,
+}
+
+impl Reconciler {
+    /// Waits (at most a second) for a drain of the ring that began after
+    /// `after_ns`.
+    fn wait_for_drain(&self, after_ns: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self.state.drained_ns() <= after_ns && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One pass: sock_diag in every namespace, then the table, the kernel's
+    /// map and `LINGER` are brought in line. The first pass is the start-up
+    /// one.
+    pub fn pass(&mut self) -> anyhow::Result<Corrections> {
+        let state = &*self.state;
+        let suspects = &mut self.suspects;
+        let initial = suspects.first_pass;
+        let evidence = drift_evidence(&self.probes);
+        suspects.passes_since_full += 1;
+        let periodic = suspects.passes_since_full >= FULL_EVERY;
+        if !initial
+            && !periodic
+            && suspects.cookies.is_empty()
+            && evidence.is_some()
+            && evidence == suspects.evidence
+        {
+            debug!("reconciliation: no event lost since the last full pass; skipped");
+            state.telemetry.reconcile_pass(false);
+            return Ok(Corrections::default());
+        }
+        suspects.passes_since_full = 0;
+        suspects.evidence = evidence;
+        let dump_start_ns = state.clock.now_ns();
+        // Unknown sockets are added with an estimated start on the first
+        // pass, or when a suspect is seen again: only then is tcp_info worth
+        // its bytes.
+        let view = kernel_view(&self.proc, initial || !suspects.cookies.is_empty());
+        self.wait_for_drain(state.clock.now_ns());
+        let map = self.probes.close_wait_snapshot()?;
+        let linger = if initial {
+            Some(self.probes.linger_snapshot()?)
+        } else {
+            None
+        };
+        let now_ns = state.clock.now_ns();
+        let mut c = {
+            let mut table = state.lock_table();
+            let c = sync(
+                &mut table,
+                &view,
+                &map,
+                now_ns,
+                dump_start_ns,
+                &mut self.suspects,
+            );
+            if let Some(linger) = &linger {
+                restore_dead(&mut table, linger);
+            }
+            c
+        };
+        let (map_added, map_removed) = self.sync_map(&view, &map, dump_start_ns)?;
+        c.map_added = map_added;
+        c.map_removed = map_removed;
+        self.prune_linger(&view, now_ns)?;
+        if initial || periodic || needs_walk(&state.lock_table()) {
+            self.owners.request(Work::Walk);
+        }
+        // Counted once done, so a reader of the counter knows the pass is over.
+        state.telemetry.reconcile_pass(true);
+        if initial {
+            info!(
+                sockets = view.close_wait.len(),
+                namespaces = view.covered.len(),
+                "start-up reconciliation: found the sockets already in CLOSE_WAIT"
+            );
+            return Ok(Corrections::default());
+        }
+        state.telemetry.corrections(c.counts());
+        if c != Corrections::default() {
+            info!(
+                added = c.added,
+                removed = c.removed,
+                map_added = c.map_added,
+                map_removed = c.map_removed,
+                "reconciliation corrected drift"
+            );
+        }
+        Ok(c)
+    }
+
+    /// Re-inserts CLOSE_WAIT sockets missing from the kernel map and deletes
+    /// records of sockets no longer in CLOSE_WAIT.
+    fn sync_map(
+        &self,
+        view: &KernelView,
+        map: &HashMap<u64, SockRecord>,
+        dump_start_ns: u64,
+    ) -> anyhow::Result<(u64, u64)> {
+        let missing: Vec<SockRecord> = {
+            let table = self.state.lock_table();
+            view.close_wait
+                .keys()
+                .filter(|cookie| !map.contains_key(cookie))
+                .filter_map(|cookie| table.get(*cookie).map(SockEntry::to_record))
+                .collect()
+        };
+        let stale: Vec<u64> = map
+            .iter()
+            .filter(|(cookie, rec)| {
+                view.covered.contains(&rec.netns)
+                    && !view.close_wait.contains_key(cookie)
+                    && rec.start_ns < dump_start_ns
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        self.probes.update_close_wait(&missing, &stale)?;
+        Ok((missing.len() as u64, stale.len() as u64))
+    }
+
+    /// Forgets `LINGER` records of sockets that are neither held (a verified
+    /// dead entry) nor in LAST_ACK, once they are old enough.
+    fn prune_linger(&self, view: &KernelView, now_ns: u64) -> anyhow::Result<()> {
+        let linger = self.probes.linger_snapshot()?;
+        let limit = LINGER_LIMIT.as_nanos() as u64;
+        let held: HashSet<u64> = self
+            .state
+            .lock_table()
+            .dead()
+            .map(|d| d.sock.cookie)
+            .collect();
+        let forget: Vec<u64> = linger
+            .iter()
+            .filter(|(cookie, ev)| {
+                !held.contains(cookie)
+                    && !view.last_ack.contains(cookie)
+                    && now_ns.saturating_sub(ev.ts_ns) > limit
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        self.probes.forget_linger(&forget);
+        Ok(())
+    }
+
+    /// Reconciles every `reconcile_interval` until `cancel`, carrying on
+    /// from the start-up pass.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.state.config().reconcile_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first pass already ran at start-up
+        let mut this = Some(self);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            let Some(mut task) = this.take() else { return };
+            let done = tokio::task::spawn_blocking(move || {
+                let result = task.pass();
+                (task, result)
+            })
+            .await;
+            match done {
+                Ok((task, result)) => {
+                    if let Err(err) = result {
+                        warn!("reconciliation failed: {err:#}");
+                    }
+                    this = Some(task);
+                }
+                Err(err) => {
+                    warn!("reconciliation task failed: {err}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Dead sockets a previous daemon saw leave CLOSE_WAIT (pinned `LINGER`):
+/// the attribution worker checks whether an fd still holds them.
+fn restore_dead(table: &mut SocketTable, linger: &HashMap<u64, Event>) {
+    for event in linger.values() {
+        if table.get(event.rec.cookie).is_none() {
+            table.insert_dead(DeadEntry::left(
+                SockEntry::from_record(&event.rec),
+                event.ts_ns,
+                event.newstate,
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+/*!
+What the daemon's tasks really share, and nothing else: the configuration in
+force, the clock, the socket table, the stages' telemetry, the loaded probes
+(the kernel maps reconciliation and scrapes read), and two facts about
+progress (ready; how far the ring has been drained).
+
+No lock here is ever held across file, netlink or socket I/O: the table's
+lock guards pure data (callers copy out what they need, then do their I/O),
+and the probes are handed out as an `Arc` so that map reads need no lock of
+this module at all.
+*/
+use std::sync::{
+    Arc, Mutex, MutexGuard, RwLock,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use crate::{
+    clock::Clock, config::Config, probe::Probes, table::SocketTable, telemetry::Telemetry,
+};
+
+/// State shared by the tasks and the HTTP handlers.
+pub struct State {
+    /// Replaced whole on SIGHUP; read it through [`State::config`].
+    config: RwLock<Arc<Config>>,
+    pub clock: Box<dyn Clock>,
+    pub telemetry: Telemetry,
+    table: Mutex<SocketTable>,
+    /// Set once the programs are attached; taken at shutdown to detach them.
+    probes: RwLock<Option<Arc<Probes>>>,
+    ready: AtomicBool,
+    /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
+    /// every event recorded before it has been read (or was lost).
+    drained_ns: AtomicU64,
+}
+
+impl State {
+    pub fn new(config: Config, clock: Box<dyn Clock>) -> Self {
+        Self {
+            config: RwLock::new(Arc::new(config)),
+            clock,
+            telemetry: Telemetry::new(),
+            table: Mutex::new(SocketTable::new()),
+            probes: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            drained_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// The table; a panic elsewhere while holding it does not poison it for
+    /// good (the data is a cache the next reconciliation repairs).
+    pub fn lock_table(&self) -> MutexGuard<'_, SocketTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The loaded probes, `None` before they are attached or once detached.
+    pub fn probes(&self) -> Option<Arc<Probes>> {
+        self.probes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_probes(&self, probes: Arc<Probes>) {
+        *self.probes.write().unwrap_or_else(|e| e.into_inner()) = Some(probes);
+    }
+
+    /// Takes the probes out (shutdown): they detach once the last user of
+    /// the `Arc` lets go.
+    pub fn take_probes(&self) -> Option<Arc<Probes>> {
+        self.probes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    pub fn drained_ns(&self) -> u64 {
+        self.drained_ns.load(Ordering::Acquire)
+    }
+
+    /// Intake: a drain that began at `ns` is complete.
+    pub fn set_drained(&self, ns: u64) {
+        self.drained_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}

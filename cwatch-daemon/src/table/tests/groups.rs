@@ -1,0 +1,173 @@
+//! The groups the table keeps up to date against the plain walk
+//! ([`SocketTable::summarize_where`]) over random tables and random changes.
+use std::time::Duration;
+
+use super::{holder, record};
+use crate::table::{
+    SockEntry, SocketTable,
+    groups::{GroupIndex, SMALL, frontier},
+};
+
+const S: u64 = 1_000_000_000;
+
+/// A small deterministic generator (xorshift64*): the same cases every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A socket with a random owner (or none), peer, direction and start.
+fn random_entry(rng: &mut Rng, cookie: u64, now: u64) -> SockEntry {
+    let owner = match rng.below(4) {
+        0 => None,
+        n => Some((100 + n as u32, ["a", "b", "c"][n as usize - 1])),
+    };
+    let mut rec = record(cookie, now.saturating_sub(rng.below(20) * S), owner);
+    rec.peer_addr[3] = rng.below(3) as u8;
+    rec.peer_port = 7000 + rng.below(2) as u16;
+    let mut entry = SockEntry::from_record(&rec);
+    // Some starts collide to the nanosecond; some are estimated.
+    if rng.below(5) == 0 {
+        entry.start_ns = now.saturating_sub(10 * S);
+        entry.age_estimated = true;
+    }
+    entry
+}
+
+fn check(table: &mut SocketTable, now: u64, leak_after: Duration, step: usize) {
+    let walked = table.summarize_where(now, leak_after, |_| true);
+    let kept = table.summary(now, leak_after);
+    assert_eq!(
+        kept, walked,
+        "step {step}, now {now}, leak-after {leak_after:?}"
+    );
+}
+
+#[test]
+fn kept_groups_equal_the_walk_through_random_changes() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut table = SocketTable::new();
+        let mut now = 100 * S;
+        let mut leak_after = Duration::from_secs(5);
+        let mut next_cookie = 1;
+        for step in 0..400 {
+            match rng.below(10) {
+                0..=2 => {
+                    let e = random_entry(&mut rng, next_cookie, now);
+                    table.insert(e);
+                    next_cookie += 1;
+                }
+                // Replace an existing socket (an enter event after the
+                // reconciliation found it).
+                3 if next_cookie > 1 => {
+                    let cookie = 1 + rng.below(next_cookie - 1);
+                    let e = random_entry(&mut rng, cookie, now);
+                    table.insert(e);
+                }
+                4 if next_cookie > 1 => {
+                    table.remove(1 + rng.below(next_cookie - 1));
+                }
+                5 if next_cookie > 1 => {
+                    let cookie = 1 + rng.below(next_cookie - 1);
+                    let holders = match rng.below(3) {
+                        0 => Vec::new(),
+                        n => vec![holder(200 + n as u32, 3, "held")],
+                    };
+                    table.set_holders(cookie, holders);
+                }
+                // Changed behind the table's back, as reconciliation and
+                // the holders refresh do.
+                6 if next_cookie > 1 => {
+                    let cookie = 1 + rng.below(next_cookie - 1);
+                    if let Some(e) = table.get_mut(cookie) {
+                        e.direction = crate::table::Direction::Outbound;
+                        e.set_holders(vec![holder(300, 4, "moved")]);
+                    }
+                }
+                7 => {
+                    if let Some(e) = table.iter_mut().next() {
+                        e.set_holders(Vec::new());
+                        e.start_ns = e.start_ns.saturating_sub(S);
+                    }
+                }
+                8 => now += rng.below(3) * S,
+                _ => {
+                    // A reload may change leak-after either way, to zero.
+                    leak_after = Duration::from_secs(rng.below(12));
+                }
+            }
+            // Some seeds change the table many times between summaries
+            // (the first one builds the groups from scratch).
+            if seed % 3 != 0 || step % 50 == 49 {
+                check(&mut table, now, leak_after, step);
+            }
+        }
+        // Every socket gone: no group left.
+        let cookies: Vec<u64> = table.cookies().collect();
+        for cookie in cookies {
+            table.remove(cookie);
+        }
+        check(&mut table, now, leak_after, usize::MAX);
+        assert!(table.summary(now, leak_after).processes.is_empty());
+    }
+}
+
+#[test]
+fn frontier_counts_each_start_once_and_moves_both_ways() {
+    let mut index: GroupIndex<u8> = GroupIndex::default();
+    let id = index.add(1, 10 * S, 1);
+    index.add(1, 20 * S, 2);
+    index.add(2, 30 * S, 3);
+    let at = |index: &mut GroupIndex<u8>, now: u64, after: u64| {
+        index.advance(frontier(now, Duration::from_secs(after)));
+        let mut v: Vec<(u8, u64, u64)> = index
+            .stats(now)
+            .map(|(k, s)| (k, s.sockets, s.leaked))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(at(&mut index, 25 * S, 10), vec![(1, 2, 1), (2, 1, 0)]);
+    assert_eq!(at(&mut index, 25 * S, 10), vec![(1, 2, 1), (2, 1, 0)]);
+    assert_eq!(at(&mut index, 40 * S, 10), vec![(1, 2, 2), (2, 1, 1)]);
+    assert_eq!(at(&mut index, 40 * S, 100), vec![(1, 2, 0), (2, 1, 0)]);
+    assert_eq!(at(&mut index, 5 * S, 0), vec![(1, 2, 2), (2, 1, 1)]);
+    index.remove(id, 10 * S, 1);
+    index.remove(id, 20 * S, 2);
+    assert_eq!(index.len(), 1, "an empty group is forgotten");
+    assert_eq!(index.key(id), None);
+    // Its id is reused by the next new group.
+    assert_eq!(index.add(3, 1, 9), id);
+}
+
+#[test]
+fn a_large_group_changes_representation_and_keeps_its_numbers() {
+    let mut index: GroupIndex<u8> = GroupIndex::default();
+    let n = 10 * SMALL as u64;
+    for i in 0..n {
+        index.add(7, i, i);
+    }
+    index.advance(Some(n / 2));
+    let stats = |index: &GroupIndex<u8>| index.stats(n).next().unwrap().1;
+    assert_eq!(
+        (stats(&index).sockets, stats(&index).leaked),
+        (n, n / 2 + 1)
+    );
+    for i in (0..n).rev().skip(3) {
+        index.remove(0, i, i);
+    }
+    let s = stats(&index);
+    assert_eq!((s.sockets, s.leaked), (3, 0));
+    assert_eq!(s.oldest, Duration::from_nanos(3));
+}

@@ -1,0 +1,183 @@
+/*!
+What the stages count while they work, for `/metrics`: events that could not
+be decoded and the CLOSE_WAIT durations (intake), the fd-lookup latency and
+the `/proc` reads (attribution), the corrections and passes
+(reconciliation), and the SIGHUP reloads. One prometheus registry that the
+exporter gathers beside its own families: a stage records here and never
+needs to know how metrics are rendered.
+*/
+use std::time::Duration;
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// Buckets of `cwatch_close_wait_duration_seconds`, fixed by the contract.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Buckets of `cwatch_attribution_seconds`.
+const ATTRIBUTION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// The kinds of `cwatch_reconcile_corrections_total`.
+pub const CORRECTION_KINDS: [&str; 4] = ["added", "removed", "map_added", "map_removed"];
+
+/// The stages' counters and histograms.
+pub struct Telemetry {
+    registry: Registry,
+    malformed: IntCounter,
+    duration: Histogram,
+    attribution: Histogram,
+    procfs_scans: IntCounterVec,
+    corrections: IntCounterVec,
+    passes: IntCounterVec,
+    reload_ok: Gauge,
+    reloads: IntCounterVec,
+}
+
+/// Registers `c` in `r`; names are fixed and unique, so this cannot fail.
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+/// A counter vector; the options are constants checked by the tests.
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options");
+    register(r, vec)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid histogram options");
+    register(r, h)
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let malformed = IntCounter::new(
+            "cwatch_events_malformed_total",
+            "Ring buffer records the daemon could not decode.",
+        )
+        .expect("valid counter");
+        let reload_ok = Gauge::new(
+            "cwatch_config_last_reload_successful",
+            "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.",
+        )
+        .expect("valid gauge");
+        let t = Self {
+            malformed: register(&r, malformed),
+            duration: histogram(
+                &r,
+                "cwatch_close_wait_duration_seconds",
+                "Time from CLOSE_WAIT to close, for closed sockets whose start was seen.",
+                DURATION_BUCKETS,
+            ),
+            attribution: histogram(
+                &r,
+                "cwatch_attribution_seconds",
+                "Time from the transition into CLOSE_WAIT to the socket's fd holders being known (sockets closed within the grace period are never looked up).",
+                ATTRIBUTION_BUCKETS,
+            ),
+            procfs_scans: counter_vec(
+                &r,
+                "cwatch_procfs_scans_total",
+                "Reads of /proc for attribution: process (one process's fd table), walk (every process).",
+                &["kind"],
+            ),
+            corrections: counter_vec(
+                &r,
+                "cwatch_reconcile_corrections_total",
+                "Differences reconciliation against sock_diag had to fix: added (a CLOSE_WAIT socket missing from the table, e.g. a lost enter event), removed (a table entry the kernel no longer has in CLOSE_WAIT, e.g. a lost leave event), map_added / map_removed (the same for the kernel's pinned CLOSE_WAIT map).",
+                &["kind"],
+            ),
+            passes: counter_vec(
+                &r,
+                "cwatch_reconcile_passes_total",
+                "Reconciliation passes by kind: full (sock_diag dump, map read, fixes) or skipped (no event lost since the last full pass).",
+                &["pass"],
+            ),
+            reload_ok: register(&r, reload_ok),
+            reloads: counter_vec(
+                &r,
+                "cwatch_config_reloads_total",
+                "SIGHUP reloads, by result (success, failure).",
+                &["result"],
+            ),
+            registry: r,
+        };
+        t.reload_ok.set(1.0);
+        for result in ["success", "failure"] {
+            t.reloads.with_label_values(&[result]).inc_by(0);
+        }
+        for pass in ["full", "skipped"] {
+            t.passes.with_label_values(&[pass]).inc_by(0);
+        }
+        t
+    }
+
+    /// The registry the exporter gathers.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Ring buffer records of the wrong size.
+    pub fn malformed_events(&self, n: u64) {
+        self.malformed.inc_by(n);
+    }
+
+    /// A socket left CLOSE_WAIT after `d`.
+    pub fn observe_closed(&self, d: Duration) {
+        self.duration.observe(d.as_secs_f64());
+    }
+
+    /// Holders of a socket became known `d` after its transition.
+    pub fn observe_attribution(&self, d: Duration) {
+        self.attribution.observe(d.as_secs_f64());
+    }
+
+    /// `processes` fd tables were read, and `walks` walks of all of `/proc`.
+    pub fn procfs_scans(&self, processes: u64, walks: u64) {
+        self.procfs_scans
+            .with_label_values(&["process"])
+            .inc_by(processes);
+        self.procfs_scans.with_label_values(&["walk"]).inc_by(walks);
+    }
+
+    /// (processes, walks) counted so far.
+    #[cfg(test)]
+    pub fn procfs_scan_counts(&self) -> (u64, u64) {
+        let get = |kind: &str| self.procfs_scans.with_label_values(&[kind]).get();
+        (get("process"), get("walk"))
+    }
+
+    /// Corrections of one pass, in the order of [`CORRECTION_KINDS`].
+    pub fn corrections(&self, counts: [u64; 4]) {
+        for (kind, n) in CORRECTION_KINDS.iter().zip(counts) {
+            self.corrections.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
+    /// One reconciliation pass ran: `full` or skipped.
+    pub fn reconcile_pass(&self, full: bool) {
+        self.passes
+            .with_label_values(&[if full { "full" } else { "skipped" }])
+            .inc();
+    }
+
+    /// A SIGHUP reload succeeded (`ok`) or changed nothing.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_ok.set(f64::from(u8::from(ok)));
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
