@@ -29,11 +29,13 @@ fn main() -> anyhow::Result<()> {
     // aya-build relays every line the nested cargo prints as a build-script
     // warning, and cargo replays those on every later build: keep the nested
     // cargo to real diagnostics.
-    // SAFETY (both set_var calls): build scripts are single-threaded here.
+    // SAFETY: the build script is single-threaded; nothing reads the
+    // environment concurrently.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     if let Some(value) = toolchain.rustc_bootstrap() {
         // aya-build passes its environment to the nested cargo. Scoped to the
         // aya_ebpf crate: nothing else gets unstable features.
+        // SAFETY: single-threaded, as above.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", value) };
     }
     let toolchain_arg = toolchain.rustup_arg();

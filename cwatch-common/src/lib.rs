@@ -286,13 +286,19 @@ const _: () = assert!(core::mem::size_of::<Listener>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)], Copy, contain only integers and
-    // byte arrays, and have no padding bytes that could be uninitialised
-    // (checked by the size assertions above).
+    // SAFETY, for each impl below: the type is #[repr(C)] and Copy, holds
+    // only integers and byte arrays (any bit pattern is valid), and has no
+    // padding bytes that could be uninitialised (the size assertions above).
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SockRecord {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ListenerKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Listener {}
 }

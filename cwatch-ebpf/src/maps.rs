@@ -6,6 +6,8 @@ use aya_ebpf::{
 };
 use cwatch_common::{Event, Listener, ListenerKey, Owner, SockRecord, counter};
 
+use crate::kernel::Sock;
+
 /// Allocate hash map elements on demand instead of up front: the map is
 /// sized for a million sockets but usually nearly empty.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -84,7 +86,7 @@ pub fn count(index: u32) {
 
 /// `OWNERS` entry of `sk`: `create` makes a zeroed one when there is none.
 #[inline(always)]
-pub fn owner_of(sk: *mut core::ffi::c_void, create: bool) -> Option<*mut Owner> {
+pub fn owner_of(sk: Sock, create: bool) -> Option<*mut Owner> {
     use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
     use aya_ebpf::helpers::generated::bpf_sk_storage_get;
     let flags = if create {
@@ -93,7 +95,8 @@ pub fn owner_of(sk: *mut core::ffi::c_void, create: bool) -> Option<*mut Owner> 
         0
     };
     let map = (&raw const OWNERS).cast_mut().cast::<core::ffi::c_void>();
-    // SAFETY: `sk` is the tracepoint's BTF-typed socket, as the helper needs.
-    let ptr = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
+    // SAFETY: `sk` is a BTF-typed socket, as the helper needs, and `map` the
+    // socket-storage map's definition.
+    let ptr = unsafe { bpf_sk_storage_get(map, sk.as_ptr(), core::ptr::null_mut(), flags) };
     (!ptr.is_null()).then_some(ptr.cast::<Owner>())
 }

@@ -127,3 +127,50 @@ pub fn entry_from_diag(d: &DiagSocket, netns: u32, now_ns: u64, view: &KernelVie
     };
     entry
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(cookie: u64, state: u32, local: &str) -> DiagSocket {
+        DiagSocket {
+            cookie,
+            state: state as u8,
+            local: local.parse().unwrap(),
+            peer: "127.0.0.2:45000".parse().unwrap(),
+            inode: 10 + cookie,
+            uid: 0,
+            last_ack_recv: None,
+            keepalive: None,
+        }
+    }
+
+    #[test]
+    fn dumps_become_the_view_and_silent_namespaces_are_not_covered() {
+        let view = KernelView::from_dumps(
+            [
+                (
+                    1,
+                    Some(vec![
+                        sock(1, tcp_state::CLOSE_WAIT, "127.0.0.1:7000"),
+                        sock(2, tcp_state::LAST_ACK, "127.0.0.1:7000"),
+                        sock(3, tcp_state::LISTEN, "0.0.0.0:7000"),
+                        sock(4, tcp_state::ESTABLISHED, "127.0.0.1:7001"),
+                    ]),
+                ),
+                (2, None),
+            ],
+            (32768, 60999),
+        );
+        assert_eq!(view.close_wait.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(view.close_wait[&1].1, 1, "with its namespace");
+        assert!(view.last_ack.contains(&2) && view.last_ack.len() == 1);
+        assert_eq!(view.listeners, HashSet::from([(1, 7000)]));
+        assert_eq!(
+            view.covered,
+            HashSet::from([1]),
+            "namespace 2 did not answer"
+        );
+        assert!(view.is_ephemeral(45000) && !view.is_ephemeral(7000));
+    }
+}

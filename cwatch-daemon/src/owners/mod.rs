@@ -79,6 +79,7 @@ pub fn walk_now(state: &Arc<State>, proc: &ProcRoot) {
 /// until `cancel`.
 pub struct Attribution {
     worker: Worker,
+    refresh_task: refresh::Refresh,
     work: std::sync::mpsc::Receiver<Work>,
     refresh: Duration,
 }
@@ -91,6 +92,7 @@ impl Attribution {
         let worker = Worker::new(state, proc);
         let task = Self {
             worker,
+            refresh_task: refresh::Refresh::default(),
             work: rx,
             refresh,
         };
@@ -118,7 +120,7 @@ impl Attribution {
             }
             self.worker.resolve_pending();
             if self.worker.now() >= next_refresh {
-                self.worker.refresh();
+                self.refresh_task.run(&mut self.worker);
                 next_refresh = self.worker.now() + self.refresh;
             }
             self.worker.forget_comms();

@@ -17,9 +17,10 @@ use crate::table::{Holder, SockEntry};
 /// Refreshes between two looks at the whole table, at most.
 const REBUILD_EVERY: u32 = 12;
 
-/// The shared sockets and holding processes of the table as last seen.
+/// The refresh, with the shared sockets and holding processes of the table
+/// as last seen.
 #[derive(Debug, Default)]
-pub(super) struct Cache {
+pub(super) struct Refresh {
     /// (table size, dead entries, worker epoch) when built; `None`: never.
     stamp: Option<(usize, usize, u64)>,
     since: u32,
@@ -27,39 +28,36 @@ pub(super) struct Cache {
     holder_pids: HashSet<u32>,
 }
 
-impl Worker {
+impl Refresh {
     /// Re-checks sockets held by several fds (a single holder's close would
     /// have ended CLOSE_WAIT in the kernel) and scans processes forked by
     /// holders since the last refresh.
-    pub(super) fn refresh(&mut self) {
-        self.rebuild_cache_if_stale();
-        let shared_socks = self.refresh_cache.shared_socks.clone();
-        let holder_pids = &self.refresh_cache.holder_pids;
-        let pids = self.proc.pids();
+    pub(super) fn run(&mut self, w: &mut Worker) {
+        self.rebuild_if_stale(w);
+        let shared_socks = self.shared_socks.clone();
+        let holder_pids = &self.holder_pids;
+        let pids = w.proc.pids();
         let new: Vec<u32> = pids
             .iter()
             .copied()
-            .filter(|p| !self.known_pids.contains(p))
+            .filter(|p| !w.known_pids.contains(p))
             .filter(|p| {
-                self.proc
+                w.proc
                     .parent(*p)
                     .is_some_and(|pp| holder_pids.contains(&pp))
             })
             .collect();
-        self.known_pids = pids.into_iter().collect();
+        w.known_pids = pids.into_iter().collect();
         let mut changed: Vec<u64> = Vec::new();
         for (cookie, inode, holders) in &shared_socks {
-            if holders
-                .iter()
-                .any(|h| !self.proc.holds(h.pid, h.fd, *inode))
-            {
+            if holders.iter().any(|h| !w.proc.holds(h.pid, h.fd, *inode)) {
                 changed.push(*cookie);
             }
         }
         if changed.is_empty() && new.is_empty() {
             return;
         }
-        self.epoch += 1;
+        w.epoch += 1;
         // Rescan the processes involved: the holders of changed sockets and
         // the new children.
         let mut pids: Vec<u32> = new.clone();
@@ -70,9 +68,9 @@ impl Worker {
         }
         pids.sort_unstable();
         pids.dedup();
-        let found = self.scan(&pids);
+        let found = w.scan(&pids);
         let scanned: HashSet<u32> = pids.iter().copied().collect();
-        let mut table = self.state.lock_table();
+        let mut table = w.state.lock_table();
         let update = |entry: &mut SockEntry| {
             let mut holders: Vec<Holder> = entry
                 .holders
@@ -104,31 +102,29 @@ impl Worker {
         }
     }
 
-    fn rebuild_cache_if_stale(&mut self) {
-        let table = self.state.lock_table();
-        let stamp = (table.len(), table.dead_len(), self.epoch);
-        let cache = &mut self.refresh_cache;
-        cache.since += 1;
-        if cache.stamp == Some(stamp) && cache.since < REBUILD_EVERY {
+    fn rebuild_if_stale(&mut self, w: &Worker) {
+        let table = w.state.lock_table();
+        let stamp = (table.len(), table.dead_len(), w.epoch);
+        self.since += 1;
+        if self.stamp == Some(stamp) && self.since < REBUILD_EVERY {
             return;
         }
-        cache.stamp = Some(stamp);
-        cache.since = 0;
-        cache.shared_socks.clear();
-        cache.holder_pids.clear();
+        self.stamp = Some(stamp);
+        self.since = 0;
+        self.shared_socks.clear();
+        self.holder_pids.clear();
         let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
         let mut last = None;
         for entry in table.iter().chain(dead) {
             for h in &entry.holders {
                 // Sockets of one process tend to come in runs: skip the set.
                 if last != Some(h.pid) {
-                    cache.holder_pids.insert(h.pid);
+                    self.holder_pids.insert(h.pid);
                     last = Some(h.pid);
                 }
             }
             if entry.holders.len() > 1 {
-                cache
-                    .shared_socks
+                self.shared_socks
                     .push((entry.cookie, entry.inode, entry.holders.clone()));
             }
         }

@@ -219,6 +219,6 @@ fn refresh_follows_shared_sockets_and_forked_children() {
     // The child closes its copy; a new child of the parent inherits one.
     proc.get(71).close(3);
     proc.process(72, 70, "child2").socket(5, inode(10));
-    w.refresh();
+    super::refresh::Refresh::default().run(&mut w);
     assert_eq!(holders(&state, 10), Some(vec![(70, 3), (72, 5)]));
 }

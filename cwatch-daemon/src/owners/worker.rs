@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::{
     DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, WALK_MIN_GAP,
-    procfs::ProcRoot, refresh,
+    procfs::ProcRoot,
 };
 use crate::{
     state::State,
@@ -78,10 +78,8 @@ pub(super) struct Worker {
     next_scan: HashMap<u32, Instant>,
     /// Sockets their candidates did not hold, since when.
     missed: HashMap<u64, Instant>,
-    /// Bumped whenever this worker sets holders (see `refresh`).
+    /// Bumped whenever holders are set (see `refresh`).
     pub(super) epoch: u64,
-    /// What the last refresh learned from the whole table.
-    pub(super) refresh_cache: refresh::Cache,
 }
 
 impl Worker {
@@ -95,7 +93,6 @@ impl Worker {
             next_scan: HashMap::new(),
             missed: HashMap::new(),
             epoch: 0,
-            refresh_cache: refresh::Cache::default(),
         }
     }
 

@@ -16,39 +16,39 @@
 //!   holds the socket, a leaked fd. A plain close() costs no more than that.
 //!
 //! Every other transition returns after two loads and four compares.
-use core::ffi::c_void;
-
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use cwatch_common::{
     EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER,
     OWNER_LISTEN, Owner, REC_INBOUND, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord,
-    counter,
-    tcp_state::{CLOSE_WAIT, LISTEN, SYN_SENT},
+    counter, tcp_state,
 };
 
 use crate::{
     events::{event, submit},
-    kernel,
-    maps::{self, CLOSE_WAIT as RECORDS, LINGER, LISTENERS},
+    kernel::{self, Sock},
+    maps::{self, CLOSE_WAIT, LINGER, LISTENERS},
 };
+
+const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
+const LISTEN: u32 = tcp_state::LISTEN;
+const SYN_SENT: u32 = tcp_state::SYN_SENT;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old = ctx.arg::<i32>(1) as u32;
     let new = ctx.arg::<i32>(2) as u32;
-    let entering = new == CLOSE_WAIT && old != CLOSE_WAIT;
-    let leaving = old == CLOSE_WAIT && new != CLOSE_WAIT;
+    let entering = new == STATE_CLOSE_WAIT && old != STATE_CLOSE_WAIT;
+    let leaving = old == STATE_CLOSE_WAIT && new != STATE_CLOSE_WAIT;
     let owned_here = new == SYN_SENT || new == LISTEN;
     let unlistened = old == LISTEN && new != LISTEN;
     if !(entering || leaving || owned_here || unlistened) {
         return 0;
     }
-    let sk: *mut c_void = ctx.arg(0);
-    if kernel::protocol(sk.cast()) != IPPROTO_TCP {
+    // SAFETY: the tracepoint's first argument is its BTF-typed `struct sock *`.
+    let sk = unsafe { Sock::from_btf(ctx.arg(0)) };
+    if sk.protocol() != IPPROTO_TCP {
         return 0; // MPTCP and SCTP fire the same tracepoint
     }
     if new == SYN_SENT {
@@ -56,13 +56,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     if new == LISTEN || unlistened {
-        // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
-        let cookie = unsafe { bpf_get_socket_cookie(sk) };
-        listener(sk, cookie, new == LISTEN);
+        listener(sk, sk.cookie(), new == LISTEN);
         return 0;
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let cookie = sk.cookie();
     if entering {
         enter(sk, cookie, old, new);
     } else {
@@ -71,8 +68,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-fn remember_owner(sk: *mut c_void) {
+fn remember_owner(sk: Sock) {
     match maps::owner_of(sk, true) {
+        // SAFETY: the socket's own storage, valid for this program run.
         Some(owner) => unsafe {
             (*owner).tgid = kernel::current_tgid();
             (*owner).flags = OWNER_CONNECT;
@@ -82,17 +80,17 @@ fn remember_owner(sk: *mut c_void) {
     }
 }
 
-fn listener_key(sk: *mut c_void) -> ListenerKey {
+fn listener_key(sk: Sock) -> ListenerKey {
     ListenerKey {
-        netns: kernel::netns(sk.cast()),
-        port: kernel::local_port(sk.cast()),
+        netns: sk.netns(),
+        port: sk.local_port(),
         _pad: 0,
     }
 }
 
 /// listen() (`listening`) or the listener's close: remember or forget who
 /// listens on the port. A listener that closes forgets only its own entry.
-fn listener(sk: *mut c_void, cookie: u64, listening: bool) {
+fn listener(sk: Sock, cookie: u64, listening: bool) {
     let key = listener_key(sk);
     if listening {
         let value = Listener {
@@ -106,6 +104,7 @@ fn listener(sk: *mut c_void, cookie: u64, listening: bool) {
         if LISTENERS.insert(key, value, 0).is_err() {
             maps::count(counter::OWNERS_FULL);
         }
+    // SAFETY: the value is only read, at once.
     } else if let Some(known) = unsafe { LISTENERS.get(key) }
         && known.cookie == cookie
     {
@@ -115,7 +114,7 @@ fn listener(sk: *mut c_void, cookie: u64, listening: bool) {
 
 /// The owner hint of a socket entering CLOSE_WAIT, with its direction flag:
 /// the connect()er from its storage, else the listener of its local port.
-fn owner_hint(sk: *mut c_void) -> Option<(Owner, u16)> {
+fn owner_hint(sk: Sock) -> Option<(Owner, u16)> {
     if let Some(owner) = maps::owner_of(sk, false) {
         // SAFETY: storage of this socket, valid for this program run.
         let owner = unsafe { *owner };
@@ -128,14 +127,15 @@ fn owner_hint(sk: *mut c_void) -> Option<(Owner, u16)> {
     Some((listener.owner, REC_INBOUND))
 }
 
-fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
+fn enter(sk: Sock, cookie: u64, old: u32, new: u32) {
     maps::count(counter::TRANSITIONS);
+    // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     let mut rec = SockRecord::zeroed();
     rec.cookie = cookie;
     rec.start_ns = ts;
-    kernel::fill_endpoints(sk.cast(), &mut rec);
-    match kernel::socket_inode(sk.cast()) {
+    sk.fill_endpoints(&mut rec);
+    match sk.socket_inode() {
         Some(inode) => rec.inode = inode,
         None => rec.flags |= REC_UNACCEPTED,
     }
@@ -144,17 +144,18 @@ fn enter(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
         rec.owner_comm = owner.comm;
         rec.flags |= direction;
     }
-    if RECORDS.insert(cookie, rec, 0).is_err() {
+    if CLOSE_WAIT.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
     }
     submit(&event(EVENT_ENTER, old, new, ts, rec));
 }
 
-fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
+fn leave(sk: Sock, cookie: u64, old: u32, new: u32) {
     maps::count(counter::CLOSED);
+    // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: copied out before the remove below.
-    let rec = match unsafe { RECORDS.get(cookie) } {
+    let rec = match unsafe { CLOSE_WAIT.get(cookie) } {
         Some(rec) => *rec,
         None => {
             let mut rec = SockRecord::zeroed();
@@ -162,9 +163,9 @@ fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
             rec
         }
     };
-    let _ = RECORDS.remove(cookie);
+    let _ = CLOSE_WAIT.remove(cookie);
     let mut event = event(EVENT_LEAVE, old, new, ts, rec);
-    if kernel::fd_released(sk.cast()) {
+    if sk.fd_released() {
         event.rec.flags |= REC_RELEASED;
         submit(&event);
         return;
@@ -173,6 +174,7 @@ fn leave(sk: *mut c_void, cookie: u64, old: u32, new: u32) {
     // so that program tests one flag instead of hashing every destroyed
     // socket.
     match maps::owner_of(sk, true) {
+        // SAFETY: the socket's own storage, valid for this program run.
         Some(owner) if LINGER.insert(cookie, event, 0).is_ok() => unsafe {
             (*owner).flags |= OWNER_LINGER;
         },

@@ -5,23 +5,21 @@
 //! their socket storage, so every other socket costs one storage lookup. For
 //! a marked one the `LINGER` record ends and the daemon is told: whoever still
 //! held the dead socket's fd has let go.
-use core::ffi::c_void;
-
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, SockRecord, tcp_state};
 
 use crate::{
     events::{event, submit},
+    kernel::Sock,
     maps::{self, LINGER},
 };
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: the tracepoint's first argument is its BTF-typed `struct sock *`.
+    let sk = unsafe { Sock::from_btf(ctx.arg(0)) };
     let Some(owner) = maps::owner_of(sk, false) else {
         return 0;
     };
@@ -29,8 +27,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     if unsafe { (*owner).flags } & OWNER_LINGER == 0 {
         return 0;
     }
-    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let cookie = sk.cookie();
     // SAFETY: copied out before the remove below.
     let rec = match unsafe { LINGER.get(cookie) } {
         Some(event) => event.rec,
@@ -41,6 +38,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         }
     };
     let _ = LINGER.remove(cookie);
+    // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     submit(&event(
         EVENT_DESTROY,

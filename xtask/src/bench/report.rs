@@ -1,5 +1,5 @@
 //! `RESULTS.md`: the machine, then one table per section, then every target
-//! of issue 7 with the measured figure and met / MISSED.
+//! the bench has, with the measured figure and met / MISSED.
 use std::{fmt::Write as _, time::Duration};
 
 use super::{cost::ProgCost, overhead, scale::Scale, stats::Samples};
@@ -92,7 +92,7 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\n## 2. Churn overhead\n\nWithout and with, alternating (order flipped every round), \
-         {} rounds; ratio = with / without per round. The rate is the issue's measure; the \
+         {} rounds; ratio = with / without per round. The rate is the target's measure; the \
          generator's own CPU time per operation (user + system, from CLOCK_PROCESS_CPUTIME_ID) \
          hardly depends on what else runs on the machine, so it shows the same tax with less \
          noise (softirq work the kernel does not charge to the process is not in it).\n\n\
