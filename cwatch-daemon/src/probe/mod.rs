@@ -12,6 +12,8 @@ mod maps;
 pub mod mounts;
 pub mod offsets;
 pub mod pins;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 

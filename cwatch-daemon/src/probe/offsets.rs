@@ -255,7 +255,3 @@ fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
         other => anyhow::bail!("unexpected {} type", other.name()),
     })
 }
-
-#[cfg(test)]
-#[path = "offsets_tests.rs"]
-mod tests;

@@ -1,6 +1,8 @@
 //! Offset resolution against hand-built BTF (exact expectations) and against
 //! the running kernel's BTF (it must resolve, and agree with the C layout).
-use super::*;
+use btf_rs::Btf;
+
+use super::offsets::*;
 
 /// Builds a raw BTF blob, type by type (ids start at 1).
 #[derive(Default)]
