@@ -179,3 +179,61 @@ fn pins_of_another_layout_are_rebuilt() {
     let (port, _s, _c) = leak("127.0.6.4", "cw-rebuilt", 2);
     to_port(&daemon, port, 2);
 }
+
+/// Sockets the start-up pass found (already in CLOSE_WAIT before cwatch ran)
+/// stay what they are through restarts: outbound, their per-peer series
+/// under the real peer port, their ages estimated — after SIGKILL and after
+/// SIGTERM alike (the records written back to the pinned map keep the
+/// owner, the direction and the estimate).
+#[test]
+fn found_sockets_stay_outbound_and_estimated_across_restarts() {
+    let _serial = serial();
+    let pins = Pins(private_pin_dir());
+    let dir = pins.0.display().to_string();
+    let (port, _server, client) = leak("127.0.2.1", "cw-found", 50);
+    let check = |daemon: &Daemon, when: &str| -> Vec<Value> {
+        let socks = to_port(daemon, port, 50);
+        for s in &socks {
+            assert_eq!(s["direction"], "outbound", "{when}: {s}");
+            assert_eq!(s["age_estimated"], true, "{when}: {s}");
+            assert_eq!(s["pid"], client.pid, "{when}: {s}");
+        }
+        let m = daemon.metrics().unwrap();
+        let port_label = port.to_string();
+        let peer = [
+            ("peer_addr", "127.0.2.1"),
+            ("peer_port", port_label.as_str()),
+        ];
+        assert_eq!(
+            m.get("cwatch_peer_close_wait_sockets", &peer),
+            Some(50.0),
+            "{when}: the real peer's series"
+        );
+        let star = [("peer_addr", "127.0.2.1"), ("peer_port", "*")];
+        assert_eq!(
+            m.get("cwatch_peer_close_wait_sockets", &star),
+            None,
+            "{when}"
+        );
+        socks
+    };
+    let daemon = Daemon::start(&["--pin-dir", &dir]).unwrap();
+    let first = check(&daemon, "found at start");
+    daemon.signal(Signal::KILL).unwrap();
+    daemon.wait_exit(Duration::from_secs(10)).unwrap();
+    let daemon = Daemon::start(&["--pin-dir", &dir]).unwrap();
+    let second = check(&daemon, "after SIGKILL");
+    for s in &second {
+        let old = first
+            .iter()
+            .find(|f| f["cookie"] == s["cookie"])
+            .expect("the same sockets");
+        assert!(
+            s["age_seconds"].as_f64().unwrap() >= old["age_seconds"].as_f64().unwrap(),
+            "a restart never makes a leak look younger: {s} vs {old}"
+        );
+    }
+    daemon.stop().unwrap();
+    let daemon = Daemon::start(&["--pin-dir", &dir]).unwrap();
+    check(&daemon, "after SIGTERM");
+}

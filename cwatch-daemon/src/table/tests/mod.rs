@@ -3,6 +3,7 @@
 //! walk, [`keys`] the ages and summaries.
 mod groups;
 mod keys;
+mod records;
 
 use std::net::Ipv6Addr;
 
