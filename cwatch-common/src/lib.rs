@@ -118,6 +118,11 @@ pub const REC_INBOUND: u16 = 2;
 /// `SockRecord::flags`: no `struct socket` yet, i.e. still in the listener's
 /// accept queue: nobody called accept() on it.
 pub const REC_UNACCEPTED: u16 = 4;
+/// `SockRecord::flags`: `start_ns` is an estimate (the socket was found by
+/// reconciliation, not seen entering CLOSE_WAIT): written by the daemon
+/// when it records such a socket in the map, so its next start keeps
+/// saying so, and kept out of the duration histogram.
+pub const REC_ESTIMATED: u16 = 16;
 /// `SockRecord::flags` of a leave event: the socket left CLOSE_WAIT because
 /// its file was released (the last fd closed): no process can still hold
 /// it, so it is not a dead socket held.

@@ -60,11 +60,13 @@ pub fn apply(table: &mut SocketTable, event: &Event) -> Applied {
             let (start, sock) = match table.remove(event.rec.cookie) {
                 Some(entry) if !entry.age_estimated => (Some(entry.start_ns), entry),
                 Some(entry) => (None, entry),
-                // Missed the enter event: the kernel's record still knows.
-                None => (
-                    (event.rec.start_ns != 0).then_some(event.rec.start_ns),
-                    SockEntry::from_record(&event.rec),
-                ),
+                // Missed the enter event: the kernel's record still knows,
+                // unless its start is unknown or an estimate.
+                None => {
+                    let sock = SockEntry::from_record(&event.rec);
+                    let seen = event.rec.start_ns != 0 && !sock.age_estimated;
+                    (seen.then_some(event.rec.start_ns), sock)
+                }
             };
             // The per-fd story: the task the kernel closed it in, and its
             // fd among the holders known a moment ago.
@@ -254,6 +256,13 @@ mod tests {
         let mut t = SocketTable::new();
         let left = apply(&mut t, &event(EVENT_LEAVE, 3_000, record(2, 1_000, None)));
         assert_eq!(left, Applied::Left(Some(Duration::from_nanos(2_000))));
+        let mut estimated = record(7, 1_000, None);
+        estimated.flags |= cwatch_common::REC_ESTIMATED;
+        assert_eq!(
+            apply(&mut t, &event(EVENT_LEAVE, 3_000, estimated)),
+            Applied::Left(None),
+            "an estimated start written back to the map stays out of the histogram"
+        );
         let unknown = apply(&mut t, &event(EVENT_LEAVE, 3_000, record(3, 0, None)));
         assert_eq!(
             unknown,

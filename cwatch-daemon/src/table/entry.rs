@@ -9,7 +9,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use cwatch_common::{AF_INET, AF_INET6, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, TASK_COMM_LEN};
+use cwatch_common::{
+    AF_INET, AF_INET6, REC_ESTIMATED, REC_INBOUND, REC_OUTBOUND, REC_UNACCEPTED, SockRecord,
+    TASK_COMM_LEN,
+};
 
 /// Who opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,7 +118,7 @@ impl SockEntry {
         Self {
             cookie: rec.cookie,
             start_ns: rec.start_ns,
-            age_estimated: false,
+            age_estimated: rec.flags & REC_ESTIMATED != 0,
             local: SocketAddr::new(ip(rec.family, &rec.local_addr), rec.local_port),
             peer: SocketAddr::new(ip(rec.family, &rec.peer_addr), rec.peer_port),
             netns: rec.netns,
@@ -128,7 +131,10 @@ impl SockEntry {
         }
     }
 
-    /// The kernel record for this entry (for re-inserting into the map).
+    /// The kernel record for this entry (for re-inserting into the map):
+    /// everything [`SockEntry::from_record`] reads back — the owner (as the
+    /// next start's hint), the direction, and whether the start is an
+    /// estimate.
     pub fn to_record(&self) -> SockRecord {
         let e = self;
         let mut rec = SockRecord::zeroed();
@@ -147,6 +153,15 @@ impl SockEntry {
         rec.peer_port = e.peer.port();
         if let Some(owner) = e.owner {
             rec.owner_tgid = owner.pid;
+            rec.owner_comm = owner.comm.0;
+        }
+        rec.flags = match e.direction {
+            Direction::Outbound => REC_OUTBOUND,
+            Direction::Inbound => REC_INBOUND,
+            Direction::Unaccepted => REC_UNACCEPTED,
+        };
+        if e.age_estimated {
+            rec.flags |= REC_ESTIMATED;
         }
         rec
     }
