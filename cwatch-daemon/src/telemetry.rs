@@ -1,6 +1,6 @@
 /*!
 What the stages count while they work, for `/metrics`: events that could not
-be decoded and the CLOSE_WAIT durations (intake), the fd-lookup latency and
+be decoded (intake), the fd-lookup latency and
 the `/proc` reads (attribution), the corrections and passes
 (reconciliation), and the SIGHUP reloads. One prometheus registry that the
 exporter gathers beside its own families: a stage records here and never
@@ -9,11 +9,6 @@ needs to know how metrics are rendered.
 use std::time::Duration;
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-
-/// Buckets of `cwatch_close_wait_duration_seconds`, fixed by the contract.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
-];
 
 /// Buckets of `cwatch_attribution_seconds`.
 const ATTRIBUTION_BUCKETS: &[f64] = &[
@@ -27,7 +22,6 @@ pub const CORRECTION_KINDS: [&str; 4] = ["added", "removed", "map_added", "map_r
 pub struct Telemetry {
     registry: Registry,
     malformed: IntCounter,
-    duration: Histogram,
     attribution: Histogram,
     procfs_scans: IntCounterVec,
     corrections: IntCounterVec,
@@ -69,12 +63,6 @@ impl Telemetry {
         .expect("valid gauge");
         let t = Self {
             malformed: register(&r, malformed),
-            duration: histogram(
-                &r,
-                "cwatch_close_wait_duration_seconds",
-                "Time from CLOSE_WAIT to close, for closed sockets whose start was seen.",
-                DURATION_BUCKETS,
-            ),
             attribution: histogram(
                 &r,
                 "cwatch_attribution_seconds",
@@ -126,11 +114,6 @@ impl Telemetry {
     /// Ring buffer records of the wrong size.
     pub fn malformed_events(&self, n: u64) {
         self.malformed.inc_by(n);
-    }
-
-    /// A socket left CLOSE_WAIT after `d`.
-    pub fn observe_closed(&self, d: Duration) {
-        self.duration.observe(d.as_secs_f64());
     }
 
     /// Holders of a socket became known `d` after its transition.

@@ -34,6 +34,13 @@ pub fn keepalive_by_cookie() -> HashMap<u64, Option<Duration>> {
         .collect()
 }
 
+/// The inode number of this process's network namespace.
+pub fn own_netns() -> Option<u32> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+}
+
 /// The CLOSE_WAIT sockets of this namespace, as API objects with estimated
 /// ages, owners from /proc where readable.
 pub fn sockets(proc: &ProcRoot, leak_after: Duration) -> std::io::Result<Vec<ApiSocket>> {

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod doctor;
 mod ls;
 mod ls_direct;
+mod ls_render;
 pub mod resolve;
 #[cfg(test)]
 mod tests;
@@ -22,13 +23,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    DEFAULT_PIN_DIR,
+    DEFAULT_PIN_DIR, WatchRule,
     filters::FilterRule,
     labels::{OwnerLabel, ProcessKeyMode},
     values::{
         parse_filter_rule, parse_log_level, parse_max_connections, parse_min_100ms,
         parse_owner_label, parse_positive_duration, parse_process_key, parse_reconcile_interval,
-        parse_size,
+        parse_size, parse_track_after, parse_watch_rule, parse_young_sockets,
     },
 };
 
@@ -107,6 +108,21 @@ pub struct RunArgs {
     /// 4096; suffixes KiB and MiB [default: 8MiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub ring_buffer_size: Option<u32>,
+    /// A socket is tracked (gauges, API, ls) once it has been in CLOSE_WAIT
+    /// this long; shorter ones are counted (transitions, closes, durations)
+    /// but not tracked [default: 200ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_track_after)]
+    pub track_after: Option<Duration>,
+    /// Most sockets in CLOSE_WAIT for less than track-after at once (the
+    /// kernel's preallocated YOUNG map); beyond, reconciliation finds them
+    /// [default: 16384].
+    #[arg(long, value_name = "N", value_parser = parse_young_sockets)]
+    pub young_sockets: Option<u32>,
+    /// Whose connect() the kernel records (owner at once): leakers (processes
+    /// once they leaked), comm:NAME, all (every process: debugging), none.
+    /// Repeat or comma-separate [default: leakers].
+    #[arg(long, value_name = "RULE", value_delimiter = ',', value_parser = parse_watch_rule)]
+    pub watch: Vec<WatchRule>,
     /// Log filter: error, warn, info, debug, trace, or tracing directives
     /// such as `info,cwatch_daemon=debug` [default: info]. RUST_LOG wins when set.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
@@ -151,6 +167,12 @@ pub struct LsArgs {
     /// Only sockets older than leak-after.
     #[arg(long)]
     pub leaked: bool,
+    /// Every socket, not only the oldest --limit (streamed).
+    #[arg(long)]
+    pub all: bool,
+    /// How many of the oldest sockets to list [default: 100].
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_limit)]
+    pub limit: usize,
     /// Print JSON (the daemon's API objects) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -180,6 +202,14 @@ pub struct DoctorArgs {
     /// The directory cwatch pins its maps under.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+/// `--limit`: 1 to the API's most per page.
+pub fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=crate::http::query::MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("expected 1 to {}", crate::http::query::MAX_LIMIT)),
+    }
 }
 
 /// `--peer`: an address, or an address and port; returned normalised as the

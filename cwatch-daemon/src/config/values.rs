@@ -91,3 +91,26 @@ pub fn parse_max_connections(text: &str) -> Result<usize, String> {
         Err(e) => Err(format!("{e} (expected a number)")),
     }
 }
+
+/// `--track-after`: between 10ms and 10s (beyond a second a new socket shows
+/// later than the contract's freshness).
+pub fn parse_track_after(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+        return Err("must be between 10ms and 10s".into());
+    }
+    Ok(d)
+}
+
+/// `--young-sockets`: between 64 and 1048576.
+pub fn parse_young_sockets(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (64..=1 << 20).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 64 and 1048576".into()),
+        Err(e) => Err(format!("{e} (expected a number)")),
+    }
+}
+
+pub fn parse_watch_rule(text: &str) -> Result<super::WatchRule, String> {
+    text.parse()
+}

@@ -1,7 +1,8 @@
 /*!
 Running as a service: [`run`] starts every task, reports ready, and stops
 them all on SIGTERM/SIGINT or when one fails; [`reload`] is the SIGHUP path,
-[`notices`] the leak lines in the journal, [`service`] sd_notify, [`caps`]
+[`notices`] the leak lines in the journal, [`watch`] the kernel's watch
+list, [`service`] sd_notify, [`caps`]
 the capability sets and the drop once ready, [`heap`] what malloc is told,
 [`logging`] the tracing setup.
 
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod notices;
 pub mod reload;
 pub mod service;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -29,7 +31,7 @@ use crate::{
     config::Config,
     export::Exporter,
     http::{self, server::Server, webconfig::WebSecurity},
-    intake::Intake,
+    intake::{Intake, young::Young},
     owners::{self, Attribution, ProcRoot},
     probe,
     reconcile::{Reconciler, Suspects},
@@ -101,21 +103,35 @@ async fn start(
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    let config = state.config();
     let options = probe::LoadOptions {
-        pin_dir: state.config().pin_dir.clone(),
-        ring_bytes: state.config().ring_buffer_size,
+        pin_dir: config.pin_dir.clone(),
+        ring_bytes: config.ring_buffer_size,
+        young_entries: config.young_sockets,
     };
     let (probes, ring) = tokio::task::spawn_blocking(move || probe::load(&options))
         .await
         .context("probe loader task")??;
     let probes = Arc::new(probes);
     state.set_probes(Arc::clone(&probes));
+    let (attribution, owners) = Attribution::new(Arc::clone(state), proc.clone());
     let intake = Intake {
         ring,
         state: Arc::clone(state),
+        owners: owners.clone(),
     };
     tasks.spawn(named("event intake", intake.run(cancel.clone())));
-    let (attribution, owners) = Attribution::new(Arc::clone(state), proc.clone());
+    let young = Young {
+        state: Arc::clone(state),
+        probes: Arc::clone(&probes),
+        owners: owners.clone(),
+        ephemeral: proc.ephemeral_ports(),
+    };
+    let watch = watch::Task {
+        state: Arc::clone(state),
+        probes: Arc::clone(&probes),
+        proc: proc.clone(),
+    };
     let mut reconciler = Reconciler {
         state: Arc::clone(state),
         probes,
@@ -139,6 +155,8 @@ async fn start(
         Ok(())
     });
     tasks.spawn(ok(reconciler.run(cancel.clone())));
+    tasks.spawn(ok(young.run(cancel.clone())));
+    tasks.spawn(ok(watch.run(cancel.clone())));
     drop_capabilities();
     state.set_ready();
     info!("ready: probes attached, first reconciliation done");

@@ -10,6 +10,7 @@ table's lock only to read the groups (no I/O under it), then looks up labels
 and reads the kernel's counters with the lock released.
 */
 pub mod cardinality;
+mod histogram;
 pub mod metrics;
 pub mod selfmetrics;
 pub mod series;
@@ -62,7 +63,13 @@ impl Exporter {
         let families = self.families(state);
         let probes = state.probes();
         let kernel = probes.as_ref().and_then(|p| match p.counter_totals() {
-            Ok(totals) => Some(totals),
+            Ok(counters) => Some(metrics::Kernel {
+                counters,
+                histogram: p
+                    .histogram()
+                    .inspect_err(|err| tracing::warn!("reading the kernel's histogram: {err}"))
+                    .ok(),
+            }),
             Err(err) => {
                 tracing::warn!("reading kernel counters: {err}");
                 None

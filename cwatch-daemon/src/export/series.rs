@@ -102,6 +102,11 @@ impl Filter {
         Self { config, units }
     }
 
+    /// The leak-after of the configuration this filter was made for.
+    pub fn leak_after(&self) -> std::time::Duration {
+        self.config.leak_after
+    }
+
     /// Whether `entry` passes the configured filters.
     pub fn keeps(&self, entry: &SockEntry) -> bool {
         let filters = &self.config.filters;

@@ -103,6 +103,61 @@ pub fn select(
     (page, next)
 }
 
+/// Where each socket that passes `query` (and `keep`) stands in the order
+/// of the answer: CLOSE_WAIT sockets first, then the dead ones still held,
+/// each oldest first. Only keys: the answer is built from them chunk by
+/// chunk, never whole.
+pub fn order(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    query: &SocketQuery,
+    mut keep: impl FnMut(&SockEntry) -> bool,
+) -> Vec<Cursor> {
+    let live = table.iter().map(|e| (false, e));
+    let dead = table.dead().filter(|d| d.verified).map(|d| (true, &d.sock));
+    let mut keys: Vec<Cursor> = live
+        .chain(dead)
+        .filter(|(d, e)| {
+            let leaked = *d || is_leaked(age(now_ns, e.start_ns), leak_after);
+            let at = Cursor::at(*d, e);
+            query.matches(e, leaked) && query.cursor.is_none_or(|c| at > c) && keep(e)
+        })
+        .map(|(d, e)| Cursor::at(d, e))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// The objects of `keys` as lines of a JSON array (`[`, then one object a
+/// line, `]`), `first` telling whether a comma goes before the first one.
+/// Sockets that left since `keys` were taken are skipped.
+pub fn write_chunk(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    keys: &[Cursor],
+    first: &mut bool,
+    out: &mut Vec<u8>,
+) {
+    for key in keys {
+        let api = if key.dead {
+            table
+                .dead_entry(key.cookie)
+                .map(|d| ApiSocket::of_dead(d, now_ns, leak_after))
+        } else {
+            table
+                .get(key.cookie)
+                .map(|e| ApiSocket::of(e, now_ns, leak_after))
+        };
+        let Some(api) = api else { continue };
+        out.extend_from_slice(if *first { b"\n" } else { b",\n" });
+        *first = false;
+        // Serializing into a Vec cannot fail for these plain types.
+        let _ = serde_json::to_writer(&mut *out, &api);
+    }
+}
+
 /// Every socket in the table, oldest first.
 #[cfg(test)]
 pub fn sockets(

@@ -10,6 +10,8 @@ pub mod api;
 pub mod auth;
 pub mod query;
 pub mod server;
+mod stream;
+mod summary;
 pub mod webconfig;
 pub mod wire;
 
@@ -73,6 +75,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/sockets", get(sockets))
+        .route("/api/v1/summary", get(summary))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth::require))
         .layer(CompressionLayer::new().gzip(true))
@@ -120,6 +123,10 @@ async fn sockets(
         Ok(q) => q,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
     };
+    if query.limit.is_none() {
+        let body = stream::all(app, query);
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let selected = tokio::task::spawn_blocking(move || select(&app, &query)).await;
     let Ok((page, next)) = selected else {
         return (
@@ -146,6 +153,35 @@ fn select(app: &App, query: &query::SocketQuery) -> (Vec<api::ApiSocket>, Option
     let now = state.clock.now_ns();
     let table = state.lock_table();
     api::select(&table, now, config.leak_after, query, |e| filter.keeps(e))
+}
+
+async fn summary(
+    AppState(app): AppState<App>,
+    params: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let pairs = match params {
+        Ok(Query(pairs)) => pairs,
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+    };
+    let query = match query::SocketQuery::from_pairs(&pairs) {
+        Ok(q) if q.limit.is_none() && q.cursor.is_none() => q,
+        Ok(_) => {
+            let why = "the summary takes leaked, pid and peer only\n";
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+    };
+    let counted = tokio::task::spawn_blocking(move || {
+        let state = &app.state;
+        let filter = app.exporter.filter(state, state.config());
+        let now = state.clock.now_ns();
+        summary::summary(&mut state.lock_table(), now, &query.selection(), &filter)
+    })
+    .await;
+    match counted {
+        Ok(summary) => Json(summary).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "counting failed\n").into_response(),
+    }
 }
 
 async fn not_found() -> Response {

@@ -70,19 +70,80 @@ pub fn close_wait() -> io::Result<Vec<DiagSocket>> {
     dump(StateFlags::CLOSE_WAIT)
 }
 
+/// The one TCP socket with these ends in this thread's network namespace
+/// (a single exact request, not a dump): what `ss` would show of it, or
+/// `None` when there is none. Used for a few sockets at a time.
+pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<DiagSocket>> {
+    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    id.source_address = local.ip();
+    id.source_port = local.port();
+    id.destination_address = peer.ip();
+    id.destination_port = peer.port();
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    send(
+        &socket,
+        NLM_F_REQUEST,
+        family,
+        StateFlags::all(),
+        ExtensionFlags::empty(),
+        id,
+    )?;
+    // An exact request gets one answer, the socket or an error, and no
+    // end-of-dump message.
+    let mut buf = vec![0u8; 8 << 10];
+    let size = socket.recv(&mut &mut buf[..], 0)?;
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..size])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            Ok(Some(from_response(&response)))
+        }
+        NetlinkPayload::Error(err) => match err.to_io() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            e => Err(e),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn request(
     socket: &Socket,
     family: u8,
     states: StateFlags,
     extensions: ExtensionFlags,
 ) -> io::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
+    send(
+        socket,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        family,
+        states,
+        extensions,
+        socket_id,
+    )
+}
+
+fn send(
+    socket: &Socket,
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    socket_id: SocketId,
+) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {

@@ -23,7 +23,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 use cwatch_common::names;
-pub use maps::{KernelCounters, Probes, ProgramStats};
+pub use maps::{KernelCounters, KernelHistogram, Probes, ProgramStats};
 use tracing::info;
 
 /// The object built by build.rs from cwatch-ebpf.
@@ -41,6 +41,9 @@ pub struct LoadOptions {
     /// Size of the event ring buffer in bytes (a power of two, at least a
     /// page).
     pub ring_bytes: u32,
+    /// Entries of `YOUNG`: how many sockets may be in CLOSE_WAIT for less
+    /// than the grace at once.
+    pub young_entries: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,17 +88,20 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     let kernel_offsets = offsets::from_running_kernel()?;
     let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
     let pin_paths = match &options.pin_dir {
-        Some(dir) => pins::prepare(dir).map_err(|source| ProbeError::Pins {
-            dir: dir.display().to_string(),
-            source,
-        })?,
+        Some(dir) => {
+            pins::prepare(dir, options.young_entries).map_err(|source| ProbeError::Pins {
+                dir: dir.display().to_string(),
+                source,
+            })?
+        }
         None => Vec::new(),
     };
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
-        .map_max_entries(names::MAP_EVENTS, options.ring_bytes);
+        .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
+        .map_max_entries(names::MAP_YOUNG, options.young_entries);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -120,11 +126,18 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
             .map_err(|source| ProbeError::Program { name, source })?;
         info!(program = name, "attached tp_btf/{name}");
     }
-    let counters = take_map(&mut ebpf, names::MAP_COUNTERS)?;
-    let close_wait = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
-    let linger = take_map(&mut ebpf, names::MAP_LINGER)?;
+    let maps = maps::Maps {
+        counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+        young: take_map(&mut ebpf, names::MAP_YOUNG)?,
+        close_wait: take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?,
+        linger: take_map(&mut ebpf, names::MAP_LINGER)?,
+        listeners: take_map(&mut ebpf, names::MAP_LISTENERS)?,
+        watched: take_map(&mut ebpf, names::MAP_WATCHED)?,
+        control: take_map(&mut ebpf, names::MAP_CONTROL)?,
+        hist: take_map(&mut ebpf, names::MAP_HIST)?,
+    };
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
-    Ok((Probes::new(ebpf, counters, close_wait, linger), events))
+    Ok((Probes::new(ebpf, maps), events))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -61,6 +61,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         (Err(err), _) | (_, Err(err)) => return Err(err),
     };
     let (socket_file, file_ref, file_ref_kind) = file_ref(btf)?;
+    let (sk_cgroup, cgroup_kn, kernfs_id, has_cgroup) = cgroup(btf)?;
     Ok(KernelOffsets {
         sk_family: sock("__sk_common.skc_family", 2)?,
         sk_protocol: sock("sk_protocol", 2)?,
@@ -86,7 +87,36 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         socket_file,
         file_ref,
         file_ref_kind,
+        sk_cgroup,
+        cgroup_kn,
+        kernfs_id,
+        has_cgroup,
         _pad: 0,
+    })
+}
+
+/// A field that may be missing: `Ok(None)` when the kernel has no such
+/// field or struct.
+fn optional(r: Result<u32, OffsetsError>) -> Result<Option<u32>, OffsetsError> {
+    match r {
+        Ok(offset) => Ok(Some(offset)),
+        Err(OffsetsError::NoField { .. } | OffsetsError::NoStruct(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// The socket's cgroup and its id: `sock.sk_cgrp_data.cgroup`,
+/// `cgroup.kn`, `kernfs_node.id`. Optional: without them (no
+/// CONFIG_SOCK_CGROUP_DATA) the cgroup id is 0 and attribution does without.
+fn cgroup(btf: &Btf) -> Result<(u32, u32, u32, u32), OffsetsError> {
+    let fields = (
+        optional(field(btf, "sock", "sk_cgrp_data.cgroup", 8))?,
+        optional(field(btf, "cgroup", "kn", 8))?,
+        optional(field(btf, "kernfs_node", "id", 8))?,
+    );
+    Ok(match fields {
+        (Some(sk), Some(kn), Some(id)) => (sk, kn, id, 1),
+        _ => (0, 0, 0, 0),
     })
 }
 
@@ -94,11 +124,6 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
 /// it (`FILE_REF_*`). Optional: without them every socket that leaves
 /// CLOSE_WAIT is treated as possibly still held (slower, never wrong).
 fn file_ref(btf: &Btf) -> Result<(u32, u32, u32), OffsetsError> {
-    let optional = |r: Result<u32, OffsetsError>| match r {
-        Ok(offset) => Ok(Some(offset)),
-        Err(OffsetsError::NoField { .. } | OffsetsError::NoStruct(_)) => Ok(None),
-        Err(err) => Err(err),
-    };
     let Some(socket_file) = optional(field(btf, "socket", "file", 8))? else {
         return Ok((0, 0, FILE_REF_UNKNOWN));
     };

@@ -1,6 +1,6 @@
 /*!
-Pinned maps: the records that must outlive the daemon (`CLOSE_WAIT`,
-`LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
+Pinned maps: the records that must outlive the daemon (`YOUNG`,
+`CLOSE_WAIT`, `LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
 (default `/sys/fs/bpf/cwatch`), so a restart, even after SIGKILL, finds every
 socket's true CLOSE_WAIT start instead of estimating it.
 
@@ -31,9 +31,18 @@ pub struct Spec {
     pub flags: u32,
 }
 
-/// The maps cwatch pins, as the eBPF object defines them.
-pub fn specs() -> [Spec; 5] {
+/// The maps cwatch pins, as the eBPF object defines them (`young`: the
+/// configured size of `YOUNG`).
+pub fn specs(young: u32) -> [Spec; 6] {
     [
+        Spec {
+            name: names::MAP_YOUNG,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: size_of::<SockRecord>() as u32,
+            max_entries: young,
+            flags: 0,
+        },
         Spec {
             name: names::MAP_CLOSE_WAIT,
             map_type: MapType::Hash,
@@ -142,9 +151,9 @@ fn layout_version(path: &Path) -> Result<u32, Mismatch> {
 /// Makes `dir` hold only pins this build can reuse: creates it, removes
 /// every mismatching pin (logged), and, when the layout version differs,
 /// all of them. Returns the pin path of each map for the loader.
-pub fn prepare(dir: &Path) -> io::Result<Vec<(&'static str, PathBuf)>> {
+pub fn prepare(dir: &Path, young: u32) -> io::Result<Vec<(&'static str, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
-    let specs = specs();
+    let specs = specs(young);
     let layout_path = dir.join(names::MAP_LAYOUT);
     let layout_spec = specs
         .iter()

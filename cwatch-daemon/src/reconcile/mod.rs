@@ -61,8 +61,10 @@ const LINGER_LIMIT: Duration = Duration::from_secs(30);
 /// a difference left is drift.
 ///
 /// `map` is the kernel's CLOSE_WAIT map read after that drain: a socket
-/// found there but not in the table lost its enter event and keeps its true
-/// start. A socket in neither either predates cwatch (the first pass), or
+/// found there but not in the table lost its leave-side bookkeeping (or a
+/// previous daemon reported it) and keeps its true start. A socket in
+/// `young` is younger than the grace, not tracked yet: the young scanner
+/// reports it if it stays. A socket in neither either predates cwatch (the first pass), or
 /// left CLOSE_WAIT while the dump ran: after the first pass it is added
 /// only when two passes in a row find it so (`suspects` carries them).
 /// Entries recorded at or after `dump_start_ns` are newer than the dump and
@@ -71,6 +73,7 @@ pub fn sync(
     table: &mut SocketTable,
     view: &KernelView,
     map: &HashMap<u64, SockRecord>,
+    young: &HashMap<u64, SockRecord>,
     now_ns: u64,
     dump_start_ns: u64,
     suspects: &mut Suspects,
@@ -98,6 +101,9 @@ pub fn sync(
                 entry.direction = Direction::Inbound;
                 table.mark_unresolved(*cookie);
             }
+            continue;
+        }
+        if young.contains_key(cookie) {
             continue;
         }
         match map.get(cookie) {
@@ -189,6 +195,7 @@ impl Reconciler {
     /// Waits (at most a second) for a drain of the ring that began after
     /// `after_ns`.
     fn wait_for_drain(&self, after_ns: u64) {
+        self.state.drain_requested.notify_one();
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         while self.state.drained_ns() <= after_ns && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -224,6 +231,7 @@ impl Reconciler {
         let view = kernel_view(&self.proc, initial || !suspects.cookies.is_empty());
         self.wait_for_drain(state.clock.now_ns());
         let map = self.probes.close_wait_snapshot()?;
+        let young = self.probes.young_snapshot()?;
         let linger = if initial {
             Some(self.probes.linger_snapshot()?)
         } else {
@@ -236,6 +244,7 @@ impl Reconciler {
                 &mut table,
                 &view,
                 &map,
+                &young,
                 now_ns,
                 dump_start_ns,
                 &mut self.suspects,
@@ -249,6 +258,7 @@ impl Reconciler {
         c.map_added = map_added;
         c.map_removed = map_removed;
         self.prune_linger(&view, now_ns)?;
+        self.prune_young(&view, &young, dump_start_ns);
         if initial || periodic || needs_walk(&state.lock_table()) {
             self.owners.request(Work::Walk);
         }
@@ -326,6 +336,28 @@ impl Reconciler {
             .collect();
         self.probes.forget_linger(&forget);
         Ok(())
+    }
+
+    /// Forgets `YOUNG` records of sockets no longer in CLOSE_WAIT: they left
+    /// while no program was attached (the daemon was stopped), so the
+    /// kernel never deleted them.
+    fn prune_young(&self, view: &KernelView, young: &HashMap<u64, SockRecord>, dump_start_ns: u64) {
+        let stale: Vec<u64> = young
+            .iter()
+            .filter(|(cookie, rec)| {
+                view.covered.contains(&rec.netns)
+                    && !view.close_wait.contains_key(cookie)
+                    && rec.start_ns < dump_start_ns
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        if !stale.is_empty() {
+            debug!(
+                stale = stale.len(),
+                "forgetting YOUNG records of sockets gone"
+            );
+            self.probes.forget_young(&stale);
+        }
     }
 
     /// Reconciles every `reconcile_interval` until `cancel`, carrying on

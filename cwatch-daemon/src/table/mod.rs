@@ -144,6 +144,11 @@ impl SocketTable {
         self.dead.values_mut()
     }
 
+    /// The dead entry of `cookie`.
+    pub fn dead_entry(&self, cookie: u64) -> Option<&DeadEntry> {
+        self.dead.get(&cookie)
+    }
+
     pub fn insert_dead(&mut self, entry: DeadEntry) {
         if !entry.verified {
             self.unverified.insert(entry.sock.cookie);

@@ -39,6 +39,7 @@ prop_compose! {
         peer in addr(),
         ports in any::<(u16, u16)>(),
         netns in any::<u32>(),
+        cgroup in any::<u64>(),
         inode in prop_oneof![Just(0u64), 1..u64::from(u32::MAX)],
         direction in prop_oneof![
             Just(Direction::Outbound),
@@ -66,6 +67,7 @@ prop_compose! {
         e.peer = SocketAddr::new(peer, ports.1);
         e.netns = netns;
         e.inode = inode;
+        e.cgroup = cgroup;
         e.direction = direction;
         e.hint = owner;
         e.owner = owner;
@@ -84,6 +86,7 @@ proptest! {
         prop_assert_eq!(back.peer, e.peer);
         prop_assert_eq!(back.netns, e.netns);
         prop_assert_eq!(back.inode, e.inode);
+        prop_assert_eq!(back.cgroup, e.cgroup);
         prop_assert_eq!(back.direction, e.direction, "direction kept");
         prop_assert_eq!(back.owner, e.owner, "owner pid and comm kept");
         prop_assert_eq!(back.hint, e.owner, "the owner becomes the next start's hint");
