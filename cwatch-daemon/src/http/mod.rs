@@ -152,7 +152,10 @@ fn select(app: &App, query: &query::SocketQuery) -> (Vec<api::ApiSocket>, Option
     let filter = app.exporter.filter(state, Arc::clone(&config));
     let now = state.clock.now_ns();
     let table = state.lock_table();
-    api::select(&table, now, config.leak_after, query, |e| filter.keeps(e))
+    let keep = |e: &crate::table::SockEntry| filter.keeps(e);
+    let keep: Option<&dyn Fn(&crate::table::SockEntry) -> bool> =
+        (!filter.is_empty()).then_some(&keep);
+    api::select(&table, now, config.leak_after, query, keep)
 }
 
 async fn summary(

@@ -24,7 +24,10 @@ pub fn all(app: App, query: SocketQuery) -> Body {
         let leak_after = config.leak_after;
         let keys = {
             let table = state.lock_table();
-            api::order(&table, now, leak_after, &query, |e| filter.keeps(e))
+            let keep = |e: &crate::table::SockEntry| filter.keeps(e);
+            let keep: Option<&dyn Fn(&crate::table::SockEntry) -> bool> =
+                (!filter.is_empty()).then_some(&keep);
+            api::order(&table, now, leak_after, &query, keep)
         };
         if tx.blocking_send(Ok(Bytes::from_static(b"["))).is_err() {
             return;

@@ -73,10 +73,10 @@ pub fn summary(
     } else {
         for e in table.iter() {
             let leaked = is_leaked(age(now_ns, e.start_ns), leak_after);
-            if selection.matches(e, leaked) && filter.keeps(e) {
+            if selection.matches(&e, leaked) && filter.keeps(&e) {
                 out.sockets += 1;
                 out.leaked += u64::from(leaked);
-                counts.add(e, 1, u64::from(leaked));
+                counts.add(&e, 1, u64::from(leaked));
             }
         }
     }
@@ -106,8 +106,8 @@ pub fn summary(
             leaked,
         })
         .collect();
-    by_process.sort_by(|a, b| b.sockets.cmp(&a.sockets));
-    by_peer.sort_by(|a, b| b.sockets.cmp(&a.sockets));
+    by_process.sort_by_key(|p| std::cmp::Reverse(p.sockets));
+    by_peer.sort_by_key(|p| std::cmp::Reverse(p.sockets));
     out.by_process = by_process;
     out.by_peer = by_peer;
     out

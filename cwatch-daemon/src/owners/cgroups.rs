@@ -76,10 +76,10 @@ impl Cgroups {
     }
 
     /// Walks the cgroup tree under `root`, recording every directory's id.
-    fn learn(&mut self, root: &PathBuf) {
+    fn learn(&mut self, root: &std::path::Path) {
         self.paths.clear();
         self.misses.clear();
-        let mut stack = vec![root.clone()];
+        let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;

@@ -298,7 +298,7 @@ impl Worker {
                 if holders.is_empty() && retry {
                     continue;
                 }
-                observe(entry);
+                observe(&entry);
                 table.set_holders(p.cookie, holders);
             }
         }
@@ -312,7 +312,7 @@ impl Worker {
             for (cookie, holders) in seen {
                 self.holder_pids.extend(holders.iter().map(|h| h.pid));
                 if let Some(entry) = table.get(cookie) {
-                    observe(entry);
+                    observe(&entry);
                 }
                 table.set_holders(cookie, holders);
             }

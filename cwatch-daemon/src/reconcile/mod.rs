@@ -80,13 +80,13 @@ pub fn sync(
 ) -> Corrections {
     let mut c = Corrections::default();
     let stale: Vec<u64> = table
-        .iter()
-        .filter(|e| {
-            view.covered.contains(&e.netns)
-                && !view.close_wait.contains_key(&e.cookie)
-                && e.start_ns < dump_start_ns
+        .keys()
+        .filter(|(cookie, start_ns, netns)| {
+            view.covered.contains(netns)
+                && !view.close_wait.contains_key(cookie)
+                && *start_ns < dump_start_ns
         })
-        .map(|e| e.cookie)
+        .map(|(cookie, _, _)| cookie)
         .collect();
     for cookie in stale {
         table.remove(cookie);
@@ -94,12 +94,14 @@ pub fn sync(
     }
     let mut next_suspects = HashSet::new();
     for (cookie, (d, netns)) in &view.close_wait {
-        if let Some(entry) = table.get_mut(*cookie) {
+        if let Some(entry) = table.get(*cookie) {
             if entry.inode == 0 && d.inode != 0 {
                 // Accepted since: now it has an fd to find.
-                entry.inode = d.inode;
-                entry.direction = Direction::Inbound;
-                table.mark_unresolved(*cookie);
+                table.update(*cookie, |e| {
+                    e.inode = d.inode;
+                    e.direction = Direction::Inbound;
+                    e.resolved = false;
+                });
             }
             continue;
         }
@@ -298,7 +300,7 @@ impl Reconciler {
             view.close_wait
                 .keys()
                 .filter(|cookie| !map.contains_key(cookie))
-                .filter_map(|cookie| table.get(*cookie).map(SockEntry::to_record))
+                .filter_map(|cookie| table.get(*cookie).map(|e| e.to_record()))
                 .collect()
         };
         let stale: Vec<u64> = map

@@ -92,3 +92,37 @@ proptest! {
         prop_assert_eq!(back.hint, e.owner, "the owner becomes the next start's hint");
     }
 }
+
+proptest! {
+    /// The table keeps entries packed: what goes in comes out, with its
+    /// holders (one, several, none) and whatever else is in the table.
+    #[test]
+    fn every_field_survives_the_table(
+        e in entry(),
+        others in proptest::collection::vec(entry(), 0..8),
+        holders in proptest::collection::vec((1u32..50, 0i32..9, comm()), 0..4),
+    ) {
+        let mut t = crate::table::SocketTable::new();
+        for o in &others {
+            t.insert(o.clone());
+        }
+        let mut e = e;
+        e.set_holders(
+            holders
+                .into_iter()
+                .map(|(pid, fd, comm)| crate::table::Holder { pid, fd, comm })
+                .collect(),
+        );
+        t.insert(e.clone());
+        prop_assert_eq!(t.get(e.cookie), Some(e.clone()));
+        // Taking the others out (each may have shared its values) changes
+        // nothing of it.
+        for o in &others {
+            if o.cookie != e.cookie {
+                t.remove(o.cookie);
+            }
+        }
+        prop_assert_eq!(t.remove(e.cookie), Some(e));
+        prop_assert!(t.is_empty());
+    }
+}
