@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use cwatch_common::{Event, SockRecord, counter};
+use cwatch_common::{Event, SockRecord, control, counter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -337,6 +337,14 @@ impl Reconciler {
             .map(|(cookie, _)| *cookie)
             .collect();
         self.probes.forget_linger(&forget);
+        if forget.len() == linger.len() && held.is_empty() {
+            // Nothing lingers: `tcp_destroy_sock` can stop looking until the
+            // next socket that leaves without its file released says so.
+            self.probes.set_control(control::LINGERING, 0)?;
+            if !self.probes.linger_snapshot()?.is_empty() {
+                self.probes.set_control(control::LINGERING, 1)?;
+            }
+        }
         Ok(())
     }
 
