@@ -30,6 +30,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     ensure_build_toolchain(opts.check)?;
     ensure_test_tools(opts.check)?;
     crate::deploy_tools::ensure(opts.check)?;
+    crate::container_tools::ensure(opts.check)?;
     ensure_bench_tools(opts.check)?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole suite. Unit tests first (no privileges),
 //! then the kernel tests, which load the real probes and need root, then the
 //! deploy tests (sd_notify, capabilities, systemd unit, alert rules, a real
-//! Prometheus, the dashboard, the .deb, the Kubernetes manifests). Those are
+//! Prometheus, the dashboard, the .deb, the Kubernetes manifests, the
+//! container image built by `cargo xtask image` and run). Those are
 //! never skipped silently: without root this fails and says how to run them;
 //! under CI=true it fails the build.
 //!
@@ -11,7 +12,7 @@
 //! root instead.
 use anyhow::{Context as _, bail};
 
-use crate::{deploy_tools, package, setup, util};
+use crate::{deploy_tools, image, package, setup, util};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DaemonCaps {
@@ -73,11 +74,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         eprintln!("xtask: not root: the kernel and deploy tests run through `sudo -E`");
     }
     setup::ensure_test_tools(false)?;
-    let deb = if opts.kernel {
-        None
+    let (deb, image) = if opts.kernel {
+        (None, None)
     } else {
         deploy_tools::ensure(false)?;
-        Some(package::run()?)
+        (Some(package::run()?), Some(image::run()?))
     };
     util::run(util::cargo().args([
         "build",
@@ -128,6 +129,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             .env("CWATCH_NODE_TOOLS", deploy_tools::node_tools_dir());
         if let Some(deb) = &deb {
             cmd.env("CWATCH_DEB", deb);
+        }
+        if let Some(image) = &image {
+            cmd.env("CWATCH_IMAGE_ARCHIVE", &image.archive)
+                .env("CWATCH_IMAGE", &image.reference)
+                .env("CWATCH_IMAGE_DIGEST", &image.digest);
         }
         util::run(&mut cmd)?;
     }
