@@ -95,21 +95,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             trace.heap_bytes() + std::mem::size_of_val(&trace),
         );
         if show {
-            eprintln!("== {} (end {:?}, guessed {})", recipe.name, trace.end(), trace.guessed());
+            eprintln!(
+                "== {} (end {:?}, guessed {})",
+                recipe.name,
+                trace.end(),
+                trace.guessed()
+            );
             for f in &stack.frames {
                 eprintln!(
                     "   {:<60} {}:{} {} +{:#x}{}",
                     f.symbol.as_deref().unwrap_or("?"),
-                    f.file.as_deref().map_or("", |p| p.rsplit('/').next().unwrap_or(p)),
+                    f.file
+                        .as_deref()
+                        .map_or("", |p| p.rsplit('/').next().unwrap_or(p)),
                     f.line.unwrap_or(0),
-                    f.module.as_deref().map_or("?", |p| p.rsplit('/').next().unwrap_or(p)),
+                    f.module
+                        .as_deref()
+                        .map_or("?", |p| p.rsplit('/').next().unwrap_or(p)),
                     f.offset.unwrap_or(0),
                     if f.inlined { " (inlined)" } else { "" }
                 );
             }
             if stack.partial {
                 for r in trace.frames() {
-                    eprintln!("   raw {:#x} verified {} {:?} +{:#x?}", r.addr, r.verified, r.module_path(), r.file_offset);
+                    eprintln!(
+                        "   raw {:#x} verified {} {:?} +{:#x?}",
+                        r.addr,
+                        r.verified,
+                        r.module_path(),
+                        r.file_offset
+                    );
                 }
             }
             eprintln!("   stats {:?}", stacks.stats());

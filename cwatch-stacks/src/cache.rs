@@ -54,7 +54,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         while !self.map.is_empty()
             && (self.map.len() + 1 > self.max_entries || self.bytes + cost > self.max_bytes)
         {
-            let Some(oldest) = self.map.iter().min_by_key(|(_, (_, _, t))| *t).map(|(k, _)| k.clone())
+            let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, _, t))| *t)
+                .map(|(k, _)| k.clone())
             else {
                 break;
             };

@@ -19,7 +19,8 @@ pub fn follows_call(before: &[u8]) -> bool {
     if n >= 5 && before[n - 5] == 0xE8 {
         return true;
     }
-    (2..=LONGEST.min(n)).any(|k| before[n - k] == 0xFF && indirect_call_len(&before[n - k + 1..]) == Some(k))
+    (2..=LONGEST.min(n))
+        .any(|k| before[n - k] == 0xFF && indirect_call_len(&before[n - k + 1..]) == Some(k))
 }
 
 /// Length of `FF /2` starting at its ModRM byte (`rest[0]`), counting the
@@ -61,15 +62,15 @@ mod tests {
     #[test]
     fn direct_and_indirect_calls() {
         for code in [
-            &[0xE8, 1, 2, 3, 4][..],               // call rel32
-            &[0xFF, 0xD0],                         // call *%rax
-            &[0x41, 0xFF, 0xD3],                   // call *%r11
-            &[0xFF, 0x15, 1, 2, 3, 4],             // call *disp32(%rip)
-            &[0xFF, 0x50, 0x08],                   // call *0x8(%rax)
-            &[0xFF, 0x90, 1, 2, 3, 4],             // call *disp32(%rax)
-            &[0xFF, 0x14, 0x24],                   // call *(%rsp)
-            &[0xFF, 0x54, 0x24, 0x08],             // call *0x8(%rsp)
-            &[0xFF, 0x14, 0xC5, 1, 2, 3, 4],       // call *disp32(,%rax,8)
+            &[0xE8, 1, 2, 3, 4][..],         // call rel32
+            &[0xFF, 0xD0],                   // call *%rax
+            &[0x41, 0xFF, 0xD3],             // call *%r11
+            &[0xFF, 0x15, 1, 2, 3, 4],       // call *disp32(%rip)
+            &[0xFF, 0x50, 0x08],             // call *0x8(%rax)
+            &[0xFF, 0x90, 1, 2, 3, 4],       // call *disp32(%rax)
+            &[0xFF, 0x14, 0x24],             // call *(%rsp)
+            &[0xFF, 0x54, 0x24, 0x08],       // call *0x8(%rsp)
+            &[0xFF, 0x14, 0xC5, 1, 2, 3, 4], // call *disp32(,%rax,8)
         ] {
             assert!(follows_call(&ends_with(code)), "{code:02x?}");
         }
@@ -78,12 +79,12 @@ mod tests {
     #[test]
     fn data_and_other_instructions_are_not_calls() {
         for code in [
-            &[0x90, 0x90][..],       // nop; nop (Go's goexit+1 follows a NOP)
-            &[0xFF, 0xE0],           // jmp *%rax (FF /4)
-            &[0xFF, 0xC0],           // inc %eax (FF /0)
-            &[0x48, 0x89, 0xE5],     // mov %rsp,%rbp
-            &[0xC3],                 // ret
-            &[0xFF, 0x15, 1, 2, 3],  // truncated call: its length ends past here
+            &[0x90, 0x90][..],      // nop; nop (Go's goexit+1 follows a NOP)
+            &[0xFF, 0xE0],          // jmp *%rax (FF /4)
+            &[0xFF, 0xC0],          // inc %eax (FF /0)
+            &[0x48, 0x89, 0xE5],    // mov %rsp,%rbp
+            &[0xC3],                // ret
+            &[0xFF, 0x15, 1, 2, 3], // truncated call: its length ends past here
         ] {
             assert!(!follows_call(&ends_with(code)), "{code:02x?}");
         }

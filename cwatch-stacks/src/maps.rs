@@ -130,9 +130,8 @@ fn parse_line(line: &str) -> Result<Mapping, String> {
     let (start, end) = range
         .split_once('-')
         .ok_or_else(|| format!("bad address range {range:?}"))?;
-    let hex = |s: &str, what: &str| {
-        u64::from_str_radix(s, 16).map_err(|_| format!("bad {what} {s:?}"))
-    };
+    let hex =
+        |s: &str, what: &str| u64::from_str_radix(s, 16).map_err(|_| format!("bad {what} {s:?}"));
     let (start, end) = (hex(start, "start")?, hex(end, "end")?);
     if end < start {
         return Err(format!("address range {range:?} ends before it starts"));
@@ -195,7 +194,10 @@ mod tests {
         let maps = parse_maps(FIXTURE).unwrap();
         assert_eq!(maps.len(), 8);
         let text = &maps[1];
-        assert_eq!((text.start, text.end, text.offset), (0x55d0c5a4c000, 0x55d0c5a4d000, 0x1000));
+        assert_eq!(
+            (text.start, text.end, text.offset),
+            (0x55d0c5a4c000, 0x55d0c5a4d000, 0x1000)
+        );
         assert!(text.read && text.exec && !text.write);
         assert_eq!(text.dev, (0xfd, 1));
         assert_eq!(text.inode, 1835037);
@@ -213,8 +215,18 @@ mod tests {
     fn bad_lines_name_their_line() {
         let bad = "55d0c5a4b000-55d0c5a4c000 r--p 00000000 fd:01 1 /x\nzz-10 r--p 0 fd:01 1 /y\n";
         assert_eq!(parse_maps(bad).unwrap_err().0, 2);
-        assert!(parse_maps("10-20 r--p 0 fd01 1 /y").unwrap_err().1.contains("device"));
-        assert!(parse_maps("20-10 r--p 0 fd:01 1 /y").unwrap_err().1.contains("ends before"));
+        assert!(
+            parse_maps("10-20 r--p 0 fd01 1 /y")
+                .unwrap_err()
+                .1
+                .contains("device")
+        );
+        assert!(
+            parse_maps("20-10 r--p 0 fd:01 1 /y")
+                .unwrap_err()
+                .1
+                .contains("ends before")
+        );
         assert!(parse_maps("10-20 r--p").unwrap_err().1.contains("missing"));
     }
 

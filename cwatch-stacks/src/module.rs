@@ -264,10 +264,16 @@ impl Elf {
         unwind.ranges = fde_ranges(&unwind);
         let size = |name: &str| elf.section_by_name(name).map_or(0, |s| s.size() as usize);
         let symbols = size(".symtab") + size(".dynsym");
-        let debug = [".debug_info", ".debug_line", ".debug_ranges", ".debug_rnglists", ".debug_abbrev"]
-            .iter()
-            .map(|n| size(n))
-            .sum::<usize>();
+        let debug = [
+            ".debug_info",
+            ".debug_line",
+            ".debug_ranges",
+            ".debug_rnglists",
+            ".debug_abbrev",
+        ]
+        .iter()
+        .map(|n| size(n))
+        .sum::<usize>();
         let symbolizer_estimate = SYMBOLIZER_BASE + symbols * SYMBOL_FACTOR + debug / DEBUG_DIVISOR;
         drop(elf);
         drop(cache);
@@ -318,7 +324,8 @@ impl Elf {
     /// Bytes this entry holds (the unwind data; the file itself is not read
     /// into memory).
     pub fn cost(&self) -> usize {
-        std::mem::size_of::<Self>() + self.loads.len() * std::mem::size_of::<Load>()
+        std::mem::size_of::<Self>()
+            + self.loads.len() * std::mem::size_of::<Load>()
             + self.unwind.cost()
     }
 }

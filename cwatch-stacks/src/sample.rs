@@ -135,7 +135,11 @@ mod tests {
         stack[8..16].copy_from_slice(&0x1122334455667788u64.to_le_bytes());
         let s = Sample {
             pid: 1,
-            regs: Regs { ip: 0, sp: 0x1000, bp: 0 },
+            regs: Regs {
+                ip: 0,
+                sp: 0x1000,
+                bp: 0,
+            },
             stack,
         };
         assert_eq!(s.read_u64(0x1008), Some(0x1122334455667788));

@@ -75,10 +75,34 @@ pub fn is_runtime(frame: &Frame) -> bool {
     let Some(symbol) = &frame.symbol else {
         return false;
     };
-    // `<std::net::TcpStream as …>::connect`, `<&T as core::…>`.
-    let s = symbol.trim_start_matches(['<', '&', '*']).trim_start_matches("dyn ");
-    let s = s.strip_prefix("mut ").unwrap_or(s);
-    RUNTIME_SYMBOLS.iter().any(|p| s.starts_with(p)) || LIBC_WRAPPERS.contains(&s)
+    if let Some((ty, tr)) = symbol.strip_prefix('<').and_then(|s| s.split_once(" as ")) {
+        // `<Type as Trait>::f` is the type's code, unless the type is no
+        // path of its own (a generic, a closure, a primitive): then the
+        // trait's (`<&mut F as core::ops::FnOnce>::call_once`).
+        let ty = bare_type(ty);
+        return runtime_path(ty) || (!ty.contains("::") && runtime_path(bare_type(tr)));
+    }
+    let s = bare_type(symbol.trim_start_matches('<'));
+    runtime_path(s) || LIBC_WRAPPERS.contains(&s)
+}
+
+fn bare_type(s: &str) -> &str {
+    let mut s = s.trim_start();
+    loop {
+        let t = s
+            .trim_start_matches(['&', '*'])
+            .trim_start_matches("mut ")
+            .trim_start_matches("const ")
+            .trim_start_matches("dyn ");
+        if t == s {
+            return s;
+        }
+        s = t;
+    }
+}
+
+fn runtime_path(s: &str) -> bool {
+    RUNTIME_SYMBOLS.iter().any(|p| s.starts_with(p))
 }
 
 /// A C++ name without its parameter list and qualifiers:
@@ -200,7 +224,13 @@ mod tests {
         ] {
             assert!(is_runtime(&f(Some(s), app)), "{s}");
         }
-        for s in ["main", "main.openLeakyConnection", "leak::open_leaky_connection", "Worker::handle"] {
+        for s in [
+            "main",
+            "main.openLeakyConnection",
+            "leak::open_leaky_connection",
+            "Worker::handle",
+            "<leak::Pool as core::ops::Drop>::drop",
+        ] {
             assert!(!is_runtime(&f(Some(s), app)), "{s}");
         }
         assert!(is_runtime(&f(None, "/lib/ld-linux-x86-64.so.2")));
@@ -209,12 +239,18 @@ mod tests {
 
     #[test]
     fn short_names() {
-        assert_eq!(short_name("DataApi::connect_to(std::string const&, int) const"), "DataApi::connect_to");
+        assert_eq!(
+            short_name("DataApi::connect_to(std::string const&, int) const"),
+            "DataApi::connect_to"
+        );
         assert_eq!(short_name("f(int) [clone .isra.0]"), "f");
         assert_eq!(short_name("Foo::operator()(int)"), "Foo::operator()");
         assert_eq!(short_name("ns::g(void (*)(int))"), "ns::g");
         assert_eq!(short_name("main.(*Client).dial"), "main.(*Client).dial");
-        assert_eq!(short_name("leak::open_leaky_connection"), "leak::open_leaky_connection");
+        assert_eq!(
+            short_name("leak::open_leaky_connection"),
+            "leak::open_leaky_connection"
+        );
     }
 
     #[test]

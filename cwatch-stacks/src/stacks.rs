@@ -118,7 +118,8 @@ impl Stacks {
                 what: "process left the cache while being loaded".into(),
             });
         };
-        Ok(p.process.unwind(sample, &mut self.rules, self.cfg.max_frames))
+        Ok(p.process
+            .unwind(sample, &mut self.rules, self.cfg.max_frames))
     }
 
     /// Drops what is cached for a process (call when it exits; a reused pid
@@ -170,7 +171,9 @@ impl Stacks {
     }
 
     fn insert_module(&mut self, key: FileKey, elf: Option<Arc<Elf>>) {
-        let cost = elf.as_ref().map_or(64, |e| e.cost() + e.symbolizer_estimate);
+        let cost = elf
+            .as_ref()
+            .map_or(64, |e| e.cost() + e.symbolizer_estimate);
         let entry = ModuleEntry {
             elf,
             symbolizer: None,

@@ -103,7 +103,10 @@ impl ModuleSymbolizer {
         let mut src = source::Elf::new(&self.path);
         src.debug_syms = self.debug_syms;
         let src = source::Source::Elf(src);
-        let Ok(Symbolized::Sym(sym)) = self.symbolizer.symbolize_single(&src, Input::VirtOffset(svma)) else {
+        let Ok(Symbolized::Sym(sym)) = self
+            .symbolizer
+            .symbolize_single(&src, Input::VirtOffset(svma))
+        else {
             return Vec::new();
         };
         // A sized symbol spans the address: blazesym checks an ELF symbol's
@@ -165,24 +168,36 @@ mod tests {
         let exe = File::open("/proc/self/exe").unwrap();
         let elf = crate::module::Elf::parse(
             exe.try_clone().unwrap(),
-            crate::module::FileKey { dev: (0, 0), inode: 0 },
+            crate::module::FileKey {
+                dev: (0, 0),
+                inode: 0,
+            },
             std::path::Path::new("/proc/self/exe"),
         )
         .unwrap();
         let mut s = ModuleSymbolizer::new(&exe, true);
         // Find this function's address as linked: the running address minus
         // the load bias of our own text mapping.
-        let here = names_this_test_binary_and_refuses_outside_addresses as usize as u64;
-        let maps = crate::maps::ProcFs::default().maps(std::process::id()).unwrap();
+        let here =
+            names_this_test_binary_and_refuses_outside_addresses as *const () as usize as u64;
+        let maps = crate::maps::ProcFs::default()
+            .maps(std::process::id())
+            .unwrap();
         let m = maps.iter().find(|m| m.contains(here)).unwrap();
         let svma = here - elf.bias(m).unwrap();
         let names = s.lookup(svma);
         let last = names.last().unwrap();
         assert!(
-            last.symbol.ends_with("names_this_test_binary_and_refuses_outside_addresses"),
+            last.symbol
+                .ends_with("names_this_test_binary_and_refuses_outside_addresses"),
             "{names:?}"
         );
-        assert!(last.file.as_deref().is_some_and(|f| f.ends_with("symbolize.rs")), "{names:?}");
+        assert!(
+            last.file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("symbolize.rs")),
+            "{names:?}"
+        );
         // Far past any symbol: nothing, not the nearest name.
         assert!(s.lookup(0x7fff_0000_0000).is_empty());
         assert_eq!(s.lookups, 2);

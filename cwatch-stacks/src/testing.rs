@@ -83,8 +83,8 @@ pub const CPP: Recipe = Recipe {
 pub const RUST: Recipe = Recipe {
     name: "rust-O2",
     source: "leak.rs",
-    opener: "open_leaky_connection",
-    caller: "worker_handle",
+    opener: "leak::open_leaky_connection",
+    caller: "leak::worker_handle",
     kind: Kind::Rustc,
     strip: false,
 };
@@ -131,7 +131,9 @@ pub fn connect_line(source: &str) -> io::Result<u32> {
 }
 
 fn run(cmd: &mut Command) -> io::Result<()> {
-    let out = cmd.output().map_err(|e| io::Error::other(format!("{cmd:?}: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| io::Error::other(format!("{cmd:?}: {e}")))?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "{cmd:?} failed: {}",
@@ -147,12 +149,22 @@ pub fn build(recipe: &Recipe, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let src = testdata().join(recipe.source);
     let out = dir.join(recipe.name);
     match recipe.kind {
-        Kind::Gcc(flags) => run(Command::new("gcc").args(flags).arg("-o").arg(&out).arg(&src))?,
-        Kind::Gxx(flags) => run(Command::new("g++").args(flags).arg("-o").arg(&out).arg(&src))?,
-        Kind::Rustc => run(Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
-            .args(["--edition", "2021", "-C", "opt-level=2", "-g", "-o"])
+        Kind::Gcc(flags) => run(Command::new("gcc")
+            .args(flags)
+            .arg("-o")
             .arg(&out)
             .arg(&src))?,
+        Kind::Gxx(flags) => run(Command::new("g++")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src))?,
+        Kind::Rustc => run(Command::new(
+            std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()),
+        )
+        .args(["--edition", "2021", "-C", "opt-level=2", "-g", "-o"])
+        .arg(&out)
+        .arg(&src))?,
         Kind::Go(flags) => run(Command::new("go")
             .arg("build")
             .args(flags)
@@ -168,7 +180,11 @@ pub fn build(recipe: &Recipe, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
         return Ok((out.clone(), out));
     }
     let stripped = dir.join(format!("{}.stripped", recipe.name));
-    run(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&out))?;
+    run(Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&out))?;
     Ok((stripped, out))
 }
 
@@ -210,7 +226,9 @@ fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<l
 /// enters connect(); reads its registers and `stack_bytes` of its stack.
 pub fn capture_connect(exe: &Path, port: u16, stack_bytes: usize) -> io::Result<Capture> {
     let mut cmd = Command::new(exe);
-    cmd.arg(port.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     // SAFETY: PTRACE_TRACEME is async-signal-safe and touches no memory of
     // the parent; it runs in the forked child before exec.
     unsafe {
@@ -252,7 +270,12 @@ pub fn capture_connect(exe: &Path, port: u16, stack_bytes: usize) -> io::Result<
         if sig == libc::SIGTRAP | 0x80 {
             let mut info = std::mem::MaybeUninit::<libc::ptrace_syscall_info>::zeroed();
             let size = std::mem::size_of::<libc::ptrace_syscall_info>();
-            ptrace(libc::PTRACE_GET_SYSCALL_INFO, tid, size, info.as_mut_ptr() as usize)?;
+            ptrace(
+                libc::PTRACE_GET_SYSCALL_INFO,
+                tid,
+                size,
+                info.as_mut_ptr() as usize,
+            )?;
             // SAFETY: zero-initialised and filled by the kernel; every bit
             // pattern is a valid ptrace_syscall_info.
             let info = unsafe { info.assume_init() };

@@ -165,7 +165,10 @@ impl Process {
                 break End::MaxFrames;
             }
             let step = self.step_kind(address.address_for_lookup(), frames.len() == 1);
-            match self.unwinder.unwind_frame(address, &mut regs, cache, &mut read) {
+            match self
+                .unwinder
+                .unwind_frame(address, &mut regs, cache, &mut read)
+            {
                 Ok(None) => break End::Root,
                 Err(framehop::Error::CouldNotReadStack(_)) => break End::EndOfCapture,
                 Err(_) => break End::Stuck,
