@@ -22,4 +22,6 @@ pub enum Error {
     },
     #[error("{}: {what}", path.display())]
     Module { path: PathBuf, what: String },
+    #[error("the cwatch-stacks worker thread is gone")]
+    WorkerGone,
 }

@@ -72,6 +72,7 @@ about 64 bytes per frame; frames share their module record.
 
 mod cache;
 mod callsite;
+mod cfi;
 mod error;
 pub mod maps;
 mod module;
@@ -82,6 +83,7 @@ mod symbolize;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod unwind;
+mod worker;
 
 pub use error::Error;
 pub use maps::ProcFs;
@@ -89,3 +91,4 @@ pub use sample::{End, RawFrame, Regs, Sample, Trace};
 pub use site::{is_runtime, is_runtime_module, short_name, site};
 pub use stacks::{Config, Stacks, Stats};
 pub use symbolize::{Frame, Stack};
+pub use worker::Worker;

@@ -80,8 +80,9 @@ struct ProcEntry {
     read_at: Instant,
 }
 
-/// Unwinds and symbolizes connect-time stacks. Not `Sync`: keep it on one
-/// thread (or behind a lock).
+/// Unwinds and symbolizes connect-time stacks. Neither `Send` nor `Sync`
+/// (blazesym's symbolizer is not): create it on the thread that uses it,
+/// or use [`Worker`](crate::Worker), which owns one on its own thread.
 pub struct Stacks {
     cfg: Config,
     modules: Lru<FileKey, ModuleEntry>,
@@ -269,5 +270,15 @@ impl Stacks {
             module_evictions: self.modules.evictions,
             ..self.stats
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn traces_and_stacks_cross_threads() {
+        fn send<T: Send>() {}
+        send::<crate::Trace>();
+        send::<crate::Stack>();
     }
 }
