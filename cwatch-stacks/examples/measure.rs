@@ -39,6 +39,18 @@ static ALLOC: Counting = Counting;
 const STACK_BYTES: usize = 16 << 10;
 const ROUNDS: u32 = 2000;
 
+/// Peak resident memory of this process (VmHWM).
+fn max_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
@@ -48,9 +60,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("cwatch-stacks-measure-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "| program | frames | partial | site | unwind first | unwind cached | symbolize first | symbolize cached | heap after first | trace |"
+        "RawFrame: {} B; a trace: {} B + frames\n",
+        std::mem::size_of::<cwatch_stacks::RawFrame>(),
+        std::mem::size_of::<cwatch_stacks::Trace>()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| program | frames | partial | site | unwind first | unwind new pid | unwind cached | symbolize first | symbolize cached | heap after first | trace |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for recipe in testing::ALL {
         let (exe, _) = match testing::build(recipe, &dir) {
             Ok(b) => b,
@@ -76,18 +93,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::hint::black_box(stacks.unwind(&cap.sample)?);
         }
         let unwind_cached = t.elapsed() / ROUNDS;
+        // A new process of known binaries: maps read and placed again.
+        let t = Instant::now();
+        for _ in 0..ROUNDS / 10 {
+            stacks.forget_process(cap.sample.pid);
+            std::hint::black_box(stacks.unwind(&cap.sample)?);
+        }
+        let unwind_new_pid = t.elapsed() / (ROUNDS / 10);
         let t = Instant::now();
         for _ in 0..ROUNDS {
             std::hint::black_box(stacks.symbolize(&trace));
         }
         let sym_cached = t.elapsed() / ROUNDS;
         println!(
-            "| {} | {} | {} | {} | {:.0?} | {:.1?} | {:.1?} | {:.1?} | {} KiB | {} B |",
+            "| {} | {} | {} | {} | {:.0?} | {:.0?} | {:.1?} | {:.1?} | {:.1?} | {} KiB | {} B |",
             recipe.name,
             stack.frames.len(),
             stack.partial,
             site(&stack).unwrap_or_else(|| "-".into()),
             unwind_first,
+            unwind_new_pid,
             unwind_cached,
             sym_first,
             sym_cached,
@@ -116,18 +141,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if f.inlined { " (inlined)" } else { "" }
                 );
             }
-            if stack.partial {
-                for r in trace.frames() {
-                    eprintln!(
-                        "   raw {:#x} verified {} {:?} +{:#x?}",
-                        r.addr,
-                        r.verified,
-                        r.module_path(),
-                        r.file_offset
-                    );
-                }
-            }
             eprintln!("   stats {:?}", stacks.stats());
+            eprintln!("   max rss {} KiB", max_rss_kib());
         }
         drop(stacks);
         drop(cap);

@@ -27,8 +27,10 @@ use crate::{
 };
 
 /// The symbolizer estimate: a fixed part, plus a factor of the symbol
-/// tables' size (blazesym sorts and indexes every symbol), plus a share of
-/// the DWARF (units, line programs and function ranges parsed on demand).
+/// tables' size (blazesym sorts and indexes every symbol), plus half the
+/// DWARF (units, line programs and function ranges parsed on demand), or
+/// twice its inflated size where it is compressed (inflated into memory,
+/// then parsed).
 /// Measured on libc, Rust, C++ and Go binaries (see the crate doc).
 const SYMBOLIZER_BASE: usize = 64 << 10;
 const SYMBOL_FACTOR: usize = 2;
@@ -190,19 +192,33 @@ impl Elf {
             unwind.debug_frame = section(".debug_frame");
         }
         unwind.ranges = fde_ranges(&unwind);
-        let size = |name: &str| elf.section_by_name(name).map_or(0, |s| s.size() as usize);
-        let symbols = size(".symtab") + size(".dynsym");
+        // Sizes as blazesym will hold them: compressed debug sections
+        // (Go's) are inflated into memory whole.
+        let size = |name: &str| {
+            elf.section_by_name(name)
+                .map_or((0, false), |s| match s.compressed_file_range() {
+                    Ok(r) if r.format != object::CompressionFormat::None => {
+                        (r.uncompressed_size as usize, true)
+                    }
+                    _ => (s.size() as usize, false),
+                })
+        };
+        let symbols = size(".symtab").0 + size(".dynsym").0;
         let debug = [
             ".debug_info",
             ".debug_line",
             ".debug_ranges",
             ".debug_rnglists",
             ".debug_abbrev",
+            ".debug_str",
         ]
         .iter()
-        .map(|n| size(n))
+        .map(|n| match size(n) {
+            (n, true) => 2 * n,
+            (n, false) => n / DEBUG_DIVISOR,
+        })
         .sum::<usize>();
-        let symbolizer_estimate = SYMBOLIZER_BASE + symbols * SYMBOL_FACTOR + debug / DEBUG_DIVISOR;
+        let symbolizer_estimate = SYMBOLIZER_BASE + symbols * SYMBOL_FACTOR + debug;
         drop(elf);
         drop(cache);
         Ok(Self {
