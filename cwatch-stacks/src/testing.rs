@@ -11,6 +11,11 @@ use std::{
     os::unix::{fs::FileExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use crate::{Regs, Sample};
@@ -188,6 +193,9 @@ pub fn build(recipe: &Recipe, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     Ok((stripped, out))
 }
 
+/// How long a test program may take to reach connect().
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A program stopped by ptrace at the entry of its `connect()`, and the
 /// sample taken there. Dropping it kills the program (by pid).
 #[derive(Debug)]
@@ -198,10 +206,13 @@ pub struct Capture {
     /// The port connect() was asked to reach (from its sockaddr argument).
     pub port: u16,
     child: Child,
+    /// Tells the watchdog to stand down (set before the child is reaped).
+    done: Arc<AtomicBool>,
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         // Every traced thread must be reaped before the leader can be: wait
         // for the program's own process group only (never for -1, which
@@ -245,11 +256,23 @@ pub fn capture_connect(exe: &Path, port: u16, stack_bytes: usize) -> io::Result<
     }
     let child = cmd.spawn()?;
     let pid = child.id() as i32;
+    // Bounded: a program that never reaches connect() is killed (by pid).
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = Arc::clone(&done);
+    std::thread::spawn(move || {
+        std::thread::sleep(CAPTURE_TIMEOUT);
+        if !watchdog.load(Ordering::SeqCst) {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped
+            // (the capture loop only reaps it once it has died).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let mut capture = Capture {
         sample: Sample::default(),
         tid: 0,
         port: 0,
         child,
+        done: Arc::clone(&done),
     };
     // The exec stop.
     wait(pid)?;
@@ -289,6 +312,7 @@ pub fn capture_connect(exe: &Path, port: u16, stack_bytes: usize) -> io::Result<
                 capture.sample = sample_of(pid as u32, tid)?;
                 capture.port = read_port(tid, sockaddr)?;
                 capture.sample.stack = read_stack(tid, capture.sample.regs.sp, stack_bytes)?;
+                done.store(true, Ordering::SeqCst);
                 return Ok(capture);
             }
         } else if sig != libc::SIGTRAP && sig != libc::SIGSTOP {

@@ -142,8 +142,8 @@ fn evicted_binaries_are_opened_again_while_their_process_lives() {
         max_modules: 1,
         ..Config::default()
     };
+    // Its own directory: the other tests build the same recipe in theirs.
     let dir = std::env::temp_dir().join(format!("cwatch-stacks-evict-{}", std::process::id()));
-    // (its own directory: the other tests build the same recipe in theirs)
     std::fs::create_dir_all(&dir).unwrap();
     let (exe, _) = testing::build(&testing::C_O2, &dir).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
