@@ -275,6 +275,69 @@ impl Stacks {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+    use crate::Regs;
+
+    #[inline(never)]
+    fn leaf() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    static DATA: [u8; 64] = [0x5a; 64];
+
+    /// A sample stopped at `leaf`'s first instruction whose stack holds
+    /// `ra` where the return address belongs.
+    fn at_leaf_entry(ra: u64) -> Sample {
+        let mut stack = ra.to_le_bytes().to_vec();
+        stack.resize(256, 0);
+        Sample {
+            pid: std::process::id(),
+            regs: Regs {
+                ip: leaf as *const () as u64,
+                sp: 0x7ff0_0000_0000,
+                bp: 0,
+            },
+            stack,
+        }
+    }
+
+    #[test]
+    fn a_return_address_after_no_call_ends_the_stack_unnamed() {
+        // One byte into `leaf`: code, but no call instruction ends there.
+        let fake = leaf as *const () as u64 + 1;
+        let mut before = [0u8; crate::callsite::WINDOW];
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        mem.read_exact_at(&mut before, fake - crate::callsite::WINDOW as u64)
+            .unwrap();
+        assert!(
+            !crate::callsite::follows_call(&before),
+            "precondition: {before:02x?}"
+        );
+        let mut stacks = Stacks::new(Config::default());
+        let trace = stacks.unwind(&at_leaf_entry(fake)).unwrap();
+        assert_eq!(trace.end(), End::Unverified);
+        assert_eq!(trace.frames().len(), 2);
+        assert!(!trace.frames()[1].verified);
+        let stack = stacks.symbolize(&trace);
+        // The unverified frame is not shown (it is no known root).
+        assert_eq!(stack.frames.len(), 1, "{stack:?}");
+        assert!(stack.frames[0].symbol.as_deref().unwrap().ends_with("leaf"));
+        assert!(stack.partial);
+    }
+
+    #[test]
+    fn a_return_address_outside_code_is_dropped() {
+        let mut stacks = Stacks::new(Config::default());
+        let trace = stacks
+            .unwind(&at_leaf_entry(DATA.as_ptr() as u64 + 8))
+            .unwrap();
+        assert_eq!(trace.end(), End::Unverified);
+        assert_eq!(trace.frames().len(), 1);
+        assert!(trace.partial());
+    }
+
     #[test]
     fn traces_and_stacks_cross_threads() {
         fn send<T: Send>() {}
