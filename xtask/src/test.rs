@@ -56,6 +56,12 @@ pub fn unit_capabilities() -> anyhow::Result<String> {
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     setup::ensure_build_toolchain(false)?;
     if !opts.kernel && !opts.deploy {
+        // The cwatch-stacks tests build C, C++, Rust and Go programs; as
+        // root, install what they need first (otherwise they say what is
+        // missing, and fail under CI=true).
+        if util::can_install() {
+            setup::ensure_stacks_tools(false)?;
+        }
         util::run(util::cargo().args(["test", "--quiet"]))?;
     }
     if opts.unit {
