@@ -4,7 +4,7 @@
 //! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
 //!   the owner in the socket's own storage.
 //! - into LISTEN: we are in listen(); remember the listener's owner by port
-//!   in `LISTENERS` (out of LISTEN: forget it). Sockets the listener accepts
+//!   in `LISTENERS` (LISTEN → CLOSE: forget it). Sockets the listener accepts
 //!   look their owner hint up there when they enter CLOSE_WAIT, so accepting
 //!   a connection costs nothing.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
@@ -27,7 +27,7 @@ use cwatch_common::{
     EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER,
     OWNER_LISTEN, Owner, REC_INBOUND, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord,
     counter,
-    tcp_state::{CLOSE_WAIT, LISTEN, SYN_SENT},
+    tcp_state::{CLOSE, CLOSE_WAIT, LISTEN, SYN_SENT},
 };
 
 use crate::{
@@ -43,7 +43,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let entering = new == CLOSE_WAIT && old != CLOSE_WAIT;
     let leaving = old == CLOSE_WAIT && new != CLOSE_WAIT;
     let owned_here = new == SYN_SENT || new == LISTEN;
-    let unlistened = old == LISTEN && new != LISTEN;
+    // A listener leaves LISTEN only for CLOSE (close, shutdown, disconnect).
+    // LISTEN → SYN_RECV is a child being cloned from it: up to at least
+    // 6.12 the child still carries the listener's cookie at that point
+    // (inet_csk_clone_lock sets its own after the state change), so it
+    // would pass for the listener and forget it.
+    let unlistened = old == LISTEN && new == CLOSE;
     if !(entering || leaving || owned_here || unlistened) {
         return 0;
     }

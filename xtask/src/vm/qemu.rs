@@ -5,7 +5,8 @@
 //! noticed within seconds, said in one line, and the same boot runs under
 //! TCG emulation instead, as does every later boot of this run.
 //!
-//! The console is written to a log file; boot messages are shown only when
+//! The console is written to a log file (each line with the seconds since
+//! qemu started); boot messages are shown only when
 //! the boot fails, the tests' output as it comes. The guest's init speaks in
 //! lines starting with `cwatch-vm:` (`init`, `tests start`, `exit N`,
 //! `failed: why`), parsed by [`Marker::parse`].
@@ -295,7 +296,7 @@ impl Vm {
                 }
                 Event::Out(line) => line,
             };
-            writeln!(self.log, "{line}")?;
+            writeln!(self.log, "{:7.1} {line}", started.elapsed().as_secs_f64())?;
             match Marker::parse(&line) {
                 Some(Marker::Init) => init = true,
                 Some(Marker::TestsStart) => {
