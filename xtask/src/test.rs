@@ -5,6 +5,9 @@
 //! never skipped silently: without root this fails and says how to run them;
 //! under CI=true it fails the build.
 //!
+//! `--kernel VERSION|PATH` and `--kernels LIST` run the kernel tests on other
+//! kernels, each booted in a VM (`vm/`), and end with one line per kernel.
+//!
 //! Every daemon the kernel and deploy tests start runs with exactly the
 //! capabilities of deploy/systemd/cwatch.service (through setpriv), which
 //! proves the unit's set is enough; `--daemon-caps all` runs them as plain
