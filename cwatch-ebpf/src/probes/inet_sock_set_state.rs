@@ -19,7 +19,7 @@
 //!   watched process (one bit in `WATCHED`) is the owner kept in the
 //!   socket's storage.
 //! - into LISTEN: we are in listen(); remember the listener's owner by port
-//!   in `LISTENERS` (out of LISTEN: forget it).
+//!   in `LISTENERS` (LISTEN → CLOSE: forget it).
 //!
 //! Every other transition returns after two loads and four compares.
 use aya_ebpf::{
@@ -40,6 +40,7 @@ use crate::{
 const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
 const LISTEN: u32 = tcp_state::LISTEN;
 const SYN_SENT: u32 = tcp_state::SYN_SENT;
+const CLOSE: u32 = tcp_state::CLOSE;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -47,7 +48,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new = ctx.arg::<i32>(2) as u32;
     let entering = new == STATE_CLOSE_WAIT && old != STATE_CLOSE_WAIT;
     let leaving = old == STATE_CLOSE_WAIT && new != STATE_CLOSE_WAIT;
-    let listening = new == LISTEN || old == LISTEN;
+    // A listener leaves LISTEN only for CLOSE (close, shutdown, disconnect).
+    // LISTEN → SYN_RECV is a child being cloned from it: up to at least
+    // 6.12 the child still carries the listener's cookie at that point
+    // (inet_csk_clone_lock sets its own after the state change), so it
+    // would pass for the listener and forget it.
+    let listening = new == LISTEN || (old == LISTEN && new == CLOSE);
     let connecting = new == SYN_SENT && maps::control(control::WATCHING) != 0;
     if !(entering || leaving || listening || connecting) {
         return 0;

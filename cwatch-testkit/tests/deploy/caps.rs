@@ -21,7 +21,7 @@ fn status_of(path: &str) -> String {
 
 /// Every thread's effective and permitted sets equal `want`; inheritable and
 /// ambient are empty.
-fn assert_all_threads(pid: u32, want: u64) {
+pub(crate) fn assert_all_threads(pid: u32, want: u64) {
     let leader = status_of(&format!("/proc/{pid}/status"));
     assert_eq!(
         caps::status_mask(&leader, "CapEff:"),
