@@ -81,6 +81,17 @@ impl Load {
     /// A client named `comm` with `count` connections to each target;
     /// `on_eof` is "leak" or "close". Returns once all are connected.
     pub fn client(comm: &str, targets: &[(String, usize)], on_eof: &str) -> anyhow::Result<Load> {
+        Self::client_wrapped(&[], comm, targets, on_eof)
+    }
+
+    /// [`Load::client`] started through `wrapper` (see
+    /// [`Load::spawn_wrapped`]).
+    pub fn client_wrapped(
+        wrapper: &[&str],
+        comm: &str,
+        targets: &[(String, usize)],
+        on_eof: &str,
+    ) -> anyhow::Result<Load> {
         let mut args = vec![
             "client".into(),
             "--comm".into(),
@@ -96,7 +107,7 @@ impl Load {
                 count.to_string(),
             ]);
         }
-        let mut load = Load::spawn(&args)?;
+        let mut load = Load::spawn_wrapped(wrapper, &args)?;
         load.expect("connected", Duration::from_secs(120))?;
         Ok(load)
     }

@@ -162,7 +162,7 @@ fn keepalive_of(page: &[ApiSocket]) -> HashMap<u64, Option<Duration>> {
         .filter_map(|s| {
             let local = SocketAddr::new(s.local_addr.parse().ok()?, s.local_port);
             let peer = SocketAddr::new(s.peer_addr.parse().ok()?, s.peer_port);
-            let found = crate::kernel_view::sockdiag::lookup(local, peer).ok()??;
+            let found = crate::kernel_view::sockdiag::lookup(local, peer, s.cookie).ok()??;
             (found.cookie == s.cookie).then_some((s.cookie, found.keepalive))
         })
         .collect()

@@ -70,10 +70,11 @@ pub fn close_wait() -> io::Result<Vec<DiagSocket>> {
     dump(StateFlags::CLOSE_WAIT)
 }
 
-/// The one TCP socket with these ends in this thread's network namespace
-/// (a single exact request, not a dump): what `ss` would show of it, or
-/// `None` when there is none. Used for a few sockets at a time.
-pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<DiagSocket>> {
+/// The one TCP socket with these ends and this cookie in this thread's
+/// network namespace (a single exact request, not a dump): what `ss` would
+/// show of it, or `None` when there is none (or another socket has these
+/// ends now). Used for a few sockets at a time.
+pub fn lookup(local: SocketAddr, peer: SocketAddr, cookie: u64) -> io::Result<Option<DiagSocket>> {
     let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut id = if family == AF_INET {
         SocketId::new_v4()
@@ -84,6 +85,16 @@ pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<DiagSock
     id.source_port = local.port();
     id.destination_address = peer.ip();
     id.destination_port = peer.port();
+    // The kernel answers only for this very socket (two native-endian u32,
+    // low half first); a zero cookie would be a mismatch (ESTALE), not a
+    // wildcard (that is all ones).
+    let (low, high) = (
+        (cookie as u32).to_ne_bytes(),
+        ((cookie >> 32) as u32).to_ne_bytes(),
+    );
+    id.cookie = [
+        low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3],
+    ];
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
@@ -106,7 +117,7 @@ pub fn lookup(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<DiagSock
             Ok(Some(from_response(&response)))
         }
         NetlinkPayload::Error(err) => match err.to_io() {
-            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(None),
             e => Err(e),
         },
         _ => Ok(None),

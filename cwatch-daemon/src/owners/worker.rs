@@ -191,6 +191,8 @@ impl Worker {
             }
             let mut candidates: Vec<u32> = dead.sock.holders.iter().map(|h| h.pid).collect();
             candidates.extend(dead.sock.hint.map(|h| h.pid));
+            // Never resolved (it left while young) and no hint: an orphan,
+            // left to a walk.
             out.push(Pending {
                 cookie: dead.sock.cookie,
                 inode: dead.sock.inode,
@@ -212,7 +214,7 @@ impl Worker {
             .pending()
             .into_iter()
             .filter(|p| !p.candidates.iter().any(|c| self.next_scan.contains_key(c)))
-            .partition(|p| p.candidates.is_empty() && !p.dead);
+            .partition(|p| p.candidates.is_empty());
         let walk_due = self.last_walk.is_none_or(|t| now - t >= WALK_MIN_GAP);
         if !orphans.is_empty() && walk_due {
             debug!(

@@ -94,14 +94,37 @@ fn stop_and_kill_leave_nothing_behind() {
         );
         // Ours to remove now, not the daemon handle's.
         let pin_dir = daemon.pin_dir.take().expect("a private pin dir");
-        let pinned: Vec<u64> = ["CLOSE_WAIT", "LINGER", "OWNERS", "LISTENERS", "LAYOUT"]
+        let names: Vec<String> = std::fs::read_dir(&pin_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "YOUNG",
+            "CLOSE_WAIT",
+            "LINGER",
+            "OWNERS",
+            "LISTENERS",
+            "LAYOUT",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} not pinned: {names:?}"
+            );
+        }
+        let pinned: Vec<u64> = names
             .iter()
             .map(|name| pinned_map_id(&pin_dir.join(name)))
             .collect();
-        // The programs use the first four; LAYOUT is only read at load.
+        // The programs use every pinned map but LAYOUT, only read at load.
+        let used: Vec<u64> = names
+            .iter()
+            .zip(&pinned)
+            .filter(|(name, _)| *name != "LAYOUT")
+            .map(|(_, id)| *id)
+            .collect();
         assert!(
-            pinned[..4].iter().all(|id| maps.contains(id)),
-            "{pinned:?} ⊄ {maps:?}"
+            used.iter().all(|id| maps.contains(id)),
+            "{names:?} {used:?} ⊄ {maps:?}"
         );
         daemon.signal(signal).unwrap();
         let status = daemon.wait_exit(Duration::from_secs(20)).unwrap();
