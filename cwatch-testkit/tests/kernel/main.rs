@@ -5,6 +5,7 @@
 //! the host, and the counters they compare are host-wide): `cargo xtask test`.
 //! They only look at what they created: their ports, pids and cookies.
 mod attribution;
+mod auth_flood;
 mod common;
 mod dead;
 mod drift;
