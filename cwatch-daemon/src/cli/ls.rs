@@ -1,9 +1,16 @@
 /*!
 `cwatch ls`: asks the running daemon for its sockets and prints them like
 `ss`, oldest first, followed by the counts per peer and per process (the
-incident's `ss … | uniq -c`, done right). When no daemon answers it reads the
-kernel's socket table itself ([`super::ls_direct`]), says so, and marks every
-age as estimated. The KEEPALIVE column comes from the kernel either way.
+incident's `ss … | uniq -c`, done right). When nothing listens at the
+daemon's address it reads the kernel's socket table itself
+([`super::ls_direct`]), says so, and marks every age as estimated. The
+KEEPALIVE column comes from the kernel either way.
+
+A daemon behind basic auth answers only with credentials, which `ls` takes
+from [`AUTH_ENV`] (`user:password`; an environment variable, not a flag, so
+that it stays out of the process list). Without them, or with wrong ones, it
+prints nothing but one line saying so: it gets no more than the endpoint
+allows, and does not fall back to reading the kernel while a daemon answers.
 */
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +26,9 @@ use crate::http::wire::{ApiSocket, PeerFilter, Selection};
 
 /// Sockets asked for per request; `ls` follows the cursor for the rest.
 const PAGE: usize = 10_000;
+
+/// The environment variable with the daemon's basic auth credentials.
+pub const AUTH_ENV: &str = "CWATCH_BASIC_AUTH";
 
 /// Why the daemon's list could not be had.
 enum FetchError {
@@ -38,14 +48,15 @@ pub fn run(args: &LsArgs, target: SocketAddr, leak_after: Duration) -> anyhow::R
         Ok(s) => s,
         Err(FetchError::Other(e)) => return Err(e),
         Err(FetchError::NoDaemon(why)) => {
+            let all = ls_direct::sockets(&crate::owners::ProcRoot::real(), leak_after)
+                .context("reading the kernel's socket table (sock_diag)")?;
             eprintln!(
                 "cwatch: no daemon answers at {target} ({why}); reading the kernel's socket \
                  table directly: this network namespace only, ages estimated from the last \
-                 ACK (marked ~), leak-after {}",
-                humantime::format_duration(leak_after)
+                 ACK (marked ~), leak-after {}{}",
+                humantime::format_duration(leak_after),
+                ls_direct::visibility_note(&all)
             );
-            let all = ls_direct::sockets(&crate::owners::ProcRoot::real(), leak_after)
-                .context("reading the kernel's socket table (sock_diag)")?;
             let selection = selection(args);
             all.into_iter()
                 .filter(|s| selection.matches(s, s.leaked))
@@ -99,18 +110,39 @@ fn fetch(args: &LsArgs, target: SocketAddr) -> Result<Vec<ApiSocket>, FetchError
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
+    let credentials = std::env::var(AUTH_ENV).ok().filter(|c| !c.is_empty());
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let url = format!("http://{target}/api/v1/sockets");
-        let request = agent.get(&url).query_pairs(query(args, cursor.as_deref()));
+        let mut request = agent.get(&url).query_pairs(query(args, cursor.as_deref()));
+        if let Some(c) = &credentials {
+            request = request.header("Authorization", basic_auth(c));
+        }
         let mut response = request.call().map_err(|err| match err {
-            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                FetchError::NoDaemon(e.to_string())
+            }
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
                 FetchError::NoDaemon(err.to_string())
             }
+            ureq::Error::Io(e) => FetchError::Other(anyhow::anyhow!(
+                "something listens at {target} but did not answer in plain HTTP ({e}); \
+                 `cwatch ls` does not speak TLS"
+            )),
             other => FetchError::Other(anyhow::anyhow!("asking the daemon at {url}: {other}")),
         })?;
         let status = response.status();
+        if status == 401 {
+            return Err(FetchError::Other(anyhow::anyhow!(match credentials {
+                None => format!(
+                    "the daemon at {target} requires credentials (401): set \
+                     {AUTH_ENV}=user:password"
+                ),
+                Some(_) =>
+                    format!("the daemon at {target} refused the credentials in {AUTH_ENV} (401)"),
+            })));
+        }
         if !status.is_success() {
             let body = response.body_mut().read_to_string().unwrap_or_default();
             return Err(FetchError::Other(anyhow::anyhow!(
@@ -137,6 +169,15 @@ fn fetch(args: &LsArgs, target: SocketAddr) -> Result<Vec<ApiSocket>, FetchError
             None => return Ok(all),
         }
     }
+}
+
+/// The `Authorization` header value for `user:password`.
+fn basic_auth(credentials: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
 }
 
 /// The table and the summaries, as text. `keepalive`: the kernel's
