@@ -7,7 +7,7 @@ daemon's address it reads the kernel's socket table itself
 KEEPALIVE column comes from the kernel either way.
 
 A daemon behind basic auth answers only with credentials, which `ls` takes
-from [`AUTH_ENV`] (`user:password`; an environment variable, not a flag, so
+from [`super::ls_client::AUTH_ENV`] (`user:password`; an environment variable, not a flag, so
 that it stays out of the process list). Without them, or with wrong ones, it
 prints nothing but one line saying so: it gets no more than the endpoint
 allows, and does not fall back to reading the kernel while a daemon answers.
@@ -21,27 +21,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{LsArgs, ls_direct};
+use super::{
+    LsArgs,
+    ls_client::{FetchError, fetch},
+    ls_direct,
+};
 use crate::http::wire::{ApiSocket, PeerFilter, Selection};
-
-/// Sockets asked for per request; `ls` follows the cursor for the rest.
-const PAGE: usize = 10_000;
-
-/// The environment variable with the daemon's basic auth credentials.
-pub const AUTH_ENV: &str = "CWATCH_BASIC_AUTH";
-
-/// Why the daemon's list could not be had.
-enum FetchError {
-    /// Nothing listens there: fall back to the kernel.
-    NoDaemon(String),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for FetchError {
-    fn from(e: anyhow::Error) -> Self {
-        FetchError::Other(e)
-    }
-}
 
 pub fn run(args: &LsArgs, target: SocketAddr, leak_after: Duration) -> anyhow::Result<()> {
     let sockets = match fetch(args, target) {
@@ -82,102 +67,6 @@ fn selection(args: &LsArgs) -> Selection {
         pid: args.pid,
         peer: args.peer.as_deref().and_then(|p| PeerFilter::parse(p).ok()),
     }
-}
-
-/// The query's parameters for `args` (filters done by the daemon); the HTTP
-/// client encodes them.
-pub fn query(args: &LsArgs, cursor: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut q = vec![("limit", PAGE.to_string())];
-    if args.leaked {
-        q.push(("leaked", "true".into()));
-    }
-    if let Some(pid) = args.pid {
-        q.push(("pid", pid.to_string()));
-    }
-    if let Some(peer) = &args.peer {
-        q.push(("peer", peer.clone()));
-    }
-    if let Some(c) = cursor {
-        q.push(("cursor", c.to_string()));
-    }
-    q
-}
-
-/// Every matching socket, page by page, oldest first.
-fn fetch(args: &LsArgs, target: SocketAddr) -> Result<Vec<ApiSocket>, FetchError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let credentials = std::env::var(AUTH_ENV).ok().filter(|c| !c.is_empty());
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let url = format!("http://{target}/api/v1/sockets");
-        let mut request = agent.get(&url).query_pairs(query(args, cursor.as_deref()));
-        if let Some(c) = &credentials {
-            request = request.header("Authorization", basic_auth(c));
-        }
-        let mut response = request.call().map_err(|err| match err {
-            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                FetchError::NoDaemon(e.to_string())
-            }
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-                FetchError::NoDaemon(err.to_string())
-            }
-            ureq::Error::Io(e) => FetchError::Other(anyhow::anyhow!(
-                "something listens at {target} but did not answer in plain HTTP ({e}); \
-                 `cwatch ls` does not speak TLS"
-            )),
-            other => FetchError::Other(anyhow::anyhow!("asking the daemon at {url}: {other}")),
-        })?;
-        let status = response.status();
-        if status == 401 {
-            return Err(FetchError::Other(anyhow::anyhow!(match credentials {
-                None => format!(
-                    "the daemon at {target} requires credentials (401): set \
-                     {AUTH_ENV}=user:password"
-                ),
-                Some(_) =>
-                    format!("the daemon at {target} refused the credentials in {AUTH_ENV} (401)"),
-            })));
-        }
-        if !status.is_success() {
-            let body = response.body_mut().read_to_string().unwrap_or_default();
-            return Err(FetchError::Other(anyhow::anyhow!(
-                "the daemon at {target} answered {status}: {}",
-                body.trim()
-            )));
-        }
-        let next = response
-            .headers()
-            .get("x-next-cursor")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let page: Vec<ApiSocket> = response
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_json()
-            .with_context(|| {
-                format!("the daemon at {url} sent something that is not the socket list")
-            })?;
-        all.extend(page);
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(all),
-        }
-    }
-}
-
-/// The `Authorization` header value for `user:password`.
-fn basic_auth(credentials: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(credentials)
-    )
 }
 
 /// The table and the summaries, as text. `keepalive`: the kernel's
@@ -325,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn fd_comes_from_the_owner_holder_and_query_is_encoded() {
+    fn fd_comes_from_the_owner_holder() {
         let mut s = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
         assert_eq!(fd(&s), "-");
         s.holders = vec![
@@ -341,22 +230,6 @@ mod tests {
             },
         ];
         assert_eq!(fd(&s), "7+1");
-        let args = LsArgs {
-            leaked: true,
-            pid: Some(42),
-            peer: Some("[::1]:7000".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            query(&args, Some("a-b")),
-            vec![
-                ("limit", "10000".to_string()),
-                ("leaked", "true".into()),
-                ("pid", "42".into()),
-                ("peer", "[::1]:7000".into()),
-                ("cursor", "a-b".into()),
-            ]
-        );
     }
 
     #[test]
