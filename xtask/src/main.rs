@@ -1,13 +1,16 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
 mod bench;
 mod build;
+mod container_tools;
 mod deploy_tools;
+mod image;
 mod lint;
 mod package;
 mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,8 @@ enum Command {
     Bench(bench::Options),
     /// Build the .deb (cargo-deb): binary, unit, config, rules, dashboard.
     Package,
+    /// Build the container image (buildah, FROM scratch): target/image/.
+    Image,
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
         Command::Package => package::run().map(|deb| println!("{}", deb.display())),
+        Command::Image => image::run().map(|i| println!("{} {}", i.archive.display(), i.digest)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,7 +29,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     ensure_build_toolchain(opts.check)?;
     ensure_test_tools(opts.check)?;
+    ensure_stacks_tools(opts.check)?;
     crate::deploy_tools::ensure(opts.check)?;
+    crate::container_tools::ensure(opts.check)?;
     ensure_bench_tools(opts.check)?;
     Ok(())
 }
@@ -74,6 +76,39 @@ pub fn ensure_test_tools(check_only: bool) -> anyhow::Result<()> {
     if check_only || !can_install() {
         bail!(
             "the kernel tests need {}; install with: apt-get install -y {}",
+            packages.join(", "),
+            packages.join(" ")
+        );
+    }
+    apt_install(&packages)
+}
+
+/// What the cwatch-stacks capture tests build their test programs with,
+/// and check their names against (binutils reads the binaries on its own).
+const STACKS_TOOLS: &[(&str, &str)] = &[
+    ("gcc", "gcc"),
+    ("g++", "g++"),
+    ("go", "golang-go"),
+    ("strip", "binutils"),
+    ("nm", "binutils"),
+    ("addr2line", "binutils"),
+    ("readelf", "binutils"),
+];
+
+/// Ensures the compilers and binutils of the cwatch-stacks tests are there.
+pub fn ensure_stacks_tools(check_only: bool) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = STACKS_TOOLS
+        .iter()
+        .filter(|(tool, _)| which::which(tool).is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if check_only || !can_install() {
+        bail!(
+            "the cwatch-stacks tests need {}; install with: apt-get install -y {}",
             packages.join(", "),
             packages.join(" ")
         );

@@ -71,16 +71,22 @@ pub fn can_install() -> bool {
     is_root() && which::which("apt-get").is_ok()
 }
 
-pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+/// `apt-get update`, at most once per run.
+pub fn apt_update() -> anyhow::Result<()> {
     static UPDATED: AtomicBool = AtomicBool::new(false);
+    if !UPDATED.swap(true, Ordering::Relaxed) {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+    }
+    Ok(())
+}
+
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let started = Instant::now();
     eprintln!(
         "xtask: installing Debian packages {} (about a minute)…",
         packages.join(" ")
     );
-    if !UPDATED.swap(true, Ordering::Relaxed) {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-    }
+    apt_update()?;
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-q"])

@@ -14,6 +14,8 @@ use std::{
 /// Kernel the probes need: tp_btf with `bpf_get_socket_cookie` and socket
 /// storage in tracing programs, BPF ring buffer.
 pub const MIN_KERNEL: (u32, u32) = (5, 12);
+/// The oldest kernel the kernel tests run on (`cargo xtask test --kernels all`).
+pub const OLDEST_TESTED: (u32, u32) = (6, 1);
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Capability bits (linux/capability.h).
@@ -96,7 +98,8 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
     let mut out = Vec::new();
     let (maj, min) = MIN_KERNEL;
     out.push(match kernel_version(&host.kernel_release) {
-        Some(v) if v >= MIN_KERNEL => check(Level::Ok, format!("kernel {} (needs {maj}.{min} or newer)", host.kernel_release), ""),
+        Some(v) if v >= OLDEST_TESTED => check(Level::Ok, format!("kernel {} (needs {maj}.{min} or newer)", host.kernel_release), ""),
+        Some(v) if v >= MIN_KERNEL => check(Level::Warn, format!("kernel {} is supported (needs {maj}.{min}) but older than any tested ({}.{})", host.kernel_release, OLDEST_TESTED.0, OLDEST_TESTED.1), "cwatch should work; its kernel tests run on 6.1 and newer"),
         Some(_) => check(Level::Fail, format!("kernel {} is older than {maj}.{min}", host.kernel_release), format!("run cwatch on Linux {maj}.{min} or newer (tp_btf socket cookies, socket storage in tracing programs)")),
         None => check(Level::Warn, format!("kernel release {:?} not understood", host.kernel_release), "make sure the kernel is 5.12 or newer"),
     });
@@ -327,6 +330,15 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} not in:\n{text}");
         }
+        let older = run_checks(&Host {
+            kernel_release: "5.15.0-91-generic".into(),
+            ..Host::real(&root)
+        });
+        assert_eq!(older[0].level, Level::Warn, "{older:?}");
+        assert!(
+            older[0].what.contains("older than any tested (6.1)"),
+            "{older:?}"
+        );
         let first = blocking_problem(&host).unwrap();
         assert!(
             first.starts_with("kernel 5.4.0 is older than 5.12; fix: "),

@@ -4,7 +4,7 @@
 //! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
 //!   the owner in the socket's own storage.
 //! - into LISTEN: we are in listen(); remember the listener's owner by port
-//!   in `LISTENERS` (out of LISTEN: forget it). Sockets the listener accepts
+//!   in `LISTENERS` (LISTEN → CLOSE: forget it). Sockets the listener accepts
 //!   look their owner hint up there when they enter CLOSE_WAIT, so accepting
 //!   a connection costs nothing.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
@@ -34,6 +34,7 @@ use crate::{
 const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
 const LISTEN: u32 = tcp_state::LISTEN;
 const SYN_SENT: u32 = tcp_state::SYN_SENT;
+const CLOSE: u32 = tcp_state::CLOSE;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -42,7 +43,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let entering = new == STATE_CLOSE_WAIT && old != STATE_CLOSE_WAIT;
     let leaving = old == STATE_CLOSE_WAIT && new != STATE_CLOSE_WAIT;
     let owned_here = new == SYN_SENT || new == LISTEN;
-    let unlistened = old == LISTEN && new != LISTEN;
+    // A listener leaves LISTEN only for CLOSE (close, shutdown, disconnect).
+    // LISTEN → SYN_RECV is a child being cloned from it: up to at least
+    // 6.12 the child still carries the listener's cookie at that point
+    // (inet_csk_clone_lock sets its own after the state change), so it
+    // would pass for the listener and forget it.
+    let unlistened = old == LISTEN && new == CLOSE;
     if !(entering || leaving || owned_here || unlistened) {
         return 0;
     }

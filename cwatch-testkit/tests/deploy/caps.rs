@@ -23,7 +23,7 @@ use crate::common::{cap_names, read_repo_file, serial};
 /// Every thread of `pid` by role: each has a known role and holds exactly
 /// what its role keeps of `granted` (inheritable and ambient empty). Returns
 /// how many threads play each role.
-fn assert_threads_by_role(pid: u32, granted: u64) -> BTreeMap<&'static str, usize> {
+pub(crate) fn assert_threads_by_role(pid: u32, granted: u64) -> BTreeMap<&'static str, usize> {
     let threads = caps::threads_of(&pid.to_string());
     assert!(
         threads.len() > 1,

@@ -5,8 +5,10 @@
 //! bundled in @kubernetes-models/prometheus-operator (npm; it checks types
 //! and required fields, not unknown fields). Broken copies must fail both.
 //! Then what matters for cwatch: hostPID, not privileged, the capability
-//! list (see caps.rs), bpffs and tracefs mounted, the config listening on
-//! the pod address, and the ServiceMonitor selecting the Service's port.
+//! list (see caps.rs), bpffs (read-only but for the pin directory) and
+//! tracefs mounted, the image `cargo xtask image` builds, the config
+//! listening on the pod address, and the ServiceMonitor selecting the
+//! Service's port. resources.rs checks requests and limits against the bench.
 use std::{path::PathBuf, process::Command};
 
 use cwatch_daemon::cli::RunArgs;
@@ -69,7 +71,7 @@ fn operator_validate(file: &std::path::Path) -> (bool, String) {
 }
 
 /// A manifest as JSON (PyYAML, which kubernetes-validate brings).
-fn as_json(name: &str) -> Value {
+pub(crate) fn as_json(name: &str) -> Value {
     let text = run_ok(
         Command::new(tool("python3"))
             .args([
@@ -135,14 +137,17 @@ fn daemonset_is_what_cwatch_needs_and_no_more() {
     let mut want = crate::common::cap_names(cwatch_daemon::daemon::caps::REQUIRED);
     want.sort();
     assert_eq!(add, want);
-    let host_path = |mount: &str| {
-        let volume = container["volumeMounts"]
+    let mount = |path: &str| {
+        container["volumeMounts"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["mountPath"] == mount)
-            .unwrap_or_else(|| panic!("nothing mounted at {mount}"))["name"]
-            .clone();
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+            .clone()
+    };
+    let host_path = |path: &str| {
+        let volume = mount(path)["name"].clone();
         pod["volumes"]
             .as_array()
             .unwrap()
@@ -151,8 +156,16 @@ fn daemonset_is_what_cwatch_needs_and_no_more() {
             .unwrap()["hostPath"]["path"]
             .clone()
     };
+    let read_only = |path: &str| mount(path)["readOnly"] == true;
+    // As the unit: bpffs read-only but for the pin directory.
     assert_eq!(host_path("/sys/fs/bpf"), "/sys/fs/bpf");
+    assert!(read_only("/sys/fs/bpf"));
+    assert_eq!(host_path("/sys/fs/bpf/cwatch"), "/sys/fs/bpf/cwatch");
+    assert!(!read_only("/sys/fs/bpf/cwatch"));
     assert_eq!(host_path("/sys/kernel/tracing"), "/sys/kernel/tracing");
+    assert!(read_only("/sys/kernel/tracing"));
+    // The image `cargo xtask image` builds (image.rs checks the archive).
+    assert_eq!(container["image"], crate::image::reference().as_str());
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
 
     // The config it mounts is valid for this cwatch, listening on the pod.

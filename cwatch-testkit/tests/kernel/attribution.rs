@@ -279,9 +279,13 @@ fn a_burst_is_attributed_without_walking_proc() {
         "{} walks of /proc for one burst",
         walks1 - walks0
     );
+    // Each pass over the pending sockets scans the hint's family (here the
+    // server or the client, no children); how many passes a burst spans
+    // depends on how fast the host applies it. A scan per socket would be
+    // N scans, a walk one per process on the host.
     assert!(
-        procs1 - procs0 <= 4.0,
-        "scanned {} processes for one burst",
+        procs1 - procs0 <= (N / 16) as f64,
+        "scanned {} processes for one burst of {N} ({processes_on_host} processes on the host)",
         procs1 - procs0
     );
     if walks1 == walks0 {
