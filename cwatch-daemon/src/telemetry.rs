@@ -2,7 +2,8 @@
 What the stages count while they work, for `/metrics`: events that could not
 be decoded (intake), the fd-lookup latency and
 the `/proc` reads (attribution), the corrections and passes
-(reconciliation), and the SIGHUP reloads. One prometheus registry that the
+(reconciliation), the SIGHUP reloads, and whether this run keeps its state
+across restarts (pins). One prometheus registry that the
 exporter gathers beside its own families: a stage records here and never
 needs to know how metrics are rendered.
 */
@@ -28,6 +29,7 @@ pub struct Telemetry {
     passes: IntCounterVec,
     reload_ok: Gauge,
     reloads: IntCounterVec,
+    persistence: Gauge,
 }
 
 /// Registers `c` in `r`; names are fixed and unique, so this cannot fail.
@@ -61,8 +63,14 @@ impl Telemetry {
             "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.",
         )
         .expect("valid gauge");
+        let persistence = Gauge::new(
+            "cwatch_persistence_enabled",
+            "1 when the kernel maps are pinned (a restart keeps every socket's true start and owner); 0 when this run keeps nothing across a restart (no pin directory, or one that is not a writable bpffs, or pins of a newer cwatch).",
+        )
+        .expect("valid gauge");
         let t = Self {
             malformed: register(&r, malformed),
+            persistence: register(&r, persistence),
             attribution: histogram(
                 &r,
                 "cwatch_attribution_seconds",
@@ -148,6 +156,11 @@ impl Telemetry {
         self.passes
             .with_label_values(&[if full { "full" } else { "skipped" }])
             .inc();
+    }
+
+    /// Whether the kernel maps are pinned in this run.
+    pub fn persistence(&self, enabled: bool) {
+        self.persistence.set(f64::from(u8::from(enabled)));
     }
 
     /// A SIGHUP reload succeeded (`ok`) or changed nothing.

@@ -1,13 +1,14 @@
 /*!
 Support for cwatch's kernel tests and benchmarks: start a real daemon and read
 its endpoints ([`daemon`]), parse the Prometheus text format ([`prom`]), read
-ground truth from `ss` ([`ss`]), and drive `cwatch-load` workload processes
-([`load`]). Everything started here is stopped by pid when dropped.
+ground truth from `ss` ([`ss`]), drive `cwatch-load` workload processes
+([`load`]), and run them as other users ([`user`]). Everything started here is stopped by pid when dropped.
 */
 pub mod daemon;
 pub mod load;
 pub mod prom;
 pub mod ss;
+pub mod user;
 
 use std::time::{Duration, Instant};
 

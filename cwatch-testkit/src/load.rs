@@ -34,13 +34,23 @@ impl Load {
     /// Starts `WRAPPER… cwatch-load ARGS` (e.g. `ip netns exec NS`); the
     /// wrapper must exec it, so that the pid is cwatch-load's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
+        Self::spawn_bin(&load_bin()?, wrapper, args)
+    }
+
+    /// Starts `WRAPPER… BIN ARGS`, `bin` being a `cwatch-load` (a copy
+    /// another user can execute, say).
+    pub fn spawn_bin(
+        bin: &std::path::Path,
+        wrapper: &[&str],
+        args: &[String],
+    ) -> anyhow::Result<Load> {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(rest).arg(load_bin()?);
+                cmd.args(rest).arg(bin);
                 cmd
             }
-            None => Command::new(load_bin()?),
+            None => Command::new(bin),
         };
         let mut child = cmd
             .args(args)

@@ -46,11 +46,13 @@ fn run_daemon(args: RunArgs) -> ExitCode {
     }
     logging::init(&config.log_level);
     heap::single_arena();
+    // Another daemon on the same pin directory: refuse, naming it.
+    let claim = match daemon::claim_pin_dir(&config) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
     let reloader: daemon::Reloader = Box::new(move || resolve::run_config(&args));
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(daemon::run(config, web, Some(reloader))));
-    outcome(result)
+    outcome(daemon::main(config, web, claim, Some(reloader)))
 }
 
 fn check_config(args: &CheckConfigArgs) -> ExitCode {

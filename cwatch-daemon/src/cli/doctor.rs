@@ -180,10 +180,11 @@ fn pin_dir_check(dir: &Path, bpffs: bool) -> Check {
             format!("pin directory {shown} cannot be created: its parent is not bpffs"),
             "mount bpffs (above), or pass --pin-dir DIR on a bpffs mount",
         ),
+        // cwatch runs without persistence then: a warning, not a failure.
         Err(e) => check(
-            Level::Fail,
-            format!("pin directory {shown}: {e}"),
-            format!("make {shown} readable by cwatch, or remove it (it is recreated)"),
+            Level::Warn,
+            format!("pin directory {shown}: {e} (cwatch would run without persistence)"),
+            format!("make {shown} cwatch's own (mode 0700), or remove it (it is recreated)"),
         ),
     }
 }

@@ -11,6 +11,13 @@ When no daemon answers it reads the kernel's socket table itself
 ([`super::ls_direct`]), says so, and marks every age as estimated. The
 KEEPALIVE column comes from the kernel either way. The text is made in
 [`super::ls_render`].
+
+A daemon behind basic auth answers only with credentials, which `ls` takes
+from [`super::ls_client::AUTH_ENV`] (`user:password`; an environment
+variable, not a flag, so that it stays out of the process list). Without
+them, or with wrong ones, it prints nothing but one line saying so: it gets
+no more than the endpoint allows, and does not fall back to reading the
+kernel while a daemon answers.
 */
 use std::{
     collections::HashMap,
@@ -21,21 +28,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{LsArgs, ls_direct, ls_render};
-use crate::http::wire::{ApiSocket, ApiSummary, PeerFilter, Selection};
-
-/// Why the daemon's answer could not be had.
-enum FetchError {
-    /// Nothing listens there: fall back to the kernel.
-    NoDaemon(String),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for FetchError {
-    fn from(e: anyhow::Error) -> Self {
-        FetchError::Other(e)
-    }
-}
+use super::{
+    LsArgs,
+    ls_client::{Client, FetchError},
+    ls_direct, ls_render,
+};
+use crate::http::wire::{ApiSocket, PeerFilter, Selection};
 
 /// Above this many rows the KEEPALIVE column comes from one dump of the
 /// kernel's CLOSE_WAIT sockets; below, from one exact question per row.
@@ -95,14 +93,15 @@ fn direct(
     leak_after: Duration,
     why: &str,
 ) -> anyhow::Result<()> {
+    let all = ls_direct::sockets(&crate::owners::ProcRoot::real(), leak_after)
+        .context("reading the kernel's socket table (sock_diag)")?;
     eprintln!(
         "cwatch: no daemon answers at {target} ({why}); reading the kernel's socket \
          table directly: this network namespace only, ages estimated from the last \
-         ACK (marked ~), leak-after {}",
-        humantime::format_duration(leak_after)
+         ACK (marked ~), leak-after {}{}",
+        humantime::format_duration(leak_after),
+        ls_direct::visibility_note(&all)
     );
-    let all = ls_direct::sockets(&crate::owners::ProcRoot::real(), leak_after)
-        .context("reading the kernel's socket table (sock_diag)")?;
     let selection = selection(args);
     let mut sockets: Vec<ApiSocket> = all
         .into_iter()
@@ -178,107 +177,9 @@ fn selection(args: &LsArgs) -> Selection {
     }
 }
 
-/// The query's parameters for `args` (filters done by the daemon), with a
-/// `limit` when one is given; the HTTP client encodes them.
-pub fn query(args: &LsArgs, limit: Option<usize>) -> Vec<(&'static str, String)> {
-    let mut q = Vec::new();
-    if let Some(limit) = limit {
-        q.push(("limit", limit.to_string()));
-    }
-    if args.leaked {
-        q.push(("leaked", "true".into()));
-    }
-    if let Some(pid) = args.pid {
-        q.push(("pid", pid.to_string()));
-    }
-    if let Some(peer) = &args.peer {
-        q.push(("peer", peer.clone()));
-    }
-    q
-}
-
-/// The daemon at one address.
-struct Client {
-    target: SocketAddr,
-    agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(target: SocketAddr) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        Self { target, agent }
-    }
-
-    fn get(
-        &self,
-        path: &str,
-        query: Vec<(&'static str, String)>,
-    ) -> Result<ureq::Body, FetchError> {
-        let url = format!("http://{}{path}", self.target);
-        let response = self.agent.get(&url).query_pairs(query).call();
-        let mut response = response.map_err(|err| match err {
-            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-                FetchError::NoDaemon(err.to_string())
-            }
-            other => FetchError::Other(anyhow::anyhow!("asking the daemon at {url}: {other}")),
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.body_mut().read_to_string().unwrap_or_default();
-            return Err(FetchError::Other(anyhow::anyhow!(
-                "the daemon at {} answered {status}: {}",
-                self.target,
-                body.trim()
-            )));
-        }
-        Ok(response.into_body())
-    }
-
-    fn summary(&self, args: &LsArgs) -> Result<ApiSummary, FetchError> {
-        let mut body = self.get("/api/v1/summary", query(args, None))?;
-        let summary = body
-            .read_json()
-            .context("the daemon sent something that is not a summary")?;
-        Ok(summary)
-    }
-
-    /// The sockets' answer as a reader (`limit`: the oldest that many).
-    fn sockets(&self, args: &LsArgs, limit: Option<usize>) -> anyhow::Result<impl Read> {
-        match self.get("/api/v1/sockets", query(args, limit)) {
-            Ok(body) => Ok(body.into_with_config().limit(u64::MAX).reader()),
-            Err(FetchError::NoDaemon(why)) => anyhow::bail!("the daemon went away: {why}"),
-            Err(FetchError::Other(e)) => Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_query_has_the_filters_and_the_limit() {
-        let args = LsArgs {
-            leaked: true,
-            pid: Some(42),
-            peer: Some("[::1]:7000".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            query(&args, Some(100)),
-            vec![
-                ("limit", "100".to_string()),
-                ("leaked", "true".into()),
-                ("pid", "42".into()),
-                ("peer", "[::1]:7000".into()),
-            ]
-        );
-        assert_eq!(query(&LsArgs::default(), None), vec![]);
-    }
 
     #[test]
     fn streamed_rows_are_read_one_line_at_a_time() {

@@ -2,8 +2,8 @@
 The command line on top of the daemon: the clap types here (`cwatch run |
 ls | check-config | doctor`), flags merged into the configuration
 ([`resolve`]), what each subcommand does and its exit code ([`commands`]),
-the client `cwatch ls` ([`ls`], with [`ls_direct`] reading the kernel
-itself) and the preflight ([`doctor`]).
+the client `cwatch ls` ([`ls`], asking the daemon through [`ls_client`],
+with [`ls_direct`] reading the kernel itself) and the preflight ([`doctor`]).
 
 Every `run` setting is a flag here and a key in the TOML file
 ([`crate::config`]); both go through the same value parsers
@@ -12,6 +12,7 @@ Every `run` setting is a flag here and a key in the TOML file
 pub mod commands;
 pub mod doctor;
 mod ls;
+mod ls_client;
 mod ls_direct;
 mod ls_render;
 pub mod resolve;

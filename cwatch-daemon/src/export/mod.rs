@@ -7,7 +7,8 @@ contract's families, rendered with the stages' telemetry) and
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
-and reads the kernel's counters with the lock released.
+(through the label reader thread, in the daemon) and reads the kernel's
+counters with the lock released.
 */
 pub mod cardinality;
 mod histogram;
@@ -22,7 +23,10 @@ pub use series::{Families, Filter};
 
 use crate::{
     config::Config,
-    owners::{ProcRoot, labels::LabelCache},
+    owners::{
+        ProcRoot,
+        labels::{LabelCache, LabelLookups},
+    },
     state::State,
 };
 
@@ -38,6 +42,16 @@ impl Exporter {
         Self {
             metrics: Metrics::new(),
             labels: LabelCache::new(proc.clone()),
+            proc,
+        }
+    }
+
+    /// An exporter whose owner labels are read by the thread behind
+    /// `reader` (the scrape threads hold no capability to read them).
+    pub fn with_label_reader(proc: ProcRoot, reader: LabelLookups) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            labels: LabelCache::reading_through(proc.clone(), reader),
             proc,
         }
     }

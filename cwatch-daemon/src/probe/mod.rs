@@ -11,6 +11,7 @@ mod batch;
 mod maps;
 pub mod mounts;
 pub mod offsets;
+pub mod pindir;
 pub mod pins;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ use crate::common::serial;
 
 /// (program ids, map ids) that the process `pid` holds, from the fdinfo of
 /// its BPF fds (links name their program; the program names its maps).
-fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
+pub(crate) fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
     let (mut progs, mut maps) = (Vec::new(), Vec::new());
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo readable") {
         let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
@@ -44,7 +44,7 @@ fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
     (progs, maps)
 }
 
-fn still_exists(kind: &str, id: u64) -> bool {
+pub(crate) fn still_exists(kind: &str, id: u64) -> bool {
     Command::new("bpftool")
         .args([kind, "show", "id", &id.to_string()])
         .output()
@@ -150,7 +150,7 @@ fn stop_and_kill_leave_nothing_behind() {
 }
 
 /// The id of the map pinned at `path` (`bpftool -j map show pinned`).
-fn pinned_map_id(path: &std::path::Path) -> u64 {
+pub(crate) fn pinned_map_id(path: &std::path::Path) -> u64 {
     let out = Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
         .arg(path)
