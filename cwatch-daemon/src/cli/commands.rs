@@ -84,13 +84,20 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cwatch: {err:#}");
+            eprintln!("{}", error_line(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage_error(err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("cwatch: {err}");
+    eprintln!("{}", error_line(err));
     ExitCode::from(2)
+}
+
+/// What stderr shows for an error: one line, whatever the values it quotes
+/// hold (a newline or an escape sequence in a flag's value, a file name or
+/// a process name is shown escaped, never acted on by the terminal).
+pub fn error_line(err: &dyn std::fmt::Display) -> String {
+    format!("cwatch: {}", crate::text::for_terminal(&err.to_string()))
 }

@@ -17,7 +17,10 @@ pub fn under_journald() -> bool {
 
 /// Sets up the global subscriber once; later calls do nothing.
 pub fn init(level: &str) {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::config::values::normalize_directives(&v));
     let filter = from_env
         .as_deref()
         .and_then(|v| EnvFilter::try_new(v).ok())

@@ -94,7 +94,7 @@ impl ProcRoot {
 
     fn stat(&self, pid: u32) -> Option<procfs_core::process::Stat> {
         let raw = fs::read(self.path(format!("{pid}/stat"))).ok()?;
-        procfs_core::process::Stat::from_read(&raw[..]).ok()
+        stat_of(&raw)
     }
 
     /// Children of process `pid` (of all its threads), from
@@ -162,6 +162,24 @@ fn number<T: std::str::FromStr>(name: &[u8]) -> Option<T> {
     std::str::from_utf8(name).ok()?.parse().ok()
 }
 
+/// A `stat` line, parsed by procfs-core once it has the kernel's shape
+/// (`PID (NAME) S …`, the name being anything the process chose). The crate
+/// cuts the line at its parentheses unchecked and panicked on other lines
+/// (`42 () )¡`, found by the fuzz loop).
+pub fn stat_of(raw: &[u8]) -> Option<procfs_core::process::Stat> {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.trim();
+    let (open, close) = (line.find('(')?, line.rfind(')')?);
+    let shaped = open >= 1
+        && close > open
+        && line.as_bytes().get(close + 1) == Some(&b' ')
+        && line.get(close + 2..).is_some_and(|rest| !rest.is_empty() && rest.is_ascii());
+    if !shaped {
+        return None;
+    }
+    procfs_core::process::Stat::from_read(raw).ok()
+}
+
 /// `socket:[123]` → 123.
 pub fn socket_inode(target: &Path) -> Option<u64> {
     let bytes = target.as_os_str().as_bytes();
@@ -211,6 +229,17 @@ mod tests {
             comm_of(b"a-name-longer-than-15").as_str(),
             "a-name-longer-t"
         );
+    }
+
+    #[test]
+    fn stat_lines_not_shaped_like_the_kernel_s_are_refused_not_a_panic() {
+        // Found by the fuzz loop: procfs-core panicked on each of these.
+        for line in [&b"42 () )\xc2\xa1\n"[..], b"(x) S 1", b"42 )x( S 1", b"42 (x)"] {
+            assert!(stat_of(line).is_none(), "{:?}", String::from_utf8_lossy(line));
+        }
+        let real = b"42 (evil) (name) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4200 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+        let stat = stat_of(real).expect("a name with parentheses is fine");
+        assert_eq!((stat.ppid, stat.starttime, stat.comm.as_str()), (1, 4200, "evil) (name"));
     }
 
     #[test]

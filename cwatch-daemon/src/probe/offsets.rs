@@ -40,11 +40,58 @@ pub enum OffsetsError {
 
 /// Reads the running kernel's BTF and resolves every offset.
 pub fn from_running_kernel() -> Result<KernelOffsets, OffsetsError> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|reason| OffsetsError::Read {
-        path: VMLINUX_BTF.to_string(),
+    resolve(&read(std::path::Path::new(VMLINUX_BTF))?)
+}
+
+/// Reads and parses a BTF file, its header checked first: the parser
+/// trusts the header's section offsets (an overflowing one made it panic,
+/// found by the fuzz loop), so a file whose sections do not lie inside it
+/// is refused here.
+pub fn read(path: &std::path::Path) -> Result<Btf, OffsetsError> {
+    let failed = |reason: anyhow::Error| OffsetsError::Read {
+        path: path.display().to_string(),
         reason,
-    })?;
-    resolve(&btf)
+    };
+    let bytes = std::fs::read(path).map_err(|e| failed(e.into()))?;
+    parse(&bytes).map_err(failed)
+}
+
+/// [`read`]'s parse half.
+pub fn parse(bytes: &[u8]) -> anyhow::Result<Btf> {
+    check_header(bytes)?;
+    Btf::from_bytes(bytes)
+}
+
+/// The BTF header (`struct btf_header`): magic, version 1, and sections
+/// that lie inside the file.
+pub fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    let u32_at = |at: usize, big: bool| -> anyhow::Result<u64> {
+        let b: [u8; 4] = bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow::anyhow!("not BTF: {} bytes is too short for a header", bytes.len()))?;
+        Ok(u64::from(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }))
+    };
+    let big = match bytes.get(..2) {
+        Some([0x9f, 0xeb]) => false,
+        Some([0xeb, 0x9f]) => true,
+        _ => anyhow::bail!("not BTF (no 0xeb9f magic)"),
+    };
+    if bytes.get(2) != Some(&1) {
+        anyhow::bail!("BTF version {:?} (cwatch reads version 1)", bytes.get(2));
+    }
+    let len = bytes.len() as u64;
+    let hdr_len = u32_at(4, big)?;
+    if hdr_len < 24 || hdr_len > len {
+        anyhow::bail!("BTF header length {hdr_len} does not fit a {len}-byte file");
+    }
+    for (what, off_at) in [("type", 8), ("string", 16)] {
+        let (off, size) = (u32_at(off_at, big)?, u32_at(off_at + 4, big)?);
+        if hdr_len + off + size > len {
+            anyhow::bail!("BTF {what} section ({size} bytes at {off}) lies past the end of the file ({len} bytes)");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves every field of `KernelOffsets` in `btf`.

@@ -46,8 +46,13 @@ impl Comm {
     }
 
     pub fn as_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
+
+    /// The name's bytes, up to the first NUL.
+    pub fn bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
-        String::from_utf8_lossy(&self.0[..len])
+        &self.0[..len]
     }
 }
 
