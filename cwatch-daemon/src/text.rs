@@ -78,16 +78,30 @@ mod tests {
     #[test]
     fn names_keep_their_bytes_for_formats_and_are_escaped_for_people() {
         assert_eq!(lossless(b"order-svc"), "order-svc");
-        assert_eq!(lossless(b"a\nb\x1b[31m"), "a\nb\x1b[31m", "formats escape these");
+        assert_eq!(
+            lossless(b"a\nb\x1b[31m"),
+            "a\nb\x1b[31m",
+            "formats escape these"
+        );
         assert_eq!(lossless(b"bad\xff\xfe"), "bad\\xff\\xfe");
         // 15 bytes cut mid-character: the lone lead byte is kept as \xNN.
-        assert_eq!(lossless("ab€".as_bytes().split_last().unwrap().1), "ab\\xe2\\x82");
+        assert_eq!(
+            lossless("ab€".as_bytes().split_last().unwrap().1),
+            "ab\\xe2\\x82"
+        );
         assert_eq!(for_terminal("order-svc"), "order-svc");
         assert_eq!(for_terminal("evil\nrow"), "evil\\nrow");
-        assert_eq!(for_terminal("\x1b[2J\x1b[31mred\t\r"), "\\x1b[2J\\x1b[31mred\\t\\r");
+        assert_eq!(
+            for_terminal("\x1b[2J\x1b[31mred\t\r"),
+            "\\x1b[2J\\x1b[31mred\\t\\r"
+        );
         assert_eq!(for_terminal("x\u{7f}\u{85}"), "x\\x7f\\u{85}");
         assert_eq!(for_terminal("abc\u{202e}fed"), "abc\\u{202e}fed");
-        assert_eq!(for_terminal("naïve 名前"), "naïve 名前", "printable Unicode stays");
+        assert_eq!(
+            for_terminal("naïve 名前"),
+            "naïve 名前",
+            "printable Unicode stays"
+        );
         assert_eq!(bytes_for_terminal(b"x\n\xff"), "x\\n\\xff");
     }
 

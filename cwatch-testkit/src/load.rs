@@ -34,7 +34,7 @@ impl Load {
     /// Starts `WRAPPER… cwatch-load ARGS` (e.g. `ip netns exec NS`); the
     /// wrapper must exec it, so that the pid is cwatch-load's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
-        let mut cmd = match wrapper.split_first() {
+        let cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(rest).arg(load_bin()?);
@@ -42,6 +42,16 @@ impl Load {
             }
             None => Command::new(load_bin()?),
         };
+        Self::start(cmd, args)
+    }
+
+    /// Starts a copy of cwatch-load at `binary` (a test's own path for it,
+    /// e.g. one with a hostile name).
+    pub fn spawn_from(binary: &std::path::Path, args: &[String]) -> anyhow::Result<Load> {
+        Self::start(Command::new(binary), args)
+    }
+
+    fn start(mut cmd: Command, args: &[String]) -> anyhow::Result<Load> {
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())

@@ -267,9 +267,10 @@ pub fn report(checks: &[Check]) -> (String, bool) {
             Level::Warn => "WARN",
             Level::Fail => "FAIL",
         };
-        let _ = write!(s, "{tag} {}", c.what);
+        // Paths, the kernel's release and error texts are shown escaped.
+        let _ = write!(s, "{tag} {}", crate::text::for_terminal(&c.what));
         if !c.fix.is_empty() {
-            let _ = write!(s, "\n       fix: {}", c.fix);
+            let _ = write!(s, "\n       fix: {}", crate::text::for_terminal(&c.fix));
         }
         s.push('\n');
     }

@@ -15,7 +15,10 @@ use std::{
 use anyhow::Context as _;
 
 use super::{LsArgs, ls_direct};
-use crate::http::wire::{ApiSocket, PeerFilter, Selection};
+use crate::{
+    http::wire::{ApiSocket, PeerFilter, Selection},
+    text::for_terminal,
+};
 
 /// Sockets asked for per request; `ls` follows the cursor for the rest.
 const PAGE: usize = 10_000;
@@ -164,7 +167,7 @@ pub fn render(sockets: &[ApiSocket], keepalive: &HashMap<u64, Option<Duration>>)
             fd(sock),
             endpoint(&sock.local_addr, &sock.local_port.to_string()),
             endpoint(&sock.peer_addr, &sock.peer_port.to_string()),
-            sock.direction,
+            for_terminal(&sock.direction),
             ka,
             leaked,
         );
@@ -215,9 +218,11 @@ fn age(sock: &ApiSocket) -> String {
     }
 }
 
+/// `pid/comm`, the name escaped: a process named with a newline or an
+/// escape sequence can neither split a row nor drive the terminal.
 fn owner(sock: &ApiSocket) -> String {
     match (sock.pid, &sock.comm) {
-        (Some(pid), Some(comm)) => format!("{pid}/{comm}"),
+        (Some(pid), Some(comm)) => format!("{pid}/{}", for_terminal(comm)),
         (Some(pid), None) => pid.to_string(),
         _ => "[unknown]".to_string(),
     }
@@ -245,6 +250,7 @@ fn fd(sock: &ApiSocket) -> String {
 }
 
 fn endpoint(addr: &str, port: &str) -> String {
+    let addr = for_terminal(addr);
     if addr.contains(':') {
         format!("[{addr}]:{port}")
     } else {
@@ -315,6 +321,21 @@ mod tests {
                 ("peer", "[::1]:7000".into()),
                 ("cursor", "a-b".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn hostile_names_stay_on_their_row() {
+        let mut evil = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
+        evil.comm = Some("a\nb\u{1b}[31m\\xff".into());
+        let text = render(&[evil], &HashMap::new());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("42/a\\nb\\x1b[31m\\xff"), "{}", lines[1]);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert_eq!(
+            text.lines().filter(|l| l.contains("42/a")).count(),
+            2,
+            "one row, one summary line"
         );
     }
 

@@ -114,6 +114,9 @@ mod tests {
                 assert!(!d.starts_with(char::is_whitespace), "{d:?}");
             }
         }
-        assert_eq!(parse_log_level(" info , cwatch_daemon=debug").as_deref(), Ok("info,cwatch_daemon=debug"));
+        assert_eq!(
+            parse_log_level(" info , cwatch_daemon=debug").as_deref(),
+            Ok("info,cwatch_daemon=debug")
+        );
     }
 }

@@ -76,14 +76,18 @@ fn document() -> impl Strategy<Value = String> {
         (proptest::sample::select(WEB_KEYS), value()).prop_map(|(k, v)| format!("{k} = {v}")),
         0..4,
     );
-    (proptest::collection::vec(line, 0..8), proptest::option::of(web)).prop_map(|(lines, web)| {
-        let mut text = lines.join("\n");
-        if let Some(web) = web {
-            text += "\n[web]\n";
-            text += &web.join("\n");
-        }
-        text
-    })
+    (
+        proptest::collection::vec(line, 0..8),
+        proptest::option::of(web),
+    )
+        .prop_map(|(lines, web)| {
+            let mut text = lines.join("\n");
+            if let Some(web) = web {
+                text += "\n[web]\n";
+                text += &web.join("\n");
+            }
+            text
+        })
 }
 
 /// What `check-config` would print reads back as the same configuration.
@@ -91,7 +95,10 @@ fn round_trips(c: &config::Config) {
     let printed = c.to_toml();
     let again = config::parse_file("printed", &printed)
         .unwrap_or_else(|e| panic!("check-config's output does not parse: {e}\n{printed}"));
-    assert_eq!(&again, c, "check-config's output means another config:\n{printed}");
+    assert_eq!(
+        &again, c,
+        "check-config's output means another config:\n{printed}"
+    );
 }
 
 proptest! {

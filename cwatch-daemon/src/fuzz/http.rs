@@ -16,20 +16,25 @@ use crate::http::{
 fn web_yaml() -> impl Strategy<Value = String> {
     let user = (hostile_text(), hostile_text()).prop_map(|(u, h)| format!("  {u:?}: {h:?}"));
     let hash = Just("  prometheus: $2y$10$V2RmZ2wKC7S2gvJ7LwKuWe0.4DCI8gRc0F0rGkO2mjIF9KBNyKQxW");
-    let tls_key = proptest::sample::select(&[
-        "cert_file",
-        "key_file",
-        "client_auth_type",
-        "client_ca_file",
-        "min_version",
-        "cipher_suites",
-    ][..]);
+    let tls_key = proptest::sample::select(
+        &[
+            "cert_file",
+            "key_file",
+            "client_auth_type",
+            "client_ca_file",
+            "min_version",
+            "cipher_suites",
+        ][..],
+    );
     let tls = proptest::collection::vec(
         (tls_key, hostile_text()).prop_map(|(k, v)| format!("  {k}: {v:?}")),
         0..5,
     );
     (
-        proptest::collection::vec(prop_oneof![user.boxed(), hash.prop_map(String::from).boxed()], 0..4),
+        proptest::collection::vec(
+            prop_oneof![user.boxed(), hash.prop_map(String::from).boxed()],
+            0..4,
+        ),
         proptest::option::of(tls),
         proptest::option::of(hostile_text()),
     )

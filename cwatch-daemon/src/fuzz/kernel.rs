@@ -16,8 +16,7 @@ use crate::{
 fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     // SAFETY: `T` is one of the shared repr(C) plain-data records; reading
     // its bytes (padding included, which these types have none of) is sound.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 prop_compose! {
@@ -142,7 +141,9 @@ impl Diag {
 /// An attribute as the kernel sends it unasked (shutdown, mark, cgroup id,
 /// socket options) or with tcp_info, at its size; or an unknown one.
 fn nla() -> impl Strategy<Value = (u16, Vec<u8>)> {
-    let sized = |kind: u16, len: usize| proptest::collection::vec(any::<u8>(), len).prop_map(move |b| (kind, b));
+    let sized = |kind: u16, len: usize| {
+        proptest::collection::vec(any::<u8>(), len).prop_map(move |b| (kind, b))
+    };
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..260).prop_map(|b| (2u16, b)),
         sized(8, 1),
@@ -230,4 +231,3 @@ proptest! {
         let _ = parse_batch(&noise, &mut out);
     }
 }
-

@@ -137,16 +137,19 @@ impl ProcRoot {
             .collect()
     }
 
-    /// The text of `/proc/<pid>/cgroup`.
+    /// The text of `/proc/<pid>/cgroup` (bytes that are not UTF-8, from a
+    /// cgroup named so, as `\xNN`).
     pub fn cgroup(&self, pid: u32) -> Option<String> {
-        fs::read_to_string(self.path(format!("{pid}/cgroup"))).ok()
+        let raw = fs::read(self.path(format!("{pid}/cgroup"))).ok()?;
+        Some(crate::text::lossless(&raw).into_owned())
     }
 
-    /// The executable of `pid` (`exe` link).
+    /// The executable of `pid` (`exe` link), its exact bytes (see
+    /// [`crate::text::lossless`]).
     pub fn exe(&self, pid: u32) -> Option<String> {
         fs::read_link(self.path(format!("{pid}/exe")))
             .ok()
-            .map(|p| p.display().to_string())
+            .map(|p| crate::text::lossless(p.as_os_str().as_bytes()).into_owned())
     }
 
     /// `net.ipv4.ip_local_port_range` (the kernel's default when unreadable).
@@ -173,7 +176,9 @@ pub fn stat_of(raw: &[u8]) -> Option<procfs_core::process::Stat> {
     let shaped = open >= 1
         && close > open
         && line.as_bytes().get(close + 1) == Some(&b' ')
-        && line.get(close + 2..).is_some_and(|rest| !rest.is_empty() && rest.is_ascii());
+        && line
+            .get(close + 2..)
+            .is_some_and(|rest| !rest.is_empty() && rest.is_ascii());
     if !shaped {
         return None;
     }
@@ -234,12 +239,24 @@ mod tests {
     #[test]
     fn stat_lines_not_shaped_like_the_kernel_s_are_refused_not_a_panic() {
         // Found by the fuzz loop: procfs-core panicked on each of these.
-        for line in [&b"42 () )\xc2\xa1\n"[..], b"(x) S 1", b"42 )x( S 1", b"42 (x)"] {
-            assert!(stat_of(line).is_none(), "{:?}", String::from_utf8_lossy(line));
+        for line in [
+            &b"42 () )\xc2\xa1\n"[..],
+            b"(x) S 1",
+            b"42 )x( S 1",
+            b"42 (x)",
+        ] {
+            assert!(
+                stat_of(line).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         let real = b"42 (evil) (name) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4200 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
         let stat = stat_of(real).expect("a name with parentheses is fine");
-        assert_eq!((stat.ppid, stat.starttime, stat.comm.as_str()), (1, 4200, "evil) (name"));
+        assert_eq!(
+            (stat.ppid, stat.starttime, stat.comm.as_str()),
+            (1, 4200, "evil) (name")
+        );
     }
 
     #[test]

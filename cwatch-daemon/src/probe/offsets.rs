@@ -69,8 +69,14 @@ pub fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
         let b: [u8; 4] = bytes
             .get(at..at + 4)
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| anyhow::anyhow!("not BTF: {} bytes is too short for a header", bytes.len()))?;
-        Ok(u64::from(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }))
+            .ok_or_else(|| {
+                anyhow::anyhow!("not BTF: {} bytes is too short for a header", bytes.len())
+            })?;
+        Ok(u64::from(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }))
     };
     let big = match bytes.get(..2) {
         Some([0x9f, 0xeb]) => false,
@@ -88,7 +94,9 @@ pub fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
     for (what, off_at) in [("type", 8), ("string", 16)] {
         let (off, size) = (u32_at(off_at, big)?, u32_at(off_at + 4, big)?);
         if hdr_len + off + size > len {
-            anyhow::bail!("BTF {what} section ({size} bytes at {off}) lies past the end of the file ({len} bytes)");
+            anyhow::bail!(
+                "BTF {what} section ({size} bytes at {off}) lies past the end of the file ({len} bytes)"
+            );
         }
     }
     Ok(())
@@ -192,7 +200,7 @@ fn locate(btf: &Btf, strukt: &str, path: &str) -> Result<(u32, usize), OffsetsEr
     let mut bitfield = false;
     let mut walked = String::new();
     for name in path.split('.') {
-        let Some(member) = find_member(btf, &ty, name).map_err(malformed)? else {
+        let Some(member) = find_member(btf, &ty, name, 0).map_err(malformed)? else {
             let owner = if walked.is_empty() {
                 strukt.to_string()
             } else {
@@ -242,8 +250,16 @@ struct Member {
     ty: Type,
 }
 
+/// How deep anonymous members and arrays may nest. A kernel's nest a few
+/// levels; a hostile or broken BTF whose types contain themselves made the
+/// lookup recurse until the stack overflowed (found by the fuzz loop).
+const MAX_NESTING: u32 = 32;
+
 /// Finds member `name` of a struct/union, descending into anonymous members.
-fn find_member(btf: &Btf, ty: &Type, name: &str) -> anyhow::Result<Option<Member>> {
+fn find_member(btf: &Btf, ty: &Type, name: &str, depth: u32) -> anyhow::Result<Option<Member>> {
+    if depth > MAX_NESTING {
+        anyhow::bail!("anonymous members nest deeper than {MAX_NESTING} levels");
+    }
     let members = match ty {
         Type::Struct(s) | Type::Union(s) => &s.members,
         _ => return Ok(None),
@@ -262,7 +278,7 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> anyhow::Result<Option<Member
         }
         if member_name.is_empty() {
             let inner = strip_modifiers(btf, btf.resolve_chained_type(member)?)?;
-            if let Some(found) = find_member(btf, &inner, name)? {
+            if let Some(found) = find_member(btf, &inner, name, depth + 1)? {
                 return Ok(Some(Member {
                     bit_offset: bit_offset + found.bit_offset,
                     ..found
@@ -289,6 +305,13 @@ fn strip_modifiers(btf: &Btf, mut ty: Type) -> anyhow::Result<Type> {
 }
 
 fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
+    sized(btf, ty, 0)
+}
+
+fn sized(btf: &Btf, ty: &Type, depth: u32) -> anyhow::Result<usize> {
+    if depth > MAX_NESTING {
+        anyhow::bail!("arrays nest deeper than {MAX_NESTING} levels");
+    }
     Ok(match ty {
         Type::Int(i) => i.size(),
         Type::Ptr(_) => 8,
@@ -297,7 +320,9 @@ fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
         Type::Enum64(e) => e.size(),
         Type::Array(a) => {
             let elem = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
-            type_size(btf, &elem)? * a.len()
+            sized(btf, &elem, depth + 1)?
+                .checked_mul(a.len())
+                .ok_or_else(|| anyhow::anyhow!("array size overflows"))?
         }
         other => anyhow::bail!("unexpected {} type", other.name()),
     })

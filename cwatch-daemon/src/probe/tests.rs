@@ -210,6 +210,27 @@ proptest::proptest! {
 }
 
 #[test]
+fn btf_whose_types_contain_themselves_is_refused_not_a_stack_overflow() {
+    // Found by the fuzz loop (a flipped type id): an anonymous member of
+    // the struct's own type, and an array of itself, recursed forever.
+    let mut b = BtfBuilder::new();
+    let own = b.next_id;
+    b.record(KIND_STRUCT, "sock", 8, &[("", own, 0, 0)]);
+    let array = b.next_id;
+    b.array(array, array, 4);
+    b.record(KIND_STRUCT, "net", 8, &[("ns", array, 0, 0)]);
+    let btf = parse(&b.build()).expect("well-formed header");
+    assert!(matches!(
+        field(&btf, "sock", "skc_family", 2),
+        Err(OffsetsError::Malformed { .. })
+    ));
+    assert!(matches!(
+        field(&btf, "net", "ns", 4),
+        Err(OffsetsError::Malformed { .. })
+    ));
+}
+
+#[test]
 fn btf_with_sections_past_its_end_is_refused_not_a_panic() {
     // Found by the fuzz loop: a string section offset near u32::MAX made
     // btf-rs overflow while seeking to it.

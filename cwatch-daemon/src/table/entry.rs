@@ -45,8 +45,10 @@ impl Comm {
         Self(bytes)
     }
 
+    /// The name as text: its exact bytes, any that are not UTF-8 as `\xNN`
+    /// (see [`crate::text::lossless`]).
     pub fn as_str(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(self.bytes())
+        crate::text::lossless(self.bytes())
     }
 
     /// The name's bytes, up to the first NUL.

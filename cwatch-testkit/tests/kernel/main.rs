@@ -12,6 +12,7 @@ mod fields;
 mod incident;
 mod ipv6;
 mod lifecycle;
+mod names;
 mod operator_ls;
 mod owner_labels;
 mod preflight;
