@@ -34,6 +34,7 @@ use crate::{
     probe,
     reconcile::{Reconciler, Suspects},
     state::State,
+    telemetry::Source,
 };
 
 pub use reload::Reloader;
@@ -52,8 +53,10 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
     let (tls, auth) = (web.tls.is_some(), !web.users.is_empty());
-    let proc = ProcRoot::real();
     let state = Arc::new(State::new(config, Box::new(BootClock)));
+    let telemetry = &state.telemetry;
+    telemetry.set_reconcile_interval(state.config().reconcile_interval);
+    let proc = ProcRoot::real().counting_failures(telemetry.source_counter(Source::Procfs));
     let app = http::App {
         state: Arc::clone(&state),
         exporter: Arc::new(Exporter::new(proc.clone())),
@@ -125,6 +128,7 @@ async fn start(
     };
     let (reconciler, attribution) = tokio::task::spawn_blocking(move || {
         reconciler.pass()?;
+        reconciler.state.telemetry.reconciled(true);
         owners::walk_now(&reconciler.state, &reconciler.proc);
         // The walk just done answers the walk the first pass asked for.
         attribution.discard_queued();

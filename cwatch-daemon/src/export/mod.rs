@@ -65,6 +65,9 @@ impl Exporter {
             Ok(totals) => Some(totals),
             Err(err) => {
                 tracing::warn!("reading kernel counters: {err}");
+                state
+                    .telemetry
+                    .source_failed(crate::telemetry::Source::KernelCounters);
                 None
             }
         });

@@ -22,9 +22,18 @@ use procfs_core::FromRead as _;
 
 use crate::table::Comm;
 
-/// Where `/proc` is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcRoot(Arc<Path>);
+/// Where `/proc` is, and (in the daemon) the counter of its reads that
+/// failed for another reason than the process being gone.
+#[derive(Clone, Debug)]
+pub struct ProcRoot(Arc<Path>, Option<prometheus::IntCounter>);
+
+impl PartialEq for ProcRoot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ProcRoot {}
 
 impl Default for ProcRoot {
     fn default() -> Self {
@@ -40,7 +49,25 @@ impl ProcRoot {
 
     /// A `/proc` look-alike at `path` (tests build one).
     pub fn at(path: impl AsRef<Path>) -> Self {
-        Self(Arc::from(path.as_ref()))
+        Self(Arc::from(path.as_ref()), None)
+    }
+
+    /// Counts failed reads in `failures` (`cwatch_source_failures_total{source="procfs"}`).
+    pub fn counting_failures(self, failures: prometheus::IntCounter) -> Self {
+        Self(self.0, Some(failures))
+    }
+
+    /// Passes `result` on, counting an error unless it only says that the
+    /// process is gone (it exited: no file, or ESRCH).
+    fn noted<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(err) = &result
+            && err.kind() != io::ErrorKind::NotFound
+            && err.raw_os_error() != Some(libc::ESRCH)
+            && let Some(failures) = &self.1
+        {
+            failures.inc();
+        }
+        result
     }
 
     /// `rel` under the root (`"1/fd"` → `/proc/1/fd`).
@@ -53,7 +80,7 @@ impl ProcRoot {
     /// scan are skipped.
     pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(i32, u64)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(self.path(format!("{pid}/fd")))? {
+        for entry in self.noted(fs::read_dir(self.path(format!("{pid}/fd"))))? {
             let Ok(entry) = entry else { continue };
             let Some(fd) = number::<i32>(entry.file_name().as_bytes()) else {
                 continue;
@@ -77,7 +104,9 @@ impl ProcRoot {
 
     /// The process name (`comm`, the group leader's).
     pub fn comm(&self, pid: u32) -> Option<Comm> {
-        let raw = fs::read(self.path(format!("{pid}/comm"))).ok()?;
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/comm"))))
+            .ok()?;
         Some(comm_of(&raw))
     }
 
@@ -93,7 +122,9 @@ impl ProcRoot {
     }
 
     fn stat(&self, pid: u32) -> Option<procfs_core::process::Stat> {
-        let raw = fs::read(self.path(format!("{pid}/stat"))).ok()?;
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/stat"))))
+            .ok()?;
         stat_of(&raw)
     }
 
@@ -129,7 +160,12 @@ impl ProcRoot {
 
     /// Every process (thread-group) id.
     pub fn pids(&self) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir(self.path("")) else {
+        // Even "not found" counts here: the proc root itself is gone.
+        let Ok(dir) = fs::read_dir(self.path("")).inspect_err(|_| {
+            if let Some(failures) = &self.1 {
+                failures.inc();
+            }
+        }) else {
             return Vec::new();
         };
         dir.flatten()
@@ -140,14 +176,16 @@ impl ProcRoot {
     /// The text of `/proc/<pid>/cgroup` (bytes that are not UTF-8, from a
     /// cgroup named so, as `\xNN`).
     pub fn cgroup(&self, pid: u32) -> Option<String> {
-        let raw = fs::read(self.path(format!("{pid}/cgroup"))).ok()?;
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/cgroup"))))
+            .ok()?;
         Some(crate::text::lossless(&raw).into_owned())
     }
 
     /// The executable of `pid` (`exe` link), its exact bytes (see
     /// [`crate::text::lossless`]).
     pub fn exe(&self, pid: u32) -> Option<String> {
-        fs::read_link(self.path(format!("{pid}/exe")))
+        self.noted(fs::read_link(self.path(format!("{pid}/exe"))))
             .ok()
             .map(|p| crate::text::lossless(p.as_os_str().as_bytes()).into_owned())
     }
@@ -283,6 +321,29 @@ mod tests {
         );
         assert!(root.socket_fds(99).is_err());
         assert_eq!(root.ephemeral_ports(), (32768, 60999));
+    }
+
+    #[test]
+    fn failed_reads_are_counted_but_a_process_that_exited_is_not() {
+        let mut proc = FakeProc::new();
+        proc.process(10, 1, "server").socket(3, 500);
+        let failures = prometheus::IntCounter::new("f", "f").unwrap();
+        let root = proc.root().counting_failures(failures.clone());
+        assert_eq!(root.pids(), vec![10]);
+        assert!(root.socket_fds(99).is_err() && root.comm(99).is_none());
+        assert_eq!(failures.get(), 0, "pid 99 is simply gone");
+        // An fd table the daemon may not read (a real permission failure).
+        std::fs::write(proc.dir().join("11"), "").unwrap();
+        std::fs::create_dir_all(proc.dir().join("12")).unwrap();
+        std::fs::write(proc.dir().join("12/fd"), "not a directory").unwrap();
+        assert!(root.socket_fds(12).is_err());
+        assert_eq!(failures.get(), 1, "ENOTDIR counts");
+        // The proc root vanishes.
+        let dir = proc.dir().to_path_buf();
+        drop(proc);
+        assert!(!dir.exists());
+        assert!(root.pids().is_empty());
+        assert_eq!(failures.get(), 2, "a vanished proc root counts");
     }
 
     #[test]

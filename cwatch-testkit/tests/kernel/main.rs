@@ -8,6 +8,7 @@ mod attribution;
 mod common;
 mod dead;
 mod drift;
+mod failures;
 mod fields;
 mod incident;
 mod ipv6;
