@@ -1,8 +1,10 @@
 /*!
 What each subcommand does once the command line is parsed, and the exit code
 for each outcome: 0 done, 1 a runtime failure, 2 bad input (flag, value,
-config file, web config file). Input errors are checked before anything
-starts, and each is one line on stderr.
+config file, web config file) and kernel surprises (no BTF, a field or a
+tracepoint missing from it, bpf() refused, probes the kernel would not
+load). Input errors are checked before anything starts, and each is one
+line on stderr.
 */
 use std::process::ExitCode;
 
@@ -41,6 +43,7 @@ fn run_daemon(args: RunArgs) -> ExitCode {
             .pin_dir
             .as_deref()
             .unwrap_or(std::path::Path::new(config::DEFAULT_PIN_DIR)),
+        &config.kernel_btf,
     )) {
         return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
     }
@@ -50,6 +53,13 @@ fn run_daemon(args: RunArgs) -> ExitCode {
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(daemon::run(config, web, Some(reloader))));
+    // The kernel refusing the probes is a kernel surprise, told like bad
+    // input: exit 2, its pins rolled back and its programs detached.
+    if let Err(err) = &result
+        && err.chain().any(|e| e.is::<crate::probe::ProbeError>())
+    {
+        return usage_error(&format!("{err:#}"));
+    }
     outcome(result)
 }
 
@@ -70,7 +80,7 @@ fn check_config(args: &CheckConfigArgs) -> ExitCode {
 }
 
 fn run_doctor(args: &DoctorArgs) -> ExitCode {
-    let checks = doctor::run_checks(&doctor::Host::real(&args.pin_dir));
+    let checks = doctor::run_checks(&doctor::Host::real(&args.pin_dir, &args.kernel_btf));
     let (text, ok) = doctor::report(&checks);
     print!("{text}");
     if ok {

@@ -33,6 +33,7 @@ pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
 pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The HTTP endpoint's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +65,9 @@ pub struct Config {
     pub web: WebConfig,
     /// The file the config came from (re-read on SIGHUP).
     pub source: Option<PathBuf>,
+    /// The kernel's BTF: a hidden flag (`--kernel-btf`), not a file key,
+    /// for simulating kernels that lack BTF or a field.
+    pub kernel_btf: PathBuf,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             source: None,
+            kernel_btf: PathBuf::from(DEFAULT_KERNEL_BTF),
         }
     }
 }

@@ -107,6 +107,7 @@ async fn start(
     let options = probe::LoadOptions {
         pin_dir: state.config().pin_dir.clone(),
         ring_bytes: state.config().ring_buffer_size,
+        btf: state.config().kernel_btf.clone(),
     };
     let (probes, ring) = tokio::task::spawn_blocking(move || probe::load(&options))
         .await

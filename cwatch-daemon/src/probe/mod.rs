@@ -12,6 +12,8 @@ mod maps;
 pub mod mounts;
 pub mod offsets;
 pub mod pins;
+pub mod preflight;
+mod rollback;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +43,9 @@ pub struct LoadOptions {
     /// Size of the event ring buffer in bytes (a power of two, at least a
     /// page).
     pub ring_bytes: u32,
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux` unless the hidden
+    /// `--kernel-btf` says otherwise).
+    pub btf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +61,10 @@ pub enum ProbeError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("program `{name}`")]
+    #[error(
+        "the kernel refused program `{name}` (tp_btf/{name}; it needs CONFIG_BPF_SYSCALL, \
+         CONFIG_DEBUG_INFO_BTF and no seccomp, LSM or lockdown policy denying BPF)"
+    )]
     Program {
         name: &'static str,
         #[source]
@@ -82,8 +90,10 @@ pub enum ProbeError {
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
     mounts::ensure_all();
     raise_memlock();
-    let kernel_offsets = offsets::from_running_kernel()?;
-    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let kernel_offsets = offsets::resolve(&offsets::read(&options.btf)?)?;
+    let btf = Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(ProbeError::Btf)?;
+    // Nothing half-started: pins this start creates go again if it fails.
+    let mut rollback = rollback::Rollback::before(options.pin_dir.as_deref());
     let pin_paths = match &options.pin_dir {
         Some(dir) => pins::prepare(dir).map_err(|source| ProbeError::Pins {
             dir: dir.display().to_string(),
@@ -124,6 +134,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     let close_wait = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
     let linger = take_map(&mut ebpf, names::MAP_LINGER)?;
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
+    rollback.keep();
     Ok((Probes::new(ebpf, counters, close_wait, linger), events))
 }
 

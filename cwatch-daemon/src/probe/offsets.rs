@@ -11,7 +11,8 @@ unexpected (missing field, bitfield, other size) is an error naming the field.
 use btf_rs::{Btf, Type};
 use cwatch_common::{FILE_REF_BIASED, FILE_REF_COUNT, FILE_REF_UNKNOWN, KernelOffsets};
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+#[cfg(test)]
+pub const VMLINUX_BTF: &str = crate::config::DEFAULT_KERNEL_BTF;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
@@ -36,11 +37,6 @@ pub enum OffsetsError {
         path: String,
         reason: anyhow::Error,
     },
-}
-
-/// Reads the running kernel's BTF and resolves every offset.
-pub fn from_running_kernel() -> Result<KernelOffsets, OffsetsError> {
-    resolve(&read(std::path::Path::new(VMLINUX_BTF))?)
 }
 
 /// Reads and parses a BTF file, its header checked first: the parser

@@ -21,4 +21,5 @@ mod prompt_close;
 mod restart;
 mod self_metrics;
 mod series_limits;
+mod surprises;
 mod web;
