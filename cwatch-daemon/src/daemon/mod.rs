@@ -20,7 +20,7 @@ pub mod service;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -48,8 +48,7 @@ pub async fn run(
     web: WebSecurity,
     reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = http::server::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
     let (tls, auth) = (web.tls.is_some(), !web.users.is_empty());

@@ -4,6 +4,7 @@
 //! They need root and run one at a time (every daemon sees every socket of
 //! the host, and the counters they compare are host-wide): `cargo xtask test`.
 //! They only look at what they created: their ports, pids and cookies.
+mod abuse;
 mod attribution;
 mod common;
 mod dead;
