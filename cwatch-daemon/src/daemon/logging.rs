@@ -5,7 +5,7 @@ lines carry no timestamp and no colour: journald adds its own time, and the
 level stays in each line. The filter comes from `RUST_LOG` when set, else from
 `log_level`; a SIGHUP reload can change the latter while running.
 */
-use std::sync::OnceLock;
+use std::{fmt::Write as _, sync::OnceLock};
 
 use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt as _, reload};
 
@@ -51,15 +51,26 @@ pub fn init(level: &str) {
 pub fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
     use tracing_subscriber::field::MakeExt as _;
     tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        let text = format!("{value:?}");
-        let text = crate::text::for_terminal(&text);
-        if field.name() == "message" {
-            write!(w, "{text}")
-        } else {
-            write!(w, "{}={text}", field.name())
+        if field.name() != "message" {
+            write!(w, "{}=", field.name())?;
         }
+        // Escaped as it is written: no copy of the value.
+        write!(Escaping(w), "{value:?}")
     })
     .delimited(" ")
+}
+
+/// Writes through `crate::text::for_terminal`; plain ASCII passes as it is.
+struct Escaping<'a, 'w>(&'a mut tracing_subscriber::fmt::format::Writer<'w>);
+
+impl std::fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            self.0.write_str(s)
+        } else {
+            self.0.write_str(&crate::text::for_terminal(s))
+        }
+    }
 }
 
 /// Applies a new `log_level` (ignored when `RUST_LOG` decides).
