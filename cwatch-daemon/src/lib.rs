@@ -8,6 +8,7 @@ path, each importing only those before it:
 | module | stage |
 |---|---|
 | [`clock`] | where "now" comes from (CLOCK_BOOTTIME, injectable) |
+| [`text`] | names as data: exact bytes for /metrics and JSON, control characters escaped for people |
 | [`table`] | the sockets in CLOSE_WAIT by cookie, dead sockets held, gauges kept up to date; pure logic, no I/O |
 | [`config`] | the validated configuration: defaults, TOML file, value parsers, filters and label settings |
 | [`telemetry`] | what the stages count as they work |
@@ -23,12 +24,15 @@ path, each importing only those before it:
 | [`cli`] | the command line on top: clap types, flags into config, `ls`, `doctor`, exit codes |
 
 The client (`cli`) depends on the daemon's wire types, never the reverse.
+Under test, `fuzz` feeds every parser of outside input hostile bytes.
 */
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub(crate) mod export;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod http;
 pub(crate) mod intake;
 pub(crate) mod kernel_view;
@@ -38,3 +42,4 @@ pub(crate) mod reconcile;
 pub(crate) mod state;
 pub(crate) mod table;
 pub(crate) mod telemetry;
+pub mod text;

@@ -44,7 +44,7 @@ impl Load {
         wrapper: &[&str],
         args: &[String],
     ) -> anyhow::Result<Load> {
-        let mut cmd = match wrapper.split_first() {
+        let cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(rest).arg(bin);
@@ -52,6 +52,16 @@ impl Load {
             }
             None => Command::new(bin),
         };
+        Self::start(cmd, args)
+    }
+
+    /// Starts a copy of cwatch-load at `binary` (a test's own path for it,
+    /// e.g. one with a hostile name).
+    pub fn spawn_from(binary: &std::path::Path, args: &[String]) -> anyhow::Result<Load> {
+        Self::start(Command::new(binary), args)
+    }
+
+    fn start(mut cmd: Command, args: &[String]) -> anyhow::Result<Load> {
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())

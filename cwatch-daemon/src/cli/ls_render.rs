@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use crate::http::wire::{ApiSocket, ApiSummary, PeerCount, ProcessCount};
+use crate::{
+    http::wire::{ApiSocket, ApiSummary, PeerCount, ProcessCount},
+    text::for_terminal,
+};
 
 /// The column headings.
 pub fn header() -> String {
@@ -38,7 +41,7 @@ pub fn row(sock: &ApiSocket, keepalive: &HashMap<u64, Option<Duration>>) -> Stri
         fd(sock),
         endpoint(&sock.local_addr, &sock.local_port.to_string()),
         endpoint(&sock.peer_addr, &sock.peer_port.to_string()),
-        sock.direction,
+        for_terminal(&sock.direction),
         ka,
         leaked,
     )
@@ -138,9 +141,11 @@ fn owner(sock: &ApiSocket) -> String {
     owner_of(sock.pid, sock.comm.as_deref())
 }
 
+/// `pid/comm`, the name escaped: a process named with a newline or an
+/// escape sequence can neither split a row nor drive the terminal.
 fn owner_of(pid: Option<u32>, comm: Option<&str>) -> String {
     match (pid, comm) {
-        (Some(pid), Some(comm)) => format!("{pid}/{comm}"),
+        (Some(pid), Some(comm)) => format!("{pid}/{}", for_terminal(comm)),
         (Some(pid), None) => pid.to_string(),
         _ => "[unknown]".to_string(),
     }
@@ -168,6 +173,7 @@ fn fd(sock: &ApiSocket) -> String {
 }
 
 fn endpoint(addr: &str, port: &str) -> String {
+    let addr = for_terminal(addr);
     if addr.contains(':') {
         format!("[{addr}]:{port}")
     } else {
@@ -232,6 +238,21 @@ mod tests {
             },
         ];
         assert_eq!(fd(&s), "7+1");
+    }
+
+    #[test]
+    fn hostile_names_stay_on_their_row() {
+        let mut evil = sock(1, Some(42), "127.0.1.1", 7000, 1.0, false);
+        evil.comm = Some("a\nb\u{1b}[31m\\xff".into());
+        let text = render(&[evil], &HashMap::new());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("42/a\\nb\\x1b[31m\\xff"), "{}", lines[1]);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert_eq!(
+            text.lines().filter(|l| l.contains("42/a")).count(),
+            2,
+            "one row, one summary line"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    DEFAULT_PIN_DIR, WatchRule,
+    DEFAULT_KERNEL_BTF, DEFAULT_PIN_DIR, WatchRule,
     filters::FilterRule,
     labels::{OwnerLabel, ProcessKeyMode},
     values::{
@@ -161,6 +161,10 @@ pub struct RunArgs {
     /// Most HTTP connections served at once; more wait to be accepted [default: 64].
     #[arg(long = "web.max-connections", value_name = "N", value_parser = parse_max_connections)]
     pub web_max_connections: Option<usize>,
+    /// The kernel's BTF file (hidden: for simulating a kernel without BTF
+    /// or without a field cwatch reads).
+    #[arg(long = "kernel-btf", value_name = "FILE", hide = true)]
+    pub kernel_btf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -203,6 +207,9 @@ pub struct DoctorArgs {
     /// The directory cwatch pins its maps under.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// The kernel's BTF file (hidden, as for `run`).
+    #[arg(long = "kernel-btf", value_name = "FILE", hide = true, default_value = DEFAULT_KERNEL_BTF)]
+    pub kernel_btf: PathBuf,
 }
 
 /// `--limit`: 1 to the API's most per page.

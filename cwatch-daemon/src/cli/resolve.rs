@@ -77,6 +77,9 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(v) = args.web_max_connections {
         config.web.max_connections = v;
     }
+    if let Some(v) = &args.kernel_btf {
+        config.kernel_btf = v.clone();
+    }
 }
 
 /// The daemon `cwatch ls` asks, and the leak-after it judges by when it

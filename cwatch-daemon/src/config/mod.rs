@@ -35,6 +35,7 @@ pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
 pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Whose connect() the kernel records (owner, and where it was called):
 /// the watch list.
@@ -171,6 +172,9 @@ pub struct Config {
     pub web: WebConfig,
     /// The file the config came from (re-read on SIGHUP).
     pub source: Option<PathBuf>,
+    /// The kernel's BTF: a hidden flag (`--kernel-btf`), not a file key,
+    /// for simulating kernels that lack BTF or a field.
+    pub kernel_btf: PathBuf,
 }
 
 impl Default for Config {
@@ -196,6 +200,7 @@ impl Default for Config {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             source: None,
+            kernel_btf: PathBuf::from(DEFAULT_KERNEL_BTF),
         }
     }
 }

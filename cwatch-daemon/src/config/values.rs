@@ -66,10 +66,20 @@ pub fn format_size(bytes: u32) -> String {
 }
 
 pub fn parse_log_level(text: &str) -> Result<String, String> {
+    let directives = normalize_directives(text);
     tracing_subscriber::EnvFilter::builder()
-        .parse(text)
-        .map(|_| text.to_string())
+        .parse(&directives)
+        .map(|_| directives.clone())
         .map_err(|e| format!("{e} (use error, warn, info, debug or trace)"))
+}
+
+/// Log filter directives with the blanks around each one removed. tracing's
+/// directive parser finds positions in the trimmed text and cuts the
+/// untrimmed one there, so blanks before a multi-byte character made it
+/// panic (`"\t0¡="`, found by the fuzz loop); `RUST_LOG` goes through here
+/// too.
+pub fn normalize_directives(text: &str) -> String {
+    text.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 pub fn parse_owner_label(text: &str) -> Result<OwnerLabel, String> {
@@ -113,4 +123,22 @@ pub fn parse_young_sockets(text: &str) -> Result<u32, String> {
 
 pub fn parse_watch_rule(text: &str) -> Result<super::WatchRule, String> {
     text.parse()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_with_blanks_before_wide_characters_do_not_panic() {
+        // Found by the fuzz loop: tracing-subscriber panicked on these.
+        for text in ["\t0\u{a1}=", "info, \u{e9}=x", " \u{feff}="] {
+            if let Ok(d) = parse_log_level(text) {
+                assert!(!d.starts_with(char::is_whitespace), "{d:?}");
+            }
+        }
+        assert_eq!(
+            parse_log_level(" info , cwatch_daemon=debug").as_deref(),
+            Ok("info,cwatch_daemon=debug")
+        );
+    }
 }

@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::Context as _;
 use caps::Role;
-use tokio::{net::TcpListener, runtime::Handle, task::JoinSet};
+use tokio::{runtime::Handle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -51,6 +51,7 @@ use crate::{
     },
     reconcile::{Reconciler, Suspects},
     state::State,
+    telemetry::Source,
 };
 
 pub use reload::Reloader;
@@ -95,14 +96,18 @@ async fn run(
     reloader: Option<Reloader>,
     http_rt: &Handle,
 ) -> anyhow::Result<()> {
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    listener.set_nonblocking(true)?;
+    let listener = {
+        let _on = http_rt.enter();
+        http::server::listen(config.listen)
+    }
+    .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
     let (tls, auth) = (web.tls.is_some(), !web.users.is_empty());
-    let proc = ProcRoot::real();
     let state = Arc::new(State::new(config, Box::new(BootClock)));
-    state.telemetry.persistence(claim.persistent());
+    let telemetry = &state.telemetry;
+    telemetry.set_reconcile_interval(state.config().reconcile_interval);
+    telemetry.persistence(claim.persistent());
+    let proc = ProcRoot::real().counting_failures(telemetry.source_counter(Source::Procfs));
     let cancel = CancellationToken::new();
     let mut privileged: Vec<JoinHandle<()>> = Vec::new();
     let (label_reader, labels) = LabelReader::new(proc.clone());
@@ -117,10 +122,7 @@ async fn run(
     };
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let server = Server {
-        listener: {
-            let _on = http_rt.enter();
-            TcpListener::from_std(listener)?
-        },
+        listener,
         app: app.clone(),
     };
     tasks.spawn_on(named("HTTP server", server.run(cancel.clone())), http_rt);
@@ -184,8 +186,10 @@ async fn start(
     let config = state.config();
     let options = probe::LoadOptions {
         pin_dir: claim.dir(),
+        pin_dir_created: claim.created(),
         ring_bytes: config.ring_buffer_size,
         young_entries: config.young_sockets,
+        btf: config.kernel_btf.clone(),
     };
     let (probes, ring) = threads::run_on(Role::Start, move || probe::load(&options)).await??;
     let probes = Arc::new(probes);
@@ -217,6 +221,7 @@ async fn start(
     };
     let (reconciler, attribution) = threads::run_on(Role::Start, move || {
         reconciler.pass()?;
+        reconciler.state.telemetry.reconciled(true);
         owners::walk_now(&reconciler.state, &reconciler.proc);
         // The walk just done answers the walk the first pass asked for.
         attribution.discard_queued();

@@ -86,6 +86,9 @@ impl Exporter {
             }),
             Err(err) => {
                 tracing::warn!("reading kernel counters: {err}");
+                state
+                    .telemetry
+                    .source_failed(crate::telemetry::Source::KernelCounters);
                 None
             }
         });

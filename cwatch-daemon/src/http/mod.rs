@@ -6,6 +6,7 @@ has users, answers gzip when asked, and gives up after the request timeout.
 The accept loop, TLS and the per-connection limits are in [`server`]; the
 types the client reads back are in [`wire`].
 */
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod query;

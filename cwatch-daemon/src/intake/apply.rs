@@ -23,7 +23,7 @@ pub enum Applied {
 /// Decodes one ring buffer record. `None` for a record of the wrong size
 /// (an object/daemon mismatch: counted by the caller, never trusted).
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
+    if bytes.len() != size_of::<Event>() {
         return None;
     }
     // SAFETY: Event is repr(C) plain data and `bytes` holds enough of it;
@@ -152,6 +152,9 @@ mod tests {
             unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
         assert_eq!(decode(bytes), Some(ev));
         assert_eq!(decode(&bytes[..size_of::<Event>() - 1]), None);
+        // Found by the fuzz loop: a longer record (another object's) was
+        // decoded as if it were ours.
+        assert_eq!(decode(&[bytes, &[0]].concat()), None);
         assert_eq!(
             apply(&mut SocketTable::new(), &event(99, 0, record(6, 0, None))),
             Applied::Ignored

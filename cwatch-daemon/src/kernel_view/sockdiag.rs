@@ -177,27 +177,38 @@ fn receive(socket: &Socket, out: &mut Vec<DiagSocket>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let size = socket.recv(&mut &mut buf[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(err) => {
-                    return Err(err.to_io());
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    out.push(from_response(&response));
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        if parse_batch(&buf[..size.min(buf.len())], out)? {
+            return Ok(());
         }
     }
+}
+
+/// One `recv()` worth of netlink messages: the sockets they carry go to
+/// `out`; `Ok(true)` once the dump's `NLMSG_DONE` is seen. Bytes that are
+/// not netlink (or not sock_diag) are an `InvalidData` error, never a
+/// panic: this is the parse half of [`dump`], tested on hostile bytes.
+pub fn parse_batch(bytes: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[offset..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => {
+                return Err(err.to_io());
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                out.push(from_response(&response));
+            }
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(false)
 }
 
 fn from_response(response: &InetResponse) -> DiagSocket {

@@ -13,6 +13,8 @@ pub mod mounts;
 pub mod offsets;
 pub mod pindir;
 pub mod pins;
+pub mod preflight;
+mod rollback;
 #[cfg(test)]
 mod tests;
 
@@ -39,12 +41,18 @@ pub struct LoadOptions {
     /// Where the long-lived maps are pinned; `None`: not pinned (they die
     /// with the daemon).
     pub pin_dir: Option<PathBuf>,
+    /// Whether `pin_dir` was created for this start (by the claim): a failed
+    /// start removes it again.
+    pub pin_dir_created: bool,
     /// Size of the event ring buffer in bytes (a power of two, at least a
     /// page).
     pub ring_bytes: u32,
     /// Entries of `YOUNG`: how many sockets may be in CLOSE_WAIT for less
     /// than the grace at once.
     pub young_entries: u32,
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux` unless the hidden
+    /// `--kernel-btf` says otherwise).
+    pub btf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +68,10 @@ pub enum ProbeError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("program `{name}`")]
+    #[error(
+        "the kernel refused program `{name}` (tp_btf/{name}; it needs CONFIG_BPF_SYSCALL, \
+         CONFIG_DEBUG_INFO_BTF and no seccomp, LSM or lockdown policy denying BPF)"
+    )]
     Program {
         name: &'static str,
         #[source]
@@ -86,8 +97,11 @@ pub enum ProbeError {
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
     mounts::ensure_all();
     raise_memlock();
-    let kernel_offsets = offsets::from_running_kernel()?;
-    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let kernel_offsets = offsets::resolve(&offsets::read(&options.btf)?)?;
+    let btf = Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(ProbeError::Btf)?;
+    // Nothing half-started: pins this start creates go again if it fails.
+    let mut rollback =
+        rollback::Rollback::before(options.pin_dir.as_deref(), options.pin_dir_created);
     let pin_paths = match &options.pin_dir {
         Some(dir) => {
             pins::prepare(dir, options.young_entries).map_err(|source| ProbeError::Pins {
@@ -138,6 +152,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
         hist: take_map(&mut ebpf, names::MAP_HIST)?,
     };
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
+    rollback.keep();
     Ok((Probes::new(ebpf, maps), events))
 }
 

@@ -41,12 +41,20 @@ pub struct Claim {
     off: Option<String>,
     /// The locked directory, held until the daemon exits.
     _lock: Option<File>,
+    /// Whether the claim created the directory (a failed start removes it
+    /// again).
+    created: bool,
 }
 
 impl Claim {
     /// Where to pin (`None`: nowhere).
     pub fn dir(&self) -> Option<PathBuf> {
         self.dir.clone()
+    }
+
+    /// Whether the directory was made by this claim, not found.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Whether this run keeps its state across a restart.
@@ -80,6 +88,7 @@ pub fn claim(dir: Option<&Path>) -> Result<Claim, InUse> {
             dir: None,
             off: None,
             _lock: None,
+            created: false,
         });
     };
     let off = |why: String, lock: Option<File>| {
@@ -92,11 +101,13 @@ pub fn claim(dir: Option<&Path>) -> Result<Claim, InUse> {
             dir: None,
             off: Some(why),
             _lock: lock,
+            created: false,
         })
     };
     if let Some(why) = not_bpffs(dir) {
         return off(why, None);
     }
+    let created = !dir.exists();
     if let Err(err) = pins::owner_only(dir) {
         return off(
             format!("cannot make it an owner-only directory ({err})"),
@@ -139,6 +150,7 @@ pub fn claim(dir: Option<&Path>) -> Result<Claim, InUse> {
         dir: Some(dir.to_path_buf()),
         off: None,
         _lock: Some(lock),
+        created,
     })
 }
 

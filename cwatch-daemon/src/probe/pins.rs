@@ -154,6 +154,11 @@ fn layout_version(path: &Path) -> Result<u32, Mismatch> {
         .map_err(|e| Mismatch::Unreadable(e.to_string()))
 }
 
+/// The names of the pinned maps (the same whatever the `YOUNG` size).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    specs(0).into_iter().map(|s| s.name)
+}
+
 /// The `LAYOUT` version pinned in `dir`, when there is a readable `LAYOUT`
 /// pin of the right shape.
 pub fn pinned_layout(dir: &Path) -> Option<u32> {

@@ -231,6 +231,9 @@ impl Reconciler {
         // pass, or when a suspect is seen again: only then is tcp_info worth
         // its bytes.
         let view = kernel_view(&self.proc, initial || !suspects.cookies.is_empty());
+        view.failures
+            .iter()
+            .for_each(|f| state.telemetry.source_failed(*f));
         self.wait_for_drain(state.clock.now_ns());
         let map = self.probes.close_wait_snapshot()?;
         let young = self.probes.young_snapshot()?;
@@ -390,6 +393,7 @@ impl Reconciler {
             .await;
             match done {
                 Ok((task, result)) => {
+                    task.state.telemetry.reconciled(result.is_ok());
                     if let Err(err) = result {
                         warn!("reconciliation failed: {err:#}");
                     }

@@ -45,9 +45,16 @@ impl Comm {
         Self(bytes)
     }
 
+    /// The name as text: its exact bytes, any that are not UTF-8 as `\xNN`
+    /// (see [`crate::text::lossless`]).
     pub fn as_str(&self) -> Cow<'_, str> {
+        crate::text::lossless(self.bytes())
+    }
+
+    /// The name's bytes, up to the first NUL.
+    pub fn bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
-        String::from_utf8_lossy(&self.0[..len])
+        &self.0[..len]
     }
 }
 
