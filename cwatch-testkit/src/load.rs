@@ -2,7 +2,7 @@
 //! per command on stdout. Each process is killed by pid when dropped.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::Duration,
@@ -34,13 +34,19 @@ impl Load {
     /// Starts `WRAPPER… cwatch-load ARGS` (e.g. `ip netns exec NS`); the
     /// wrapper must exec it, so that the pid is cwatch-load's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
+        Self::spawn_from(&load_bin()?, wrapper, args)
+    }
+
+    /// Starts `WRAPPER… BIN ARGS`, BIN being a `cwatch-load` found elsewhere
+    /// than next to the tests (the bench has its release build).
+    pub fn spawn_from(bin: &Path, wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(rest).arg(load_bin()?);
+                cmd.args(rest).arg(bin);
                 cmd
             }
-            None => Command::new(load_bin()?),
+            None => Command::new(bin),
         };
         let mut child = cmd
             .args(args)

@@ -19,4 +19,5 @@ mod prompt_close;
 mod restart;
 mod self_metrics;
 mod series_limits;
+mod soak;
 mod web;
