@@ -2,7 +2,7 @@
 //! per command on stdout. Each process is killed by pid when dropped.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::Duration,
@@ -39,11 +39,7 @@ impl Load {
 
     /// Starts `WRAPPER… BIN ARGS`, `bin` being a `cwatch-load` (a copy
     /// another user can execute, say).
-    pub fn spawn_bin(
-        bin: &std::path::Path,
-        wrapper: &[&str],
-        args: &[String],
-    ) -> anyhow::Result<Load> {
+    pub fn spawn_bin(bin: &Path, wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
         let cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
@@ -57,7 +53,7 @@ impl Load {
 
     /// Starts a copy of cwatch-load at `binary` (a test's own path for it,
     /// e.g. one with a hostile name).
-    pub fn spawn_from(binary: &std::path::Path, args: &[String]) -> anyhow::Result<Load> {
+    pub fn spawn_from(binary: &Path, args: &[String]) -> anyhow::Result<Load> {
         Self::start(Command::new(binary), args)
     }
 

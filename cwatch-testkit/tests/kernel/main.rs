@@ -28,6 +28,7 @@ mod prompt_close;
 mod restart;
 mod self_metrics;
 mod series_limits;
+mod soak;
 mod stop;
 mod surprises;
 mod web;
