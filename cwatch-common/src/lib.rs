@@ -6,7 +6,8 @@ structs into maps and the ring buffer, the daemon reads the same bytes back.
 Changing a layout means changing both sides at once; the size assertions at
 the bottom catch accidental drift. [`tcp`]: states and families;
 [`offsets`]: the struct offsets resolved from BTF; [`record`]: the record of
-a socket in CLOSE_WAIT and the events; [`maps`]: everything else the maps
+a socket in CLOSE_WAIT and the events; [`stack`]: the user stack captured
+at connect(); [`maps`]: everything else the maps
 hold, and their names.
 */
 #![no_std]
@@ -14,11 +15,13 @@ hold, and their names.
 pub mod maps;
 pub mod offsets;
 pub mod record;
+pub mod stack;
 pub mod tcp;
 
 pub use maps::*;
 pub use offsets::*;
 pub use record::*;
+pub use stack::*;
 pub use tcp::*;
 
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 96);
@@ -27,6 +30,7 @@ const _: () = assert!(core::mem::size_of::<Owner>() == 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Listener>() == 32);
+const _: () = assert!(core::mem::size_of::<StackSample>() == 32 + STACK_BYTES);
 const _: () = assert!(hist::bucket(1_000_000) == 0 && hist::bucket(1_000_001) == 1);
 const _: () = assert!(hist::bucket(u64::MAX) == hist::INF);
 
@@ -47,4 +51,6 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Listener {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::StackSample {}
 }

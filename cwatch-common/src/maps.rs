@@ -11,6 +11,9 @@ pub const OWNER_LISTEN: u32 = 2;
 /// `Owner::flags`: the socket left CLOSE_WAIT and waits in `LINGER` for
 /// `tcp_destroy_sock`.
 pub const OWNER_LINGER: u32 = 4;
+/// `Owner::flags`: a stack sample of this socket's connect() is in
+/// `SAMPLES` (`tcp_destroy_sock` deletes it).
+pub const OWNER_SAMPLED: u32 = 8;
 
 /// What the kernel knows about a socket's owner, kept in the `OWNERS` socket
 /// storage: recorded at connect() or listen() in the owner's own context.
@@ -57,8 +60,12 @@ pub mod counter {
     pub const OWNERS_FULL: u32 = 4;
     /// Inserts into `LINGER` that failed (map full).
     pub const LINGER_FULL: u32 = 5;
+    /// Stack samples that could not be kept (`SAMPLES` full).
+    pub const SAMPLES_FULL: u32 = 6;
+    /// Stack samples not taken: the user stack could not be read.
+    pub const SAMPLES_UNREAD: u32 = 7;
     /// Number of counters.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 8;
 }
 
 /// Indexes into the `CONTROL` array: a few words the daemon and the programs
@@ -74,8 +81,14 @@ pub mod control {
     /// 1 while `LINGER` may hold records: only then does `tcp_destroy_sock`
     /// look at the socket at all. Set by the programs, cleared by the daemon.
     pub const LINGERING: u32 = 2;
+    /// 1: connect() of a watched process also captures its user stack
+    /// into `SAMPLES`. Set by the daemon.
+    pub const STACKS: u32 = 3;
+    /// 1 once `SAMPLES` may hold samples: only then does `tcp_destroy_sock`
+    /// look for one. Set by the programs.
+    pub const SAMPLED: u32 = 4;
     /// Number of words.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 6;
 }
 
 /// `control::WATCHING`: connect() records nothing.
@@ -148,6 +161,7 @@ pub mod names {
     pub const MAP_LINGER: &str = "LINGER";
     pub const MAP_LISTENERS: &str = "LISTENERS";
     pub const MAP_LAYOUT: &str = "LAYOUT";
+    pub const MAP_SAMPLES: &str = "SAMPLES";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_DESTROY: &str = "tcp_destroy_sock";

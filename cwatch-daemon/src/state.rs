@@ -18,7 +18,8 @@ use std::sync::{
 use tokio::sync::Notify;
 
 use crate::{
-    clock::Clock, config::Config, probe::Probes, table::SocketTable, telemetry::Telemetry,
+    clock::Clock, config::Config, probe::Probes, sites::Sites, table::SocketTable,
+    telemetry::Telemetry,
 };
 
 /// State shared by the tasks and the HTTP handlers.
@@ -28,6 +29,9 @@ pub struct State {
     pub clock: Box<dyn Clock>,
     pub telemetry: Telemetry,
     table: Mutex<SocketTable>,
+    /// Where leaked sockets were opened (its own lock; taken after the
+    /// table's when both are held).
+    pub sites: Sites,
     /// Set once the programs are attached; taken at shutdown to detach them.
     probes: RwLock<Option<Arc<Probes>>>,
     ready: AtomicBool,
@@ -48,6 +52,7 @@ impl State {
             clock,
             telemetry: Telemetry::new(),
             table: Mutex::new(SocketTable::new()),
+            sites: Sites::new(),
             probes: RwLock::new(None),
             ready: AtomicBool::new(false),
             drained_ns: AtomicU64::new(0),

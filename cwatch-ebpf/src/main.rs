@@ -1,6 +1,7 @@
 //! cwatch's kernel side: tracepoint programs that follow TCP sockets into and
 //! out of CLOSE_WAIT. Each program lives in `probes/`; the maps they share in
-//! `maps.rs`; reading kernel structs at BTF-resolved offsets in `kernel.rs`.
+//! `maps.rs`; reading kernel structs at BTF-resolved offsets in `kernel.rs`; the
+//! connect-time stack capture in `stack.rs`.
 #![no_std]
 #![no_main]
 
@@ -8,6 +9,7 @@ mod events;
 mod kernel;
 mod maps;
 mod probes;
+mod stack;
 
 #[cfg(not(test))]
 #[panic_handler]

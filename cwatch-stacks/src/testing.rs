@@ -108,6 +108,42 @@ pub const GO_STRIPPED: Recipe = Recipe {
     ..GO
 };
 
+const fn backend_c(name: &'static str, strip: bool) -> Recipe {
+    Recipe {
+        name,
+        source: "backend.c",
+        opener: "open_backend_connection",
+        caller: "handle_request",
+        kind: Kind::Gcc(C_NOFP),
+        strip,
+    }
+}
+
+/// The provenance kernel tests' leaking C program (`-O2
+/// -fomit-frame-pointer`): waits for a line on stdin, connects, holds.
+pub const BACKEND_C: Recipe = backend_c("prov-c", false);
+/// The same, stripped.
+pub const BACKEND_C_STRIPPED: Recipe = backend_c("prov-cs", true);
+/// Its Rust twin.
+pub const BACKEND_RUST: Recipe = Recipe {
+    name: "prov-rs",
+    source: "backend.rs",
+    opener: "backend::open_backend_connection",
+    caller: "backend::handle_request",
+    kind: Kind::Rustc,
+    strip: false,
+};
+
+/// `opener (file:line) ← caller`: the site a whole stack of `recipe` must
+/// read.
+pub fn expected_site(recipe: &Recipe) -> io::Result<String> {
+    let line = connect_line(recipe.source)?;
+    Ok(format!(
+        "{} ({}:{line}) ← {}",
+        recipe.opener, recipe.source, recipe.caller
+    ))
+}
+
 /// Every recipe, for the measurement.
 pub const ALL: &[Recipe] = &[
     C_O2,

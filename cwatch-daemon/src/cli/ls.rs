@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use super::{
     LsArgs,
     ls_client::{Client, FetchError},
-    ls_direct, ls_render,
+    ls_direct, ls_render, ls_stacks,
 };
 use crate::http::wire::{ApiSocket, PeerFilter, Selection};
 
@@ -41,7 +41,7 @@ const LOOKUPS_MAX: usize = 500;
 
 pub fn run(args: &LsArgs, target: SocketAddr, leak_after: Duration) -> anyhow::Result<()> {
     let daemon = Client::new(target);
-    let summary = match daemon.summary(args) {
+    let mut summary = match daemon.summary(args) {
         Ok(s) => s,
         Err(FetchError::Other(e)) => return Err(e),
         Err(FetchError::NoDaemon(why)) => return direct(args, target, leak_after, &why),
@@ -59,21 +59,24 @@ pub fn run(args: &LsArgs, target: SocketAddr, leak_after: Duration) -> anyhow::R
         }
         return Ok(());
     }
+    if !args.stacks {
+        summary.by_site.clear();
+    }
     out.write_all(ls_render::summary_text(&summary).as_bytes())?;
     let shown = summary.sockets + summary.dead;
     let body = daemon.sockets(args, (!args.all).then_some(args.limit))?;
     let rows = if args.all {
         let keepalive = ls_direct::keepalive_by_cookie();
-        writeln!(out, "\n{}", ls_render::header().trim_end())?;
-        stream_rows(body, &mut out, &keepalive)?
+        writeln!(out, "\n{}", header(args.stacks).trim_end())?;
+        stream_rows(body, &mut out, &keepalive, args.stacks)?
     } else {
         let page: Vec<ApiSocket> = serde_json::from_reader(body)
             .context("the daemon sent something that is not the socket list")?;
         let keepalive = keepalive_of(&page);
         out.write_all(b"\n")?;
-        out.write_all(ls_render::header().as_bytes())?;
+        out.write_all(header(args.stacks).as_bytes())?;
         for sock in &page {
-            out.write_all(ls_render::row(sock, &keepalive).as_bytes())?;
+            out.write_all(row(sock, &keepalive, args.stacks).as_bytes())?;
         }
         page.len() as u64
     };
@@ -133,6 +136,7 @@ fn stream_rows(
     body: impl Read,
     out: &mut impl Write,
     keepalive: &HashMap<u64, Option<Duration>>,
+    stacks: bool,
 ) -> anyhow::Result<u64> {
     let mut n = 0;
     for line in BufReader::new(body).lines() {
@@ -143,7 +147,7 @@ fn stream_rows(
         }
         let sock: ApiSocket = serde_json::from_str(object)
             .context("the daemon sent something that is not the socket list")?;
-        out.write_all(ls_render::row(&sock, keepalive).as_bytes())?;
+        out.write_all(row(&sock, keepalive, stacks).as_bytes())?;
         n += 1;
     }
     Ok(n)
@@ -165,6 +169,26 @@ fn keepalive_of(page: &[ApiSocket]) -> HashMap<u64, Option<Duration>> {
             (found.cookie == s.cookie).then_some((s.cookie, found.keepalive))
         })
         .collect()
+}
+
+/// The column headings, with SITE under `--stacks`.
+fn header(stacks: bool) -> String {
+    let h = ls_render::header();
+    if stacks {
+        ls_stacks::with_site(&h, "SITE")
+    } else {
+        h
+    }
+}
+
+/// One socket's row, with its site under `--stacks`.
+fn row(sock: &ApiSocket, keepalive: &HashMap<u64, Option<Duration>>, stacks: bool) -> String {
+    let r = ls_render::row(sock, keepalive);
+    if stacks {
+        ls_stacks::with_site(&r, ls_stacks::site_of(sock))
+    } else {
+        r
+    }
 }
 
 /// `--leaked`, `--pid`, `--peer`: what the daemon selects, and what this
@@ -189,7 +213,7 @@ mod tests {
             one.replace("\"cookie\":5", "\"cookie\":6")
         );
         let mut out = Vec::new();
-        let n = stream_rows(body.as_bytes(), &mut out, &HashMap::new()).unwrap();
+        let n = stream_rows(body.as_bytes(), &mut out, &HashMap::new(), false).unwrap();
         assert_eq!(n, 2);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 2);
@@ -198,7 +222,8 @@ mod tests {
             stream_rows(
                 &b"[\n{\"nope\":1}\n]\n"[..],
                 &mut Vec::new(),
-                &HashMap::new()
+                &HashMap::new(),
+                false
             )
             .is_err()
         );

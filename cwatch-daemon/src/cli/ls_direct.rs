@@ -165,6 +165,8 @@ fn to_api(
         age_seconds: age.as_secs_f64(),
         age_estimated: true,
         leaked: is_leaked(age, leak_after),
+        site: None,
+        stack: None,
     }
 }
 

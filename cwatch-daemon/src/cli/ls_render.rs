@@ -72,6 +72,7 @@ pub fn summary_text(s: &ApiSummary) -> String {
     for (key, p) in procs {
         out += &format!("{:>8} {key:<40} ({} leaked)\n", p.sockets, p.leaked);
     }
+    out += &super::ls_stacks::by_site(&s.by_site);
     out += &format!("\n{} sockets in CLOSE_WAIT", s.sockets);
     if s.dead > 0 {
         out += &format!(", {} closed by the kernel but still held (dead)", s.dead);
@@ -218,6 +219,8 @@ mod tests {
             age_seconds: age,
             age_estimated: false,
             leaked,
+            site: None,
+            stack: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod ls;
 mod ls_client;
 mod ls_direct;
 mod ls_render;
+mod ls_stacks;
 pub mod resolve;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,7 @@ use crate::config::{
     values::{
         parse_filter_rule, parse_log_level, parse_max_connections, parse_min_100ms,
         parse_owner_label, parse_positive_duration, parse_process_key, parse_reconcile_interval,
-        parse_size, parse_track_after, parse_watch_rule, parse_young_sockets,
+        parse_size, parse_track_after, parse_stack_samples, parse_watch_rule, parse_young_sockets,
     },
 };
 
@@ -144,6 +145,15 @@ pub struct RunArgs {
     /// into peer_addr="[other]" [default: 1000; 0 = no limit].
     #[arg(long, value_name = "N")]
     pub max_peer_series: Option<usize>,
+    /// Connect-time stacks of watched processes the kernel holds at once
+    /// (~16 KiB each, only while held), unwound when their socket leaks to
+    /// name the code that opened it; 0 = no stack capture [default: 1024].
+    #[arg(long, value_name = "N", value_parser = parse_stack_samples)]
+    pub stack_samples: Option<u32>,
+    /// Most sites of cwatch_leak_site_sockets; the rest fold into
+    /// site="[other]" [default: 10; 0 = no limit].
+    #[arg(long, value_name = "N")]
+    pub max_site_series: Option<usize>,
     /// Only count sockets matching one of these rules (KIND:VALUE, KIND one of
     /// port, local_port, peer_port, cidr, local_cidr, peer_cidr, comm, unit;
     /// ports may be ranges like 8000-8100). Repeatable.
@@ -181,6 +191,10 @@ pub struct LsArgs {
     /// Print JSON (the daemon's API objects) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show where each socket was opened (the first frames of its connect()
+    /// stack outside libc and runtimes) and the sockets by site.
+    #[arg(long)]
+    pub stacks: bool,
     /// Only sockets held by this pid.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,

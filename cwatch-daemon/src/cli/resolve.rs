@@ -62,6 +62,12 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(v) = args.max_peer_series {
         config.max_peer_series = v;
     }
+    if let Some(v) = args.stack_samples {
+        config.stack_samples = v;
+    }
+    if let Some(v) = args.max_site_series {
+        config.max_site_series = v;
+    }
     if !args.include.is_empty() {
         config.filters.include = args.include.clone();
     }

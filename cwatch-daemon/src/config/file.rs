@@ -40,6 +40,10 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_peer_series: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    stack_samples: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_site_series: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     include: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exclude: Option<Vec<String>>,
@@ -124,6 +128,13 @@ pub(super) fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(v) = file.max_peer_series {
         c.max_peer_series = v;
     }
+    if let Some(v) = file.stack_samples {
+        c.stack_samples = cli::parse_stack_samples(&v.to_string())
+            .map_err(|r| bad("stack_samples", &v.to_string(), r))?;
+    }
+    if let Some(v) = file.max_site_series {
+        c.max_site_series = v;
+    }
     for (key, list, out) in [
         ("include", file.include, &mut c.filters.include),
         ("exclude", file.exclude, &mut c.filters.exclude),
@@ -170,6 +181,8 @@ pub(super) fn to_toml(c: &Config) -> String {
         process_key: Some(c.labels.process_key.to_string()),
         max_process_series: Some(c.max_process_series),
         max_peer_series: Some(c.max_peer_series),
+        stack_samples: Some(c.stack_samples),
+        max_site_series: Some(c.max_site_series),
         include: Some(c.filters.include.iter().map(|r| r.to_string()).collect()),
         exclude: Some(c.filters.exclude.iter().map(|r| r.to_string()).collect()),
         web: Some(FileWeb {

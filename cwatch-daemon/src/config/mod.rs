@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
 pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Connect-time stack samples the kernel holds at once (`SAMPLES`).
+pub const DEFAULT_STACK_SAMPLES: u32 = cwatch_common::SAMPLES_ENTRIES;
+pub const DEFAULT_MAX_SITE_SERIES: usize = 10;
 pub const DEFAULT_KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Whose connect() the kernel records (owner, and where it was called):
@@ -168,6 +171,12 @@ pub struct Config {
     pub max_process_series: usize,
     /// 0 = no limit.
     pub max_peer_series: usize,
+    /// Connect-time stack samples of watched processes the kernel holds at
+    /// once (leak provenance); 0 = no stack capture.
+    pub stack_samples: u32,
+    /// Sites of `cwatch_leak_site_sockets` (the rest fold into `[other]`);
+    /// 0 = no limit.
+    pub max_site_series: usize,
     pub filters: Filters,
     pub web: WebConfig,
     /// The file the config came from (re-read on SIGHUP).
@@ -193,6 +202,8 @@ impl Default for Config {
             labels: LabelConfig::default(),
             max_process_series: DEFAULT_MAX_PROCESS_SERIES,
             max_peer_series: DEFAULT_MAX_PEER_SERIES,
+            stack_samples: DEFAULT_STACK_SAMPLES,
+            max_site_series: DEFAULT_MAX_SITE_SERIES,
             filters: Filters::default(),
             web: WebConfig {
                 config_file: None,

@@ -121,6 +121,16 @@ pub fn parse_young_sockets(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Entries of the kernel's stack sample map: 0 (no capture) to 65536
+/// (each held sample is ~16 KiB of kernel memory).
+pub fn parse_stack_samples(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n <= 1 << 16 => Ok(n),
+        Ok(_) => Err("must be between 0 and 65536".into()),
+        Err(e) => Err(format!("{e} (expected a number)")),
+    }
+}
+
 pub fn parse_watch_rule(text: &str) -> Result<super::WatchRule, String> {
     text.parse()
 }

@@ -189,6 +189,7 @@ async fn start(
         pin_dir_created: claim.created(),
         ring_bytes: config.ring_buffer_size,
         young_entries: config.young_sockets,
+        sample_entries: config.stack_samples,
         btf: config.kernel_btf.clone(),
     };
     let (probes, ring) = threads::run_on(Role::Start, move || probe::load(&options)).await??;
@@ -235,6 +236,13 @@ async fn start(
         Role::Reconcile,
         reconciler.run(cancel.clone()),
     )?);
+    let provenance = crate::provenance::Task {
+        state: Arc::clone(state),
+        probes: Arc::clone(&watch.probes),
+        proc: proc.path(""),
+    };
+    let stop = cancel.clone();
+    privileged.push(threads::spawn(Role::Owners, move || provenance.run(stop))?);
     tasks.spawn(ok(young.run(cancel.clone())));
     tasks.spawn(ok(watch.run(cancel.clone())));
     give_up_capabilities();

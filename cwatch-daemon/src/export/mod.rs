@@ -3,7 +3,8 @@ From the socket table to what Prometheus and the journal read: [`series`]
 (filters applied, owner labels looked up, groups keyed by pid, comm or
 unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
 contract's families, rendered with the stages' telemetry) and
-[`selfmetrics`] (what a scrape learns about cwatch itself).
+[`selfmetrics`] (what a scrape learns about cwatch itself) and [`sites`]
+(leaked sockets by the code that opened them).
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
@@ -15,6 +16,7 @@ mod histogram;
 pub mod metrics;
 pub mod selfmetrics;
 pub mod series;
+pub mod sites;
 
 use std::{sync::Arc, time::Instant};
 
@@ -101,12 +103,18 @@ impl Exporter {
                 .own
                 .map_fill("close_wait", table_len, probes.close_wait_capacity());
         }
-        let body = self.metrics.render_families(
+        let mut body = self.metrics.render_families(
             &families,
             &config.labels.label_names(),
             kernel.as_ref(),
             &state.telemetry,
         );
+        if config.stack_samples > 0 {
+            let filter = self.filter(state, Arc::clone(&config));
+            let now = state.clock.now_ns();
+            let counts = sites::count(&state.lock_table(), now, &filter, &state.sites);
+            body += &sites::render(counts, config.max_site_series);
+        }
         self.metrics.own.scrape_took(started.elapsed());
         body
     }

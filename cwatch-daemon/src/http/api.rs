@@ -1,11 +1,36 @@
 /*!
 `GET /api/v1/sockets`: one JSON object per tracked socket, oldest first, with
 exactly the keys the contract lists ([`super::wire`]), made from the table's
-entries and selected by the query.
+entries and selected by the query; `site` and `stack` from the provenance
+of each socket ([`crate::sites`]).
 */
 use super::query::{Cursor, SocketQuery};
-pub use super::wire::{ApiSocket, Holder};
-use crate::table::{DeadEntry, SockEntry, SocketTable, age, is_leaked};
+pub use super::wire::{ApiFrame, ApiSocket, ApiStack, Holder};
+use crate::{
+    sites::{Provenance, Sites},
+    table::{DeadEntry, SockEntry, SocketTable, age, is_leaked},
+};
+
+impl ApiStack {
+    pub fn of(stack: &cwatch_stacks::Stack) -> Self {
+        Self {
+            frames: stack
+                .frames
+                .iter()
+                .map(|f| ApiFrame {
+                    symbol: f.symbol.clone(),
+                    module: f.module.clone(),
+                    offset: f.offset,
+                    file: f.file.clone(),
+                    line: f.line,
+                    build_id: f.build_id.clone(),
+                    inlined: f.inlined,
+                })
+                .collect(),
+            partial: stack.partial,
+        }
+    }
+}
 
 impl ApiSocket {
     pub fn of(entry: &SockEntry, now_ns: u64, leak_after: std::time::Duration) -> Self {
@@ -46,7 +71,18 @@ impl ApiSocket {
             age_seconds: age.as_secs_f64(),
             age_estimated: entry.age_estimated,
             leaked: is_leaked(age, leak_after),
+            site: None,
+            stack: None,
         }
+    }
+
+    /// With `site` and `stack` from `provenance`.
+    pub fn with_provenance(mut self, provenance: Option<&Provenance>) -> Self {
+        if let Some(p) = provenance {
+            self.site = p.site.clone();
+            self.stack = Some(ApiStack::of(&p.stack));
+        }
+        self
     }
 
     /// A dead socket still held: the kernel closed it, an fd still holds
@@ -109,8 +145,9 @@ fn object(
     now_ns: u64,
     leak_after: std::time::Duration,
     key: &Cursor,
+    sites: &Sites,
 ) -> Option<ApiSocket> {
-    if key.dead {
+    let socket = if key.dead {
         table
             .dead_entry(key.cookie)
             .map(|d| ApiSocket::of_dead(d, now_ns, leak_after))
@@ -118,7 +155,8 @@ fn object(
         table
             .get(key.cookie)
             .map(|e| ApiSocket::of(&e, now_ns, leak_after))
-    }
+    }?;
+    Some(socket.with_provenance(sites.get(key.cookie).as_deref()))
 }
 
 /// One page: the sockets matching `query` (and `keep`, the configured
@@ -131,6 +169,7 @@ pub fn select(
     leak_after: std::time::Duration,
     query: &SocketQuery,
     keep: Option<&dyn Fn(&SockEntry) -> bool>,
+    sites: &Sites,
 ) -> (Vec<ApiSocket>, Option<Cursor>) {
     let mut keys = matching(table, now_ns, leak_after, query, keep);
     let mut next = None;
@@ -143,7 +182,7 @@ pub fn select(
     keys.sort_unstable();
     let page = keys
         .iter()
-        .filter_map(|k| object(table, now_ns, leak_after, k))
+        .filter_map(|k| object(table, now_ns, leak_after, k, sites))
         .collect();
     (page, next)
 }
@@ -173,9 +212,10 @@ pub fn write_chunk(
     keys: &[Cursor],
     first: &mut bool,
     out: &mut Vec<u8>,
+    sites: &Sites,
 ) {
     for key in keys {
-        let Some(api) = object(table, now_ns, leak_after, key) else {
+        let Some(api) = object(table, now_ns, leak_after, key, sites) else {
             continue;
         };
         out.extend_from_slice(if *first { b"\n" } else { b",\n" });
@@ -214,6 +254,35 @@ mod tests {
     use crate::table::tests::record;
 
     #[test]
+    fn provenance_fills_site_and_stack_with_null_for_the_unknown() {
+        let stack = cwatch_stacks::Stack {
+            frames: vec![cwatch_stacks::Frame {
+                symbol: None,
+                module: Some("/srv/app".into()),
+                offset: Some(0x11ec),
+                ..Default::default()
+            }],
+            partial: true,
+        };
+        let p = Provenance {
+            site: Some("app+0x11ec".into()),
+            stack,
+        };
+        let mut t = SocketTable::new();
+        t.insert(SockEntry::from_record(&record(11, 1, Some((7, "app")))));
+        let entry = t.get(11).unwrap();
+        let api = ApiSocket::of(&entry, 2, Duration::from_secs(2)).with_provenance(Some(&p));
+        let json = serde_json::to_value(&api).unwrap();
+        assert_eq!(json["site"], "app+0x11ec");
+        assert_eq!(
+            json["stack"],
+            serde_json::json!({"frames": [{"symbol": null, "module": "/srv/app",
+                "offset": 0x11ec, "file": null, "line": null, "build_id": null,
+                "inlined": false}], "partial": true})
+        );
+    }
+
+    #[test]
     fn keys_are_exactly_the_contract() {
         let mut t = SocketTable::new();
         t.insert(SockEntry::from_record(&record(
@@ -243,9 +312,13 @@ mod tests {
                 "peer_addr",
                 "peer_port",
                 "pid",
+                "site",
+                "stack",
                 "state"
             ]
         );
+        assert_eq!(json[0]["site"], serde_json::Value::Null);
+        assert_eq!(json[0]["stack"], serde_json::Value::Null);
         assert_eq!(json[0]["cookie"], 11);
         assert_eq!(json[0]["state"], "CLOSE_WAIT");
         assert_eq!(json[0]["direction"], "outbound");
@@ -277,7 +350,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         loop {
-            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, None);
+            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, None, &Sites::new());
             assert!(page.len() <= 4);
             seen.extend(page.iter().map(|s| s.cookie));
             match next {
@@ -296,6 +369,7 @@ mod tests {
             Duration::from_secs(1),
             &SocketQuery::default(),
             Some(&|e: &SockEntry| e.cookie % 2 == 1),
+            &Sites::new(),
         );
         assert_eq!(odd.len(), 13);
     }

@@ -156,7 +156,7 @@ fn select(app: &App, query: &query::SocketQuery) -> (Vec<api::ApiSocket>, Option
     let keep = |e: &crate::table::SockEntry| filter.keeps(e);
     let keep: Option<&dyn Fn(&crate::table::SockEntry) -> bool> =
         (!filter.is_empty()).then_some(&keep);
-    api::select(&table, now, config.leak_after, query, keep)
+    api::select(&table, now, config.leak_after, query, keep, &state.sites)
 }
 
 async fn summary(
@@ -179,7 +179,13 @@ async fn summary(
         let state = &app.state;
         let filter = app.exporter.filter(state, state.config());
         let now = state.clock.now_ns();
-        summary::summary(&mut state.lock_table(), now, &query.selection(), &filter)
+        summary::summary(
+            &mut state.lock_table(),
+            now,
+            &query.selection(),
+            &filter,
+            &state.sites,
+        )
     })
     .await;
     match counted {

@@ -37,7 +37,15 @@ pub fn all(app: App, query: SocketQuery) -> Body {
             let mut out = Vec::with_capacity(chunk.len() * 320);
             {
                 let table = state.lock_table();
-                api::write_chunk(&table, now, leak_after, chunk, &mut first, &mut out);
+                api::write_chunk(
+                    &table,
+                    now,
+                    leak_after,
+                    chunk,
+                    &mut first,
+                    &mut out,
+                    &state.sites,
+                );
             }
             if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
                 return; // the client went away

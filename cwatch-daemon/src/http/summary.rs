@@ -4,13 +4,16 @@ counts per peer and per process. Without a selection (no `pid`, `peer` or
 `leaked`) it comes from the groups the table keeps up to date, so it costs
 the number of groups, not of sockets; under a selection it counts the
 sockets that pass. Dead sockets still held count with their peer and
-process, as leaked (they are leaked fds).
+process, as leaked (they are leaked fds). The counts by site
+(`by_site`) walk the sockets that pass, and only once some socket has a
+known provenance.
 */
 use std::collections::BTreeMap;
 
-use super::wire::{ApiSummary, PeerCount, ProcessCount, Selection};
+use super::wire::{ApiSummary, PeerCount, ProcessCount, Selection, SiteCount};
 use crate::{
     export::Filter,
+    sites::Sites,
     table::{GroupStats, PeerKey, ProcessKey, SockEntry, SocketTable, age, is_leaked},
 };
 
@@ -56,6 +59,7 @@ pub fn summary(
     now_ns: u64,
     selection: &Selection,
     filter: &Filter,
+    sites: &Sites,
 ) -> ApiSummary {
     let leak_after = filter.leak_after();
     let mut out = ApiSummary::default();
@@ -110,6 +114,46 @@ pub fn summary(
     by_peer.sort_by_key(|p| std::cmp::Reverse(p.sockets));
     out.by_process = by_process;
     out.by_peer = by_peer;
+    if sites.len() > 0 {
+        out.by_site = by_site(table, now_ns, selection, filter, sites);
+    }
+    out
+}
+
+/// CLOSE_WAIT sockets (and dead ones held, as leaked) by site.
+fn by_site(
+    table: &SocketTable,
+    now_ns: u64,
+    selection: &Selection,
+    filter: &Filter,
+    sites: &Sites,
+) -> Vec<SiteCount> {
+    let leak_after = filter.leak_after();
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in table.iter() {
+        let leaked = is_leaked(age(now_ns, e.start_ns), leak_after);
+        if selection.matches(&e, leaked) && filter.keeps(&e) {
+            let c = counts.entry(sites.label(e.cookie)).or_default();
+            c.0 += 1;
+            c.1 += u64::from(leaked);
+        }
+    }
+    for d in table.dead().filter(|d| d.verified) {
+        if selection.matches(&d.sock, true) && filter.keeps(&d.sock) {
+            let c = counts.entry(sites.label(d.sock.cookie)).or_default();
+            c.0 += 1;
+            c.1 += 1;
+        }
+    }
+    let mut out: Vec<SiteCount> = counts
+        .into_iter()
+        .map(|(site, (sockets, leaked))| SiteCount {
+            site,
+            sockets,
+            leaked,
+        })
+        .collect();
+    out.sort_by_key(|s| std::cmp::Reverse(s.sockets));
     out
 }
 
@@ -144,7 +188,7 @@ mod tests {
             ..Config::default()
         };
         let filter = Filter::with_units(Arc::new(config), HashMap::new());
-        let all = summary(&mut t, 61 * S, &Selection::default(), &filter);
+        let all = summary(&mut t, 61 * S, &Selection::default(), &filter, &Sites::new());
         assert_eq!((all.sockets, all.leaked, all.dead), (3, 1, 1));
         let p10 = all.by_process.iter().find(|p| p.pid == Some(10)).unwrap();
         assert_eq!((p10.sockets, p10.leaked), (2, 1));
@@ -159,7 +203,7 @@ mod tests {
             pid: Some(11),
             ..Selection::default()
         };
-        let only = summary(&mut t, 61 * S, &pid11, &filter);
+        let only = summary(&mut t, 61 * S, &pid11, &filter, &Sites::new());
         assert_eq!((only.sockets, only.leaked, only.dead), (1, 0, 1));
         assert_eq!(only.by_process.len(), 1);
     }

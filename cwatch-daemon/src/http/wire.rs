@@ -37,6 +37,37 @@ pub struct ApiSocket {
     pub age_seconds: f64,
     pub age_estimated: bool,
     pub leaked: bool,
+    /// Where the socket was opened: the first frames of its connect-time
+    /// stack outside libc and the language runtimes; `null` when no stack
+    /// was captured (the process was not watched when it connected) or none
+    /// is resolved yet.
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub stack: Option<ApiStack>,
+}
+
+/// A socket's connect-time stack, innermost frame first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiStack {
+    pub frames: Vec<ApiFrame>,
+    /// A frame may be missing (the frames shown are still right).
+    pub partial: bool,
+}
+
+/// One frame; unknown members are `null`. A frame without a symbol names
+/// its code by `module` (with `build_id`) and file `offset`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiFrame {
+    pub symbol: Option<String>,
+    pub module: Option<String>,
+    pub offset: Option<u64>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    #[serde(default)]
+    pub build_id: Option<String>,
+    #[serde(default)]
+    pub inlined: bool,
 }
 
 /// `GET /api/v1/summary`: the counts `cwatch ls` prints first, from the
@@ -52,6 +83,17 @@ pub struct ApiSummary {
     pub dead: u64,
     pub by_peer: Vec<PeerCount>,
     pub by_process: Vec<ProcessCount>,
+    /// Leaked sockets by site (`[unknown]`: no stack captured).
+    #[serde(default)]
+    pub by_site: Vec<SiteCount>,
+}
+
+/// One site's line of the summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCount {
+    pub site: String,
+    pub sockets: u64,
+    pub leaked: u64,
 }
 
 /// One peer's line of the summary; `peer_port` is `None` for inbound
@@ -182,6 +224,8 @@ mod tests {
             age_seconds: 1.0,
             age_estimated: false,
             leaked: false,
+            site: None,
+            stack: None,
         }
     }
 

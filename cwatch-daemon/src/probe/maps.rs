@@ -12,7 +12,9 @@ calls on them.
 use std::{collections::HashMap as StdHashMap, io, sync::Mutex};
 
 use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
-use cwatch_common::{Event, Listener, ListenerKey, SockRecord, control, counter, hist, names};
+use cwatch_common::{
+    Event, Listener, ListenerKey, SockRecord, StackSample, control, counter, hist, names,
+};
 
 use super::{PROGRAMS, ProbeError, batch};
 
@@ -41,6 +43,7 @@ pub(super) struct Maps {
     pub watched: Array<MapData, u64>,
     pub control: Array<MapData, u32>,
     pub hist: PerCpuArray<MapData, u64>,
+    pub samples: HashMap<MapData, u64, StackSample>,
 }
 
 /// The loaded, attached programs and the maps userspace reads. Dropping it
@@ -57,6 +60,8 @@ pub struct Probes {
     listeners: HashMap<MapData, ListenerKey, Listener>,
     watched: Mutex<Array<MapData, u64>>,
     control: Mutex<Array<MapData, u32>>,
+    /// Connect-time stack samples (`super::samples`).
+    pub(super) samples: Mutex<HashMap<MapData, u64, StackSample>>,
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> ProbeError {
@@ -90,6 +95,7 @@ impl Probes {
             listeners: maps.listeners,
             watched: Mutex::new(maps.watched),
             control: Mutex::new(maps.control),
+            samples: Mutex::new(maps.samples),
         }
     }
 

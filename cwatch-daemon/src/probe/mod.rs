@@ -15,6 +15,7 @@ pub mod pindir;
 pub mod pins;
 pub mod preflight;
 mod rollback;
+mod samples;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +51,9 @@ pub struct LoadOptions {
     /// Entries of `YOUNG`: how many sockets may be in CLOSE_WAIT for less
     /// than the grace at once.
     pub young_entries: u32,
+    /// Entries of `SAMPLES`: connect-time stack samples held at once (at
+    /// least 1; capture itself is switched by a control word).
+    pub sample_entries: u32,
     /// The kernel's BTF (`/sys/kernel/btf/vmlinux` unless the hidden
     /// `--kernel-btf` says otherwise).
     pub btf: PathBuf,
@@ -116,7 +120,8 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
         .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
-        .map_max_entries(names::MAP_YOUNG, options.young_entries);
+        .map_max_entries(names::MAP_YOUNG, options.young_entries)
+        .map_max_entries(names::MAP_SAMPLES, options.sample_entries.max(1));
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -150,6 +155,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
         watched: take_map(&mut ebpf, names::MAP_WATCHED)?,
         control: take_map(&mut ebpf, names::MAP_CONTROL)?,
         hist: take_map(&mut ebpf, names::MAP_HIST)?,
+        samples: take_map(&mut ebpf, names::MAP_SAMPLES)?,
     };
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
     rollback.keep();

@@ -17,7 +17,8 @@
 //!   `tcp_destroy_sock`, as an fd may still hold them.
 //! - into SYN_SENT: we are in connect(), in the owner's context. Only for a
 //!   watched process (one bit in `WATCHED`) is the owner kept in the
-//!   socket's storage.
+//!   socket's storage, and, when stack capture is on, its user registers
+//!   and stack slice in `SAMPLES` (`stack.rs`).
 //! - into LISTEN: we are in listen(); remember the listener's owner by port
 //!   in `LISTENERS` (LISTEN → CLOSE: forget it).
 //!
@@ -35,6 +36,7 @@ use crate::{
     events::{event, submit, wake},
     kernel::{self, Sock},
     maps::{self, CLOSE_WAIT, LINGER, LISTENERS, YOUNG},
+    stack,
 };
 
 const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
@@ -88,6 +90,7 @@ fn remember_owner(sk: Sock) {
             (*owner).tgid = tgid;
             (*owner).flags = OWNER_CONNECT;
             (*owner).comm = kernel::leader_comm();
+            stack::capture(sk, tgid, owner);
         },
         None => maps::count(counter::OWNERS_FULL),
     }

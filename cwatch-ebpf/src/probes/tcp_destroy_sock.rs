@@ -5,21 +5,23 @@
 //! interest: while there are none (`LINGERING` is 0) every socket costs one
 //! array load; otherwise one storage lookup. For a marked one the `LINGER`
 //! record ends and the daemon is told: whoever still held the dead socket's
-//! fd has let go.
+//! fd has let go. While stack samples may be held (`SAMPLED`), a socket
+//! marked `OWNER_SAMPLED` also loses its sample.
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, SockRecord, control, tcp_state};
+use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, OWNER_SAMPLED, SockRecord, control, tcp_state};
 
 use crate::{
     events::{event, submit},
     kernel::Sock,
     maps::{self, LINGER},
+    stack,
 };
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    if maps::control(control::LINGERING) == 0 {
+    if maps::control(control::LINGERING) == 0 && maps::control(control::SAMPLED) == 0 {
         return 0;
     }
     // SAFETY: the tracepoint's first argument is its BTF-typed `struct sock *`.
@@ -28,7 +30,11 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     // SAFETY: storage of this socket, valid for this program run.
-    if unsafe { (*owner).flags } & OWNER_LINGER == 0 {
+    let flags = unsafe { (*owner).flags };
+    if flags & OWNER_SAMPLED != 0 {
+        stack::forget(sk.cookie());
+    }
+    if flags & OWNER_LINGER == 0 {
         return 0;
     }
     let cookie = sk.cookie();

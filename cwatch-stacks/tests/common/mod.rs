@@ -195,9 +195,5 @@ pub fn assert_names_true(run: &Run) {
 
 /// `opener (file:line) ← caller`, as the site of a whole stack must read.
 pub fn expected_site(recipe: &testing::Recipe) -> String {
-    let line = testing::connect_line(recipe.source).expect("CONNECT marker");
-    format!(
-        "{} ({}:{line}) ← {}",
-        recipe.opener, recipe.source, recipe.caller
-    )
+    testing::expected_site(recipe).expect("CONNECT marker")
 }

@@ -25,6 +25,7 @@ mod persistence;
 mod pins_access;
 mod preflight;
 mod prompt_close;
+mod provenance;
 mod restart;
 mod self_metrics;
 mod series_limits;
