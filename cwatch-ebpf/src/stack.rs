@@ -102,7 +102,11 @@ pub fn capture(sk: Sock, tgid: u32, owner: *mut Owner) {
             return;
         }
         (*buf).len = len;
-        if SAMPLES.insert(sk.cookie(), &*buf, 0).is_err() {
+        // A reference: the 16 KiB value must never be copied onto the
+        // 512-byte BPF stack (the helper reads it from the scratch slot).
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let inserted = SAMPLES.insert(sk.cookie(), &*buf, 0);
+        if inserted.is_err() {
             maps::count(counter::SAMPLES_FULL);
             return;
         }

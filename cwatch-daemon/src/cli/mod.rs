@@ -31,7 +31,7 @@ use crate::config::{
     values::{
         parse_filter_rule, parse_log_level, parse_max_connections, parse_min_100ms,
         parse_owner_label, parse_positive_duration, parse_process_key, parse_reconcile_interval,
-        parse_size, parse_track_after, parse_stack_samples, parse_watch_rule, parse_young_sockets,
+        parse_size, parse_stack_samples, parse_track_after, parse_watch_rule, parse_young_sockets,
     },
 };
 

@@ -350,7 +350,14 @@ mod tests {
         };
         let mut seen = Vec::new();
         loop {
-            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, None, &Sites::new());
+            let (page, next) = select(
+                &t,
+                10_000,
+                Duration::from_secs(1),
+                &query,
+                None,
+                &Sites::new(),
+            );
             assert!(page.len() <= 4);
             seen.extend(page.iter().map(|s| s.cookie));
             match next {

@@ -188,7 +188,13 @@ mod tests {
             ..Config::default()
         };
         let filter = Filter::with_units(Arc::new(config), HashMap::new());
-        let all = summary(&mut t, 61 * S, &Selection::default(), &filter, &Sites::new());
+        let all = summary(
+            &mut t,
+            61 * S,
+            &Selection::default(),
+            &filter,
+            &Sites::new(),
+        );
         assert_eq!((all.sockets, all.leaked, all.dead), (3, 1, 1));
         let p10 = all.by_process.iter().find(|p| p.pid == Some(10)).unwrap();
         assert_eq!((p10.sockets, p10.leaked), (2, 1));

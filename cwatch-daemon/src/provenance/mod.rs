@@ -152,7 +152,11 @@ impl Task {
                 match stacks.unwind(&sample) {
                     Ok(trace) => Some(interned.get_or(trace, |t| stacks.symbolize(t))),
                     Err(err) => {
-                        debug!(cookie, pid = sample.pid, "unwinding a connect() stack: {err}");
+                        debug!(
+                            cookie,
+                            pid = sample.pid,
+                            "unwinding a connect() stack: {err}"
+                        );
                         None
                     }
                 }
@@ -179,7 +183,14 @@ mod tests {
         s.stack[..4].copy_from_slice(&[9, 8, 7, 6]);
         let sample = to_sample(&s);
         assert_eq!(sample.pid, 7);
-        assert_eq!(sample.regs, Regs { ip: 1, sp: 2, bp: 3 });
+        assert_eq!(
+            sample.regs,
+            Regs {
+                ip: 1,
+                sp: 2,
+                bp: 3
+            }
+        );
         assert_eq!(sample.stack, vec![9, 8, 7]);
         s.len = u32::MAX;
         assert_eq!(to_sample(&s).stack.len(), STACK_BYTES, "clamped");

@@ -79,19 +79,23 @@ fn comm_of(exe: &Path) -> String {
 /// The daemon's socket to `port` once it is leaked and looked at (its
 /// `site` set, or `wait_site` false: only leaked and given time).
 fn leaked_socket(daemon: &Daemon, port: u16, pid: u32, wait_site: bool) -> Value {
-    wait_for("the leaked socket's provenance", Duration::from_secs(40), || {
-        let all = daemon.sockets().map_err(|e| e.to_string())?;
-        let ours: Vec<&Value> = all
-            .iter()
-            .filter(|s| s["peer_port"] == port && s["pid"] == pid)
-            .collect();
-        match ours.as_slice() {
-            [s] if s["leaked"] == true && (!wait_site || !s["site"].is_null()) => {
-                Ok((*s).clone())
+    wait_for(
+        "the leaked socket's provenance",
+        Duration::from_secs(40),
+        || {
+            let all = daemon.sockets().map_err(|e| e.to_string())?;
+            let ours: Vec<&Value> = all
+                .iter()
+                .filter(|s| s["peer_port"] == port && s["pid"] == pid)
+                .collect();
+            match ours.as_slice() {
+                [s] if s["leaked"] == true && (!wait_site || !s["site"].is_null()) => {
+                    Ok((*s).clone())
+                }
+                _ => Err(format!("{ours:?}")),
             }
-            _ => Err(format!("{ours:?}")),
-        }
-    })
+        },
+    )
     .unwrap()
 }
 
@@ -112,19 +116,23 @@ fn ls_stacks(daemon: &Daemon) -> String {
 /// `cwatch_leak_site_sockets{site}` for `site`, once the family sums to the
 /// leaked total (`cwatch_process_leaked_sockets` summed) in one scrape.
 fn site_gauge(daemon: &Daemon, site: &str) -> f64 {
-    wait_for("site series summing to the leaked total", Duration::from_secs(10), || {
-        let m = daemon.metrics().map_err(|e| e.to_string())?;
-        let sum = |name| m.find(name, &[]).map(|s| s.value).sum::<f64>();
-        let (sites, leaked) = (
-            sum("cwatch_leak_site_sockets"),
-            sum("cwatch_process_leaked_sockets"),
-        );
-        if sites != leaked {
-            return Err(format!("sites {sites} != leaked {leaked}:\n{}", m.text));
-        }
-        m.get("cwatch_leak_site_sockets", &[("site", site)])
-            .ok_or_else(|| format!("no series for {site:?}:\n{}", m.text))
-    })
+    wait_for(
+        "site series summing to the leaked total",
+        Duration::from_secs(10),
+        || {
+            let m = daemon.metrics().map_err(|e| e.to_string())?;
+            let sum = |name| m.find(name, &[]).map(|s| s.value).sum::<f64>();
+            let (sites, leaked) = (
+                sum("cwatch_leak_site_sockets"),
+                sum("cwatch_process_leaked_sockets"),
+            );
+            if sites != leaked {
+                return Err(format!("sites {sites} != leaked {leaked}:\n{}", m.text));
+            }
+            m.get("cwatch_leak_site_sockets", &[("site", site)])
+                .ok_or_else(|| format!("no series for {site:?}:\n{}", m.text))
+        },
+    )
     .unwrap()
 }
 
@@ -141,12 +149,16 @@ fn leak_watched(recipe: &Recipe) -> (Daemon, Leaker, Value, PathBuf, PathBuf) {
     let mut leaker = Leaker::spawn(&exe, port);
     // Its first connect is captured only once the daemon put it on the
     // watch list (the list is brought in step every few seconds).
-    wait_for("the program on the watch list", Duration::from_secs(30), || {
-        let log = daemon.log();
-        log.contains("watch list updated")
-            .then_some(())
-            .ok_or_else(|| "not yet".to_string())
-    })
+    wait_for(
+        "the program on the watch list",
+        Duration::from_secs(30),
+        || {
+            let log = daemon.log();
+            log.contains("watch list updated")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
     .unwrap();
     leaker.connect();
     let (accepted, _) = listener.accept().unwrap();
@@ -247,7 +259,10 @@ fn a_process_not_watched_gets_no_stack() {
     // Given time for a pass of the provenance thread over it.
     std::thread::sleep(Duration::from_secs(3));
     let sock2 = leaked_socket(&daemon, port, leaker.pid(), false);
-    assert!(sock["site"].is_null() && sock2["site"].is_null(), "{sock2:#}");
+    assert!(
+        sock["site"].is_null() && sock2["site"].is_null(),
+        "{sock2:#}"
+    );
     assert!(sock2["stack"].is_null(), "{sock2:#}");
     assert!(site_gauge(&daemon, "[unknown]") >= 1.0);
     drop(leaker);
