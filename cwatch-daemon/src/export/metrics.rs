@@ -145,7 +145,7 @@ impl Metrics {
             kernel_errors: register(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("cwatch_kernel_errors_total", "Kernel-side failures: map_full (a CLOSE_WAIT record or a socket owner could not be stored)."),
+                    Opts::new("cwatch_kernel_errors_total", "Kernel-side failures: map_full (a CLOSE_WAIT record or a socket owner could not be stored), stack_sample (a connect() stack could not be read or kept)."),
                     &["kind"],
                 )
                 .expect("valid counter"),
@@ -202,6 +202,9 @@ impl Metrics {
             advance(&full, counter::RECORDS_FULL);
             advance(&full, counter::OWNERS_FULL);
             advance(&full, counter::LINGER_FULL);
+            let stacks = self.kernel_errors.with_label_values(&["stack_sample"]);
+            advance(&stacks, counter::SAMPLES_FULL);
+            advance(&stacks, counter::SAMPLES_UNREAD);
         }
         self.fill_gauges(families, process_labels);
         self.own
