@@ -145,6 +145,8 @@ impl Task {
             (fresh, live)
         };
         sites.retain(&live);
+        let started = std::time::Instant::now();
+        let n = fresh.len();
         for cookie in fresh {
             let provenance = self.probes.take_sample(cookie).and_then(|s| {
                 let sample = to_sample(&s);
@@ -162,6 +164,13 @@ impl Task {
                 }
             });
             sites.set(cookie, provenance);
+        }
+        if n > 0 {
+            debug!(
+                sockets = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "connect-time stacks of leaked sockets resolved"
+            );
         }
     }
 }

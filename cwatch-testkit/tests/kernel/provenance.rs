@@ -65,10 +65,21 @@ impl Drop for Leaker {
     }
 }
 
-fn workdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cwatch-prov-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A directory of its own for a test's binaries; removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(name: &str) -> WorkDir {
+        let dir = std::env::temp_dir().join(format!("cwatch-prov-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        WorkDir(dir)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn comm_of(exe: &Path) -> String {
@@ -138,9 +149,9 @@ fn site_gauge(daemon: &Daemon, site: &str) -> f64 {
 
 /// Builds `recipe`, runs it watched by name, leaks one socket, and returns
 /// the daemon's object for it with the daemon still up.
-fn leak_watched(recipe: &Recipe) -> (Daemon, Leaker, Value, PathBuf, PathBuf) {
-    let dir = workdir(recipe.name);
-    let (exe, twin) = testing::build(recipe, &dir).expect("build the test program");
+fn leak_watched(recipe: &Recipe) -> (Daemon, Leaker, Value, PathBuf, WorkDir) {
+    let dir = WorkDir::new(recipe.name);
+    let (exe, _) = testing::build(recipe, &dir.0).expect("build the test program");
     let comm = comm_of(&exe);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -164,7 +175,7 @@ fn leak_watched(recipe: &Recipe) -> (Daemon, Leaker, Value, PathBuf, PathBuf) {
     let (accepted, _) = listener.accept().unwrap();
     drop(accepted); // our FIN: the program's socket goes to CLOSE_WAIT
     let sock = leaked_socket(&daemon, port, leaker.pid(), true);
-    (daemon, leaker, sock, exe, twin)
+    (daemon, leaker, sock, exe, dir)
 }
 
 /// The frames of `sock`'s stack in `exe`.
@@ -180,7 +191,7 @@ fn own_frames<'a>(sock: &'a Value, exe: &Path) -> Vec<&'a Value> {
 
 fn assert_named(recipe: &Recipe) {
     let _serial = serial();
-    let (daemon, leaker, sock, exe, _) = leak_watched(recipe);
+    let (daemon, leaker, sock, exe, dir) = leak_watched(recipe);
     let want = testing::expected_site(recipe).unwrap();
     assert_eq!(sock["site"], want.as_str(), "{sock:#}");
     assert_eq!(sock["stack"]["partial"], false, "{sock:#}");
@@ -204,6 +215,7 @@ fn assert_named(recipe: &Recipe) {
     assert_eq!(site_gauge(&daemon, &want), 1.0);
     drop(leaker);
     daemon.stop().unwrap();
+    drop(dir);
 }
 
 #[test]
@@ -220,7 +232,7 @@ fn rust_names_the_opener() {
 fn stripped_shows_module_and_offset_never_a_name() {
     let _serial = serial();
     let recipe = testing::BACKEND_C_STRIPPED;
-    let (daemon, leaker, sock, exe, _) = leak_watched(&recipe);
+    let (daemon, leaker, sock, exe, dir) = leak_watched(&recipe);
     let site = sock["site"].as_str().unwrap().to_string();
     assert!(site.starts_with("prov-cs.stripped+0x"), "{site}");
     let own = own_frames(&sock, &exe);
@@ -241,13 +253,14 @@ fn stripped_shows_module_and_offset_never_a_name() {
     assert_eq!(site_gauge(&daemon, &site), 1.0);
     drop(leaker);
     daemon.stop().unwrap();
+    drop(dir);
 }
 
 #[test]
 fn a_process_not_watched_gets_no_stack() {
     let _serial = serial();
-    let dir = workdir("unwatched");
-    let (exe, _) = testing::build(&testing::BACKEND_C, &dir).unwrap();
+    let dir = WorkDir::new("unwatched");
+    let (exe, _) = testing::build(&testing::BACKEND_C, &dir.0).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // Watched: some other name only.
@@ -267,4 +280,5 @@ fn a_process_not_watched_gets_no_stack() {
     assert!(site_gauge(&daemon, "[unknown]") >= 1.0);
     drop(leaker);
     daemon.stop().unwrap();
+    drop(dir);
 }
