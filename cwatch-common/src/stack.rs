@@ -4,10 +4,13 @@
 
 /// Bytes of user stack copied at connect(), from sp upwards. A read that
 /// would run past the top of the stack copies up to the last page it can.
-pub const STACK_BYTES: usize = 16 << 10;
+/// 128 bytes short of 16 KiB so that a `SAMPLES` element (the kernel's hash
+/// element header, the key, this value, the allocator's list node) fits a
+/// 16 KiB allocation: at 16 KiB exactly each would take 32 KiB.
+pub const STACK_BYTES: usize = (16 << 10) - 128;
 
-/// Default entries of `SAMPLES` (each one a [`StackSample`], ~16 KiB, only
-/// allocated while held: the map is not preallocated).
+/// Default entries of `SAMPLES` (each one a [`StackSample`] in a 16 KiB
+/// allocation, only while held: the map is not preallocated).
 pub const SAMPLES_ENTRIES: u32 = 1024;
 
 /// One capture (value of `SAMPLES`, and the per-CPU scratch it is built in).
