@@ -8,7 +8,7 @@ provenance task (`crate::provenance`) fills it, the API, `cwatch ls` and
 /metrics read it.
 */
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, RwLock},
 };
 
@@ -25,11 +25,10 @@ pub const UNKNOWN_SITE: &str = "[unknown]";
 /// The site label the sites past the top N fold into.
 pub const OTHER_SITE: &str = "[other]";
 
-/// Provenance by socket cookie. `None`: looked at, no sample (the process
-/// was not watched when it connected, or the stack could not be read).
+/// Provenance by socket cookie, only for sockets that have one.
 #[derive(Debug, Default)]
 pub struct Sites {
-    inner: RwLock<HashMap<u64, Option<Arc<Provenance>>>>,
+    inner: RwLock<HashMap<u64, Arc<Provenance>>>,
 }
 
 impl Sites {
@@ -40,24 +39,18 @@ impl Sites {
     /// The provenance of `cookie`, if one is known.
     pub fn get(&self, cookie: u64) -> Option<Arc<Provenance>> {
         let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&cookie).cloned().flatten()
+        map.get(&cookie).cloned()
     }
 
-    /// Whether `cookie` was looked at already.
-    pub fn seen(&self, cookie: u64) -> bool {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.contains_key(&cookie)
-    }
-
-    pub fn set(&self, cookie: u64, provenance: Option<Arc<Provenance>>) {
+    pub fn set(&self, cookie: u64, provenance: Arc<Provenance>) {
         let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
         map.insert(cookie, provenance);
     }
 
-    /// Keeps only the cookies `live` holds (sockets still tracked).
-    pub fn retain(&self, live: &HashSet<u64>) {
+    /// Keeps only the cookies `live` says are still tracked.
+    pub fn retain(&self, mut live: impl FnMut(u64) -> bool) {
         let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|c, _| live.contains(c));
+        map.retain(|c, _| live(*c));
         if map.capacity() > 1024 && map.capacity() > 4 * map.len() {
             let keep = 2 * map.len();
             map.shrink_to(keep);
@@ -112,19 +105,18 @@ mod tests {
     }
 
     #[test]
-    fn looked_at_without_a_sample_is_unknown() {
+    fn sockets_without_provenance_are_unknown() {
         let sites = Sites::new();
-        sites.set(1, None);
         let p = Arc::new(Provenance {
             site: Some("open (a.c:3) ← main".into()),
             stack: cwatch_stacks::Stack::default(),
         });
-        sites.set(2, Some(Arc::clone(&p)));
-        assert!(sites.seen(1) && sites.get(1).is_none());
+        sites.set(2, Arc::clone(&p));
+        sites.set(4, p);
+        assert!(sites.get(1).is_none());
         assert_eq!(sites.label(1), UNKNOWN_SITE);
         assert_eq!(sites.label(2), "open (a.c:3) ← main");
-        assert_eq!(sites.label(3), UNKNOWN_SITE);
-        sites.retain(&HashSet::from([2]));
+        sites.retain(|c| c == 2);
         assert_eq!(sites.len(), 1);
     }
 }

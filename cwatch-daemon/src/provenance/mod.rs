@@ -8,30 +8,25 @@ copy), unwound and symbolized with `cwatch_stacks`, and the result kept in
 All of it runs on one OS thread of its own (blazesym's symbolizer cannot
 move between threads), created with the owners' capabilities (reading other
 processes' `/proc/<pid>/maps` and binaries through `/proc/<pid>/root`). The
-table is locked only to copy out the cookies of leaked sockets not looked at
-yet, at most [`BATCH`] a pass (the bounded queue); the unwinding is done
-after. Equal stacks (same call path through the same binaries) are
+table is locked only to offer the sockets that turned leaked since the
+last pass to a bounded queue ([`queue`]), of which at most [`BATCH`] are
+looked at a pass; the unwinding is done after. A socket without a sample
+(its process was not watched) costs one map lookup and no memory. Equal stacks (same call path through the same binaries) are
 symbolized once and shared ([`Interned`]), so a thousand sockets leaked by
 one function cost one stack and a map entry each.
 */
-use std::{
-    collections::{HashMap, HashSet},
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+mod queue;
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use cwatch_common::{STACK_BYTES, StackSample, control};
 use cwatch_stacks::{Regs, Sample, Stacks, Trace};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{
-    probe::Probes,
-    sites::Provenance,
-    state::State,
-    table::{age, is_leaked},
-};
+use queue::Queue;
+
+use crate::{probe::Probes, sites::Provenance, state::State};
 
 /// How often leaked sockets are looked for.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -102,6 +97,7 @@ impl Task {
         };
         let mut stacks = Stacks::new(cfg);
         let mut interned = Interned::default();
+        let mut queue = Queue::default();
         let mut stacks_word = None;
         while !cancel.is_cancelled() {
             let config = self.state.config();
@@ -110,7 +106,7 @@ impl Task {
                 stacks_word = Some(want);
             }
             if want == 1 {
-                self.pass(&mut stacks, &mut interned, config.leak_after);
+                self.pass(&mut queue, &mut stacks, &mut interned, config.leak_after);
             }
             // Sleep in short steps so shutdown is not held up.
             let mut slept = Duration::ZERO;
@@ -121,55 +117,57 @@ impl Task {
         }
     }
 
-    /// One pass: forget sockets no longer tracked, then resolve up to
-    /// [`BATCH`] leaked ones not looked at yet.
-    fn pass(&self, stacks: &mut Stacks, interned: &mut Interned, leak_after: Duration) {
+    /// One pass: forget sockets no longer tracked, offer the ones that
+    /// turned leaked since the last pass, then resolve up to [`BATCH`] of
+    /// those waiting (a socket without a sample costs nothing more).
+    fn pass(
+        &self,
+        queue: &mut Queue,
+        stacks: &mut Stacks,
+        interned: &mut Interned,
+        leak_after: Duration,
+    ) {
         let sites = &self.state.sites;
         let now = self.state.clock.now_ns();
-        let (fresh, live) = {
+        let frontier = now.saturating_sub(u64::try_from(leak_after.as_nanos()).unwrap_or(u64::MAX));
+        // Until the kernel took a sample, no socket can have one.
+        let sampled = self.probes.control(control::SAMPLED).unwrap_or(1) != 0;
+        {
             let table = self.state.lock_table();
-            let mut live = HashSet::with_capacity(table.len() + table.dead_len());
-            let mut fresh = Vec::new();
-            for (cookie, start_ns, _) in table.keys() {
-                live.insert(cookie);
-                if fresh.len() < BATCH
-                    && is_leaked(age(now, start_ns), leak_after)
-                    && !sites.seen(cookie)
-                {
-                    fresh.push(cookie);
-                }
+            sites.retain(|cookie| table.contains(cookie) || table.dead_entry(cookie).is_some());
+            if sampled {
+                queue.scan(table.keys().map(|(c, start, _)| (c, start)), frontier);
+            } else {
+                queue.skip_to(frontier);
             }
-            for dead in table.dead() {
-                live.insert(dead.sock.cookie);
-            }
-            (fresh, live)
-        };
-        sites.retain(&live);
+        }
         let started = std::time::Instant::now();
-        let n = fresh.len();
-        for cookie in fresh {
-            let provenance = self.probes.take_sample(cookie).and_then(|s| {
-                let sample = to_sample(&s);
-                drop(s);
-                match stacks.unwind(&sample) {
-                    Ok(trace) => Some(interned.get_or(trace, |t| stacks.symbolize(t))),
-                    Err(err) => {
-                        debug!(
-                            cookie,
-                            pid = sample.pid,
-                            "unwinding a connect() stack: {err}"
-                        );
-                        None
-                    }
-                }
-            });
-            sites.set(cookie, provenance);
+        let mut n = 0;
+        while n < BATCH
+            && let Some(cookie) = queue.pop()
+        {
+            n += 1;
+            let Some(s) = self.probes.take_sample(cookie) else {
+                continue; // not watched when it connected
+            };
+            let sample = to_sample(&s);
+            drop(s);
+            match stacks.unwind(&sample) {
+                Ok(trace) => sites.set(cookie, interned.get_or(trace, |t| stacks.symbolize(t))),
+                Err(err) => debug!(
+                    cookie,
+                    pid = sample.pid,
+                    "unwinding a connect() stack: {err}"
+                ),
+            }
         }
         if n > 0 {
             debug!(
                 sockets = n,
+                waiting = queue.len(),
+                dropped = queue.dropped,
                 took_ms = started.elapsed().as_millis() as u64,
-                "connect-time stacks of leaked sockets resolved"
+                "connect-time stacks of leaked sockets looked at"
             );
         }
     }
