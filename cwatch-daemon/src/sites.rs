@@ -61,6 +61,21 @@ impl Sites {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// How many of `cookies` have each site label ([`UNKNOWN_SITE`]: none),
+    /// under one read of the map.
+    pub fn count(&self, cookies: impl Iterator<Item = u64>) -> HashMap<String, u64> {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut by: HashMap<&str, u64> = HashMap::new();
+        for cookie in cookies {
+            let label = map
+                .get(&cookie)
+                .and_then(|p| p.site.as_deref())
+                .unwrap_or(UNKNOWN_SITE);
+            *by.entry(label).or_default() += 1;
+        }
+        by.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
+    }
+
     /// The site label of `cookie`: its site, or [`UNKNOWN_SITE`].
     pub fn label(&self, cookie: u64) -> String {
         self.get(cookie)
@@ -116,6 +131,9 @@ mod tests {
         assert!(sites.get(1).is_none());
         assert_eq!(sites.label(1), UNKNOWN_SITE);
         assert_eq!(sites.label(2), "open (a.c:3) ← main");
+        let counts = sites.count([1, 2, 3, 4].into_iter());
+        assert_eq!(counts[UNKNOWN_SITE], 2);
+        assert_eq!(counts["open (a.c:3) ← main"], 2);
         sites.retain(|c| c == 2);
         assert_eq!(sites.len(), 1);
     }

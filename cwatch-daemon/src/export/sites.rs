@@ -23,22 +23,20 @@ pub fn count(
     sites: &Sites,
 ) -> HashMap<String, u64> {
     let leak_after = filter.leak_after();
-    let mut counts: HashMap<String, u64> = HashMap::new();
-    let mut add = |cookie| *counts.entry(sites.label(cookie)).or_default() += 1;
-    if filter.is_empty() {
-        for (cookie, start_ns, _) in table.keys() {
-            if is_leaked(age(now_ns, start_ns), leak_after) {
-                add(cookie);
-            }
-        }
+    let leaked: Vec<u64> = if filter.is_empty() {
+        table
+            .keys()
+            .filter(|(_, start_ns, _)| is_leaked(age(now_ns, *start_ns), leak_after))
+            .map(|(cookie, _, _)| cookie)
+            .collect()
     } else {
-        for e in table.iter() {
-            if is_leaked(age(now_ns, e.start_ns), leak_after) && filter.keeps(&e) {
-                add(e.cookie);
-            }
-        }
-    }
-    counts
+        table
+            .iter()
+            .filter(|e| is_leaked(age(now_ns, e.start_ns), leak_after) && filter.keeps(e))
+            .map(|e| e.cookie)
+            .collect()
+    };
+    sites.count(leaked.into_iter())
 }
 
 /// The family's text, `top` sites (0: all) plus `[other]`.
