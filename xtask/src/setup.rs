@@ -121,6 +121,7 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("prometheus-node-exporter", "prometheus-node-exporter"),
     ("ss", "iproute2"),
+    ("nft", "nftables"),
 ];
 
 /// The chart's font, read by file (no font lookup).

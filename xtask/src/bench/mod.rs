@@ -15,10 +15,12 @@
 //! (CLOSE_WAIT sockets by the hundred thousand), `soak` (a long run under
 //! churn and a growing leak). Then the outputs: `targets`, `results`,
 //! `report`, `chart`; and what they stand on: `daemon`, `procs`, `system`,
-//! `cpu`, `stats`, `cleanup` (undoing what a run changed, however it ends).
+//! `cpu`, `stats`, `cleanup` (undoing what a run changed, however it ends),
+//! `conntrack` (loopback kept out of connection tracking for the run).
 mod attribution;
 mod chart;
 mod cleanup;
+mod conntrack;
 mod cost;
 mod cpu;
 mod daemon;
@@ -206,7 +208,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .unwrap_or_else(|| out_dir.join("results.json"));
     let before = results::read(&before_path);
 
-    let machine = system::machine();
+    let mut machine = system::machine();
+    let untracked = conntrack::untrack_loopback()?;
+    if untracked.is_some() {
+        machine.push((
+            "conntrack".into(),
+            "active on this host; loopback packets untracked during the run".into(),
+        ));
+    }
     let overhead = section(opts, Section::Overhead, "churn overhead", &mut t, || {
         overhead::run(&plan, &bins)
     })?;
