@@ -24,6 +24,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),
     ("strace", "strace"),
+    // Loopback kept out of conntrack where it is active (crate::conntrack).
+    ("nft", "nftables"),
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {

@@ -46,7 +46,7 @@ fn restore_file() -> PathBuf {
 
 /// Restores what a killed run left behind, then installs the signal handler.
 pub fn install() -> anyhow::Result<()> {
-    super::conntrack::remove();
+    crate::conntrack::remove();
     let file = restore_file();
     if let Ok(text) = fs::read_to_string(&file) {
         for line in text.lines() {
@@ -82,7 +82,7 @@ fn undo_all() {
         }
     }
     let _ = fs::remove_file(restore_file());
-    super::conntrack::remove();
+    crate::conntrack::remove();
 }
 
 /// `pid` is stopped if the run is interrupted.

@@ -15,12 +15,12 @@
 //! (CLOSE_WAIT sockets by the hundred thousand), `soak` (a long run under
 //! churn and a growing leak). Then the outputs: `targets`, `results`,
 //! `report`, `chart`; and what they stand on: `daemon`, `procs`, `system`,
-//! `cpu`, `stats`, `cleanup` (undoing what a run changed, however it ends),
-//! `conntrack` (loopback kept out of connection tracking for the run).
+//! `cpu`, `stats`, `cleanup` (undoing what a run changed, however it ends).
+//! Loopback is kept out of connection tracking for the run
+//! ([`crate::conntrack`]).
 mod attribution;
 mod chart;
 mod cleanup;
-mod conntrack;
 mod cost;
 mod cpu;
 mod daemon;
@@ -45,7 +45,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util};
+use crate::{conntrack, setup, util};
 
 /// The sections, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,13 +1,16 @@
-//! Loopback traffic kept out of conntrack for the run. Where netfilter's
+//! Loopback traffic kept out of conntrack while the bench or the kernel
+//! tests run on this machine. Where netfilter's
 //! connection tracking is active (a NAT table, as podman's netavark leaves
 //! behind, is enough), every loopback connection of the churn takes a
 //! tracking entry that outlives it by minutes (TIME_WAIT: 120 s): at
 //! 20,000 connections a second the table is full within seconds and the
 //! kernel drops packets ("nf_conntrack: table full"), which measures the
-//! firewall, not cwatch — and a million CLOSE_WAIT sockets could not even
-//! be made. So, while the bench runs, a table of its own marks loopback
-//! packets `notrack`; it is deleted at the end (on drop, by the signal
-//! handler, and by the next run if this one was killed).
+//! firewall, not cwatch (and makes a test's connects time out) — a million
+//! CLOSE_WAIT sockets could not even be made. So a table of its own marks
+//! loopback packets `notrack` for the run; it is deleted at the end (on
+//! drop, by the bench's signal handler, and by the next run if one was
+//! killed). The deploy tests go without: podman's port mapping needs
+//! conntrack on loopback.
 use std::{
     io::Write as _,
     path::Path,
@@ -43,6 +46,7 @@ pub fn active() -> bool {
 /// to do). Fails when it is active and `nft` cannot add it: the churn
 /// figures would be the firewall's.
 pub fn untrack_loopback() -> anyhow::Result<Option<Untracked>> {
+    remove();
     if !active() {
         return Ok(None);
     }
