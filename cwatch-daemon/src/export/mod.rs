@@ -2,14 +2,16 @@
 From the socket table to what Prometheus and the journal read: [`series`]
 (filters applied, owner labels looked up, groups keyed by pid, comm or
 unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
-contract's families, rendered with the stages' telemetry) and
-[`selfmetrics`] (what a scrape learns about cwatch itself).
+contract's families, rendered with the stages' telemetry),
+[`selfmetrics`] (what a scrape learns about cwatch itself) and [`fds`]
+(open fds and fd limits of the leaking processes).
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
 and reads the kernel's counters with the lock released.
 */
 pub mod cardinality;
+pub mod fds;
 pub mod metrics;
 pub mod selfmetrics;
 pub mod series;
@@ -28,6 +30,7 @@ use crate::{
 /// Renders `/metrics` and the families the leak notices read.
 pub struct Exporter {
     metrics: Metrics,
+    fds: fds::FdGauges,
     labels: LabelCache,
     proc: ProcRoot,
 }
@@ -36,6 +39,7 @@ impl Exporter {
     pub fn new(proc: ProcRoot) -> Self {
         Self {
             metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
             labels: LabelCache::new(proc.clone()),
             proc,
         }
@@ -77,12 +81,14 @@ impl Exporter {
                 .own
                 .map_fill("close_wait", table_len, probes.close_wait_capacity());
         }
-        let body = self.metrics.render_families(
+        let mut body = self.metrics.render_families(
             &families,
             &config.labels.label_names(),
             kernel.as_ref(),
             &state.telemetry,
         );
+        let holders = fds::holders(&families, config.max_process_series);
+        body += &self.fds.render(&self.proc, &holders);
         self.metrics.own.scrape_took(started.elapsed());
         body
     }
