@@ -8,10 +8,11 @@ path, each importing only those before it:
 | module | stage |
 |---|---|
 | [`clock`] | where "now" comes from (CLOCK_BOOTTIME, injectable) |
+| [`text`] | names as data: exact bytes for /metrics and JSON, control characters escaped for people |
 | [`table`] | the sockets in CLOSE_WAIT by cookie, dead sockets held, gauges kept up to date; pure logic, no I/O |
 | [`config`] | the validated configuration: defaults, TOML file, value parsers, filters and label settings |
 | [`telemetry`] | what the stages count as they work |
-| [`probe`] | mounts, BTF offsets, loading and attaching the eBPF object, pins, the kernel maps |
+| [`probe`] | mounts, BTF offsets, loading and attaching the eBPF object, the pin directory and its pins, the kernel maps |
 | [`state`] | what the tasks share: config, clock, table, telemetry, probes, progress |
 | [`intake`] | the ring buffer's events applied to the table |
 | [`owners`] | fd holders from a proc root (injectable), their refresh, owner labels |
@@ -19,16 +20,19 @@ path, each importing only those before it:
 | [`reconcile`] | the periodic diff of table and kernel maps against that view |
 | [`export`] | series, filters, series limits, /metrics rendering, self-metrics |
 | [`http`] | the endpoints, the accept loop, auth and TLS; [`http::wire`] is what the client reads |
-| [`daemon`] | running as a service: tasks and shutdown, SIGHUP, notices, sd_notify, capabilities, heap, logging |
+| [`daemon`] | running as a service: tasks and shutdown, SIGHUP, notices, sd_notify, capabilities per thread and where each kind of work runs, heap, logging |
 | [`cli`] | the command line on top: clap types, flags into config, `ls`, `doctor`, exit codes |
 
 The client (`cli`) depends on the daemon's wire types, never the reverse.
+Under test, `fuzz` feeds every parser of outside input hostile bytes.
 */
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub(crate) mod export;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod http;
 pub(crate) mod intake;
 pub(crate) mod kernel_view;
@@ -38,3 +42,4 @@ pub(crate) mod reconcile;
 pub(crate) mod state;
 pub(crate) mod table;
 pub(crate) mod telemetry;
+pub mod text;

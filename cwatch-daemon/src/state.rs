@@ -2,7 +2,8 @@
 What the daemon's tasks really share, and nothing else: the configuration in
 force, the clock, the socket table, the stages' telemetry, the loaded probes
 (the kernel maps reconciliation and scrapes read), and two facts about
-progress (ready; how far the ring has been drained).
+progress (ready; how far the ring has been drained) with the two wake-ups
+that replace polling (drain the ring now; `YOUNG` has new sockets).
 
 No lock here is ever held across file, netlink or socket I/O: the table's
 lock guards pure data (callers copy out what they need, then do their I/O),
@@ -13,6 +14,8 @@ use std::sync::{
     Arc, Mutex, MutexGuard, RwLock,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
+
+use tokio::sync::Notify;
 
 use crate::{
     clock::Clock, config::Config, probe::Probes, table::SocketTable, telemetry::Telemetry,
@@ -31,6 +34,11 @@ pub struct State {
     /// CLOCK_BOOTTIME ns when the last completed drain of the ring began:
     /// every event recorded before it has been read (or was lost).
     drained_ns: AtomicU64,
+    /// Asks intake to drain the ring now (reconciliation needs everything
+    /// from before its dump applied).
+    pub drain_requested: Notify,
+    /// Tells the young scanner that the kernel put a socket in `YOUNG`.
+    pub young_wake: Notify,
 }
 
 impl State {
@@ -43,6 +51,8 @@ impl State {
             probes: RwLock::new(None),
             ready: AtomicBool::new(false),
             drained_ns: AtomicU64::new(0),
+            drain_requested: Notify::new(),
+            young_wake: Notify::new(),
         }
     }
 

@@ -1,19 +1,16 @@
 /*!
 What the stages count while they work, for `/metrics`: events that could not
-be decoded and the CLOSE_WAIT durations (intake), the fd-lookup latency and
+be decoded (intake), the fd-lookup latency and
 the `/proc` reads (attribution), the corrections and passes
-(reconciliation), and the SIGHUP reloads. One prometheus registry that the
+(reconciliation), the SIGHUP reloads, whether this run keeps its state
+across restarts (pins), and the failures of each source the gauges are made
+of ([`Source`]) with the time of the last good pass. One prometheus registry that the
 exporter gathers beside its own families: a stage records here and never
 needs to know how metrics are rendered.
 */
 use std::time::Duration;
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
-
-/// Buckets of `cwatch_close_wait_duration_seconds`, fixed by the contract.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
-];
 
 /// Buckets of `cwatch_attribution_seconds`.
 const ATTRIBUTION_BUCKETS: &[f64] = &[
@@ -23,17 +20,59 @@ const ATTRIBUTION_BUCKETS: &[f64] = &[
 /// The kinds of `cwatch_reconcile_corrections_total`.
 pub const CORRECTION_KINDS: [&str; 4] = ["added", "removed", "map_added", "map_removed"];
 
+/// A source of what the gauges are made of that can fail on its own; each
+/// failure is counted in `cwatch_source_failures_total{source}` and the
+/// rest carries on (one failing source never fails a scrape or a pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A reconciliation pass that returned an error (kernel map read or
+    /// write): the table went unchecked this interval.
+    Reconcile,
+    /// A network namespace that could not be entered (`setns`).
+    Netns,
+    /// A sock_diag dump that failed inside a namespace.
+    SockDiag,
+    /// A `/proc` read that failed for another reason than the process
+    /// being gone (permission, a vanished proc root).
+    Procfs,
+    /// The kernel's per-CPU counters could not be read for a scrape.
+    KernelCounters,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Reconcile,
+        Source::Netns,
+        Source::SockDiag,
+        Source::Procfs,
+        Source::KernelCounters,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Reconcile => "reconcile",
+            Source::Netns => "netns",
+            Source::SockDiag => "sock_diag",
+            Source::Procfs => "procfs",
+            Source::KernelCounters => "kernel_counters",
+        }
+    }
+}
+
 /// The stages' counters and histograms.
 pub struct Telemetry {
     registry: Registry,
     malformed: IntCounter,
-    duration: Histogram,
     attribution: Histogram,
     procfs_scans: IntCounterVec,
     corrections: IntCounterVec,
     passes: IntCounterVec,
     reload_ok: Gauge,
     reloads: IntCounterVec,
+    persistence: Gauge,
+    source_failures: IntCounterVec,
+    reconcile_last_success: Gauge,
+    reconcile_interval: Gauge,
 }
 
 /// Registers `c` in `r`; names are fixed and unique, so this cannot fail.
@@ -67,14 +106,14 @@ impl Telemetry {
             "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.",
         )
         .expect("valid gauge");
+        let persistence = Gauge::new(
+            "cwatch_persistence_enabled",
+            "1 when the kernel maps are pinned (a restart keeps every socket's true start and owner); 0 when this run keeps nothing across a restart (no pin directory, or one that is not a writable bpffs, or pins of a newer cwatch).",
+        )
+        .expect("valid gauge");
         let t = Self {
             malformed: register(&r, malformed),
-            duration: histogram(
-                &r,
-                "cwatch_close_wait_duration_seconds",
-                "Time from CLOSE_WAIT to close, for closed sockets whose start was seen.",
-                DURATION_BUCKETS,
-            ),
+            persistence: register(&r, persistence),
             attribution: histogram(
                 &r,
                 "cwatch_attribution_seconds",
@@ -106,8 +145,35 @@ impl Telemetry {
                 "SIGHUP reloads, by result (success, failure).",
                 &["result"],
             ),
+            source_failures: counter_vec(
+                &r,
+                "cwatch_source_failures_total",
+                "Failures of one source of the gauges, which the rest outlive: reconcile (a pass that failed), netns (a namespace that could not be entered), sock_diag (a dump that failed in a namespace), procfs (a /proc read that failed for another reason than the process being gone), kernel_counters (the kernel's counters unreadable for a scrape).",
+                &["source"],
+            ),
+            reconcile_last_success: register(
+                &r,
+                Gauge::new(
+                    "cwatch_reconcile_last_success_timestamp_seconds",
+                    "Unix time of the end of the last reconciliation pass that succeeded (full or skipped); 0 before the first.",
+                )
+                .expect("valid gauge"),
+            ),
+            reconcile_interval: register(
+                &r,
+                Gauge::new(
+                    "cwatch_reconcile_interval_seconds",
+                    "The configured --reconcile-interval: alerts count missed passes in it.",
+                )
+                .expect("valid gauge"),
+            ),
             registry: r,
         };
+        for source in Source::ALL {
+            t.source_failures
+                .with_label_values(&[source.label()])
+                .inc_by(0);
+        }
         t.reload_ok.set(1.0);
         for result in ["success", "failure"] {
             t.reloads.with_label_values(&[result]).inc_by(0);
@@ -126,11 +192,6 @@ impl Telemetry {
     /// Ring buffer records of the wrong size.
     pub fn malformed_events(&self, n: u64) {
         self.malformed.inc_by(n);
-    }
-
-    /// A socket left CLOSE_WAIT after `d`.
-    pub fn observe_closed(&self, d: Duration) {
-        self.duration.observe(d.as_secs_f64());
     }
 
     /// Holders of a socket became known `d` after its transition.
@@ -167,6 +228,48 @@ impl Telemetry {
             .inc();
     }
 
+    /// Whether the kernel maps are pinned in this run.
+    pub fn persistence(&self, enabled: bool) {
+        self.persistence.set(f64::from(u8::from(enabled)));
+    }
+
+    /// One failure of `source`.
+    pub fn source_failed(&self, source: Source) {
+        self.source_failures
+            .with_label_values(&[source.label()])
+            .inc();
+    }
+
+    /// Failures of `source` so far.
+    pub fn source_failures(&self, source: Source) -> u64 {
+        self.source_failures
+            .with_label_values(&[source.label()])
+            .get()
+    }
+
+    /// The counter of `source`'s failures, for a reader that counts them
+    /// itself (the proc root).
+    pub fn source_counter(&self, source: Source) -> IntCounter {
+        self.source_failures.with_label_values(&[source.label()])
+    }
+
+    /// A reconciliation pass ended: `ok`, or failed (counted).
+    pub fn reconciled(&self, ok: bool) {
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.reconcile_last_success.set(now);
+        } else {
+            self.source_failed(Source::Reconcile);
+        }
+    }
+
+    /// The interval passes are meant to run at.
+    pub fn set_reconcile_interval(&self, every: Duration) {
+        self.reconcile_interval.set(every.as_secs_f64());
+    }
+
     /// A SIGHUP reload succeeded (`ok`) or changed nothing.
     pub fn reloaded(&self, ok: bool) {
         self.reload_ok.set(f64::from(u8::from(ok)));
@@ -179,5 +282,65 @@ impl Telemetry {
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{Encoder as _, TextEncoder};
+
+    use super::*;
+
+    fn text(t: &Telemetry) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&t.registry().gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn failures_are_counted_by_source_and_a_good_pass_is_timestamped() {
+        let t = Telemetry::new();
+        let before = text(&t);
+        for source in Source::ALL {
+            let line = format!(
+                "cwatch_source_failures_total{{source=\"{}\"}} 0",
+                source.label()
+            );
+            assert!(
+                before.contains(&line),
+                "every source from the start: {before}"
+            );
+        }
+        assert!(before.contains("cwatch_reconcile_last_success_timestamp_seconds 0"));
+        t.reconciled(false);
+        t.source_failed(Source::Netns);
+        t.source_failed(Source::Netns);
+        t.set_reconcile_interval(Duration::from_secs(60));
+        let after = text(&t);
+        assert!(
+            after.contains("cwatch_source_failures_total{source=\"reconcile\"} 1"),
+            "{after}"
+        );
+        assert!(
+            after.contains("cwatch_source_failures_total{source=\"netns\"} 2"),
+            "{after}"
+        );
+        assert!(
+            after.contains("cwatch_reconcile_last_success_timestamp_seconds 0"),
+            "a failed pass is no success"
+        );
+        assert!(
+            after.contains("cwatch_reconcile_interval_seconds 60"),
+            "{after}"
+        );
+        t.reconciled(true);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - t.reconcile_last_success.get()).abs() < 60.0);
+        assert_eq!(t.source_failures(Source::Reconcile), 1);
     }
 }

@@ -1,13 +1,10 @@
-//! Sending events to the daemon through the `EVENTS` ring buffer.
-use cwatch_common::{Event, SockRecord, counter};
+//! Sending events to the daemon through the `EVENTS` ring buffer. Events are
+//! rare (sockets that stayed past the grace, dead sockets, wake-ups), so each
+//! one lets the kernel wake the daemon when the ring was empty: the daemon
+//! sleeps until there is work, and a burst costs one wake-up.
+use cwatch_common::{EVENT_WAKE, Event, SockRecord, counter};
 
 use crate::maps::{self, EVENTS};
-
-/// Wake the daemon only once this much is waiting. Waking it per event costs
-/// an inter-processor interrupt per event (a VM exit on virtual machines,
-/// microseconds each); the daemon also drains the ring on a short timer, so a
-/// quiet trickle of events still shows within its poll period.
-const WAKEUP_BYTES: u64 = 256 << 10;
 
 /// An event of `kind` for the transition `old` → `new` of `rec`, now, in
 /// the current task.
@@ -27,18 +24,19 @@ pub fn event(kind: u32, old: u32, new: u32, ts_ns: u64, rec: SockRecord) -> Even
 /// Copies `event` into the ring; counts it as lost when the ring is full.
 #[inline(always)]
 pub fn submit(event: &Event) {
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-            let flags = if waiting >= WAKEUP_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(u64::from(flags));
+            // 0: the kernel's adaptive wake-up (only when the daemon had
+            // caught up with the ring).
+            entry.submit(0);
         }
         None => maps::count(counter::EVENTS_LOST),
     }
+}
+
+/// Tells the daemon that `YOUNG` has a socket it has not seen.
+#[inline(always)]
+pub fn wake(old: u32, new: u32, ts_ns: u64) {
+    submit(&event(EVENT_WAKE, old, new, ts_ns, SockRecord::zeroed()));
 }

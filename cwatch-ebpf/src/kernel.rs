@@ -36,6 +36,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     socket_file: 0,
     file_ref: 0,
     file_ref_kind: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_id: 0,
+    has_cgroup: 0,
     _pad: 0,
 };
 
@@ -194,6 +198,28 @@ impl Sock {
             } else {
                 refs == 0
             }
+        }
+    }
+
+    /// The socket's cgroup v2 id (0 when the kernel has no socket cgroups).
+    #[inline(always)]
+    pub fn cgroup_id(self) -> u64 {
+        if off!(has_cgroup) == 0 {
+            return 0;
+        }
+        // SAFETY: `sk_cgrp_data.cgroup` and `cgroup.kn` are BTF-typed
+        // pointers read from the socket, each checked for null before it is
+        // followed.
+        unsafe {
+            let cgroup = load::<*const u8>(self.base(), off!(sk_cgroup));
+            if cgroup.is_null() {
+                return 0;
+            }
+            let kn = load::<*const u8>(cgroup, off!(cgroup_kn));
+            if kn.is_null() {
+                return 0;
+            }
+            load::<u64>(kn, off!(kernfs_id))
         }
     }
 

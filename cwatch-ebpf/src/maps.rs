@@ -1,32 +1,47 @@
-//! The maps the programs share with each other and with the daemon.
+//! The maps the programs share with each other and with the daemon, and the
+//! small operations on them the programs use.
 use aya_ebpf::{
     bindings::bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use cwatch_common::{Event, Listener, ListenerKey, Owner, SockRecord, counter};
+use cwatch_common::{
+    Event, Listener, ListenerKey, Owner, SockRecord, WATCH_ALL, WATCH_NONE, WATCHED_WORDS, control,
+    counter, hist,
+};
 
 use crate::kernel::Sock;
 
-/// Allocate hash map elements on demand instead of up front: the map is
-/// sized for a million sockets but usually nearly empty.
+/// Allocate hash map elements on demand instead of up front: for maps sized
+/// for a million entries that are usually nearly empty, and only ever
+/// written on rare paths.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Events for the daemon (`cwatch_common::Event`). The daemon may resize it
-/// before load (`--ring-buffer-size`).
+/// Events for the daemon (`cwatch_common::Event`): only about sockets that
+/// stayed past the grace, sockets cwatch did not see enter, dead sockets,
+/// and wake-ups. The daemon may resize it before load.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Sockets now in CLOSE_WAIT, keyed by socket cookie. Pinned by the daemon,
+/// Every socket as it enters CLOSE_WAIT, by cookie, until it leaves or the
+/// daemon reports it (moves it to `CLOSE_WAIT`). Preallocated: the insert
+/// and delete of the common short CLOSE_WAIT allocate nothing. The daemon
+/// sizes it before load; when full, the socket is counted
+/// (`RECORDS_FULL`) and left to reconciliation. Pinned.
+#[map]
+pub static YOUNG: HashMap<u64, SockRecord> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Sockets the daemon reported: they stayed in CLOSE_WAIT past the grace.
+/// Written by the daemon, deleted here when they leave CLOSE_WAIT. Pinned,
 /// so records (and their start times) outlive a daemon restart.
 #[map]
 pub static CLOSE_WAIT: HashMap<u64, SockRecord> =
     HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
-/// Sockets that left CLOSE_WAIT and are not destroyed yet, keyed by cookie;
-/// the value is the leave event. A socket the kernel closed (reset,
-/// keepalive, `ss -K`, or shut down without close()) stays here for as long
-/// as a process holds its fd. Pinned like `CLOSE_WAIT`.
+/// Sockets that left CLOSE_WAIT without their file being released and are
+/// not destroyed yet, keyed by cookie; the value is the leave event. A
+/// socket the kernel closed (reset, keepalive, `ss -K`, or shut down without
+/// close()) stays here for as long as a process holds its fd. Pinned.
 #[map]
 pub static LINGER: HashMap<u64, Event> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
@@ -45,12 +60,10 @@ pub struct OwnerStorage {
 // SAFETY: placeholder pointers the loader replaces; never dereferenced.
 unsafe impl Sync for OwnerStorage {}
 
-/// The owner of each outbound socket, learned at connect() (SYN_SENT) in the
-/// owner's context, and the `OWNER_LINGER` mark of a socket that left
-/// CLOSE_WAIT while still held. Socket-local storage: the kernel frees it
-/// with the socket, so it is bounded by the live sockets. Accepted sockets
-/// get none (no copy per accepted connection): they find their owner in
-/// `LISTENERS`.
+/// The owner of each outbound socket of a watched process, learned at
+/// connect() (SYN_SENT) in the owner's context, and the `OWNER_LINGER` mark
+/// of a socket that left CLOSE_WAIT while still held. Socket-local storage:
+/// the kernel frees it with the socket. Other sockets get none.
 #[btf_map]
 pub static OWNERS: OwnerStorage = OwnerStorage {
     r#type: core::ptr::null(),
@@ -61,11 +74,24 @@ pub static OWNERS: OwnerStorage = OwnerStorage {
 };
 
 /// Who listens on each port: learned at listen() (LISTEN), forgotten when
-/// that listener closes. An accepted socket entering CLOSE_WAIT looks up its
-/// local port here for its owner hint, so accepting costs nothing. Pinned.
+/// that listener closes. The daemon looks an accepted socket's local port
+/// up here when it reports it. Pinned.
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, Listener> =
     HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+
+/// The watch list: one bit per pid (tgid), set by the daemon for processes
+/// that leaked and those the configuration names.
+#[map]
+pub static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
+
+/// Words the daemon and the programs share (`cwatch_common::control`).
+#[map]
+pub static CONTROL: Array<u32> = Array::with_max_entries(control::LEN, 0);
+
+/// The CLOSE_WAIT duration histogram, per CPU (`cwatch_common::hist`).
+#[map]
+pub static HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(hist::LEN, 0);
 
 /// One entry: the `cwatch_common::LAYOUT_VERSION` of the pinned maps beside
 /// it, written by the daemon. Never touched by the programs.
@@ -78,9 +104,50 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::L
 
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+    add_per_cpu(&COUNTERS, index, 1);
+}
+
+#[inline(always)]
+fn add_per_cpu(map: &PerCpuArray<u64>, index: u32, n: u64) {
+    if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; one program run at a time per CPU.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
+    }
+}
+
+/// A socket left CLOSE_WAIT after `ns`: into the histogram.
+#[inline(always)]
+pub fn observe(ns: u64) {
+    add_per_cpu(&HIST, hist::bucket(ns), 1);
+    add_per_cpu(&HIST, hist::SUM, ns);
+}
+
+/// Control word `index`.
+#[inline(always)]
+pub fn control(index: u32) -> u32 {
+    CONTROL.get(index).copied().unwrap_or(0)
+}
+
+/// Sets control word `index` (a plain store: the daemon and every CPU only
+/// ever write whole words, and a lost race costs one extra wake-up or one
+/// extra lookup, never a wrong number).
+#[inline(always)]
+pub fn set_control(index: u32, value: u32) {
+    if let Some(word) = CONTROL.get_ptr_mut(index) {
+        // SAFETY: a slot of the array map, valid for the program's run.
+        unsafe { core::ptr::write_volatile(word, value) };
+    }
+}
+
+/// Whether connect() by `tgid` records its owner.
+#[inline(always)]
+pub fn watched(tgid: u32) -> bool {
+    match control(control::WATCHING) {
+        WATCH_NONE => false,
+        WATCH_ALL => true,
+        _ => WATCHED
+            .get(tgid / 64)
+            .is_some_and(|word| word & (1u64 << (tgid % 64)) != 0),
     }
 }
 

@@ -120,6 +120,17 @@ impl Daemon {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> anyhow::Result<Daemon> {
+        Self::spawn_bin(&cwatch_bin()?, wrapper, env, args)
+    }
+
+    /// As [`Daemon::spawn_full`], with `bin` as the `cwatch` binary (a copy
+    /// another user can execute, say).
+    pub fn spawn_bin(
+        bin: &std::path::Path,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("cwatch-test-{}-{n}.log", std::process::id()));
@@ -140,10 +151,10 @@ impl Daemon {
         let mut cmd = match full.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(rest).arg(cwatch_bin()?);
+                cmd.args(rest).arg(bin);
                 cmd
             }
-            None => Command::new(cwatch_bin()?),
+            None => Command::new(bin),
         };
         let child = cmd
             .arg("run")

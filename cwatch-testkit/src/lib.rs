@@ -1,13 +1,18 @@
 /*!
 Support for cwatch's kernel tests and benchmarks: start a real daemon and read
 its endpoints ([`daemon`]), parse the Prometheus text format ([`prom`]), read
-ground truth from `ss` ([`ss`]), and drive `cwatch-load` workload processes
-([`load`]). Everything started here is stopped by pid when dropped.
+ground truth from `ss` ([`ss`]), drive `cwatch-load` workload processes
+([`load`]) and `cwatch-churn` in its shapes ([`churn`]), run them as other
+users ([`user`]), and run a soak ([`soak`]). Everything started here is
+stopped by pid when dropped.
 */
+pub mod churn;
 pub mod daemon;
 pub mod load;
 pub mod prom;
+pub mod soak;
 pub mod ss;
+pub mod user;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! per command on stdout. Each process is killed by pid when dropped.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::Duration,
@@ -34,14 +34,30 @@ impl Load {
     /// Starts `WRAPPER… cwatch-load ARGS` (e.g. `ip netns exec NS`); the
     /// wrapper must exec it, so that the pid is cwatch-load's.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
-        let mut cmd = match wrapper.split_first() {
+        Self::spawn_bin(&load_bin()?, wrapper, args)
+    }
+
+    /// Starts `WRAPPER… BIN ARGS`, `bin` being a `cwatch-load` (a copy
+    /// another user can execute, say).
+    pub fn spawn_bin(bin: &Path, wrapper: &[&str], args: &[String]) -> anyhow::Result<Load> {
+        let cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(rest).arg(load_bin()?);
+                cmd.args(rest).arg(bin);
                 cmd
             }
-            None => Command::new(load_bin()?),
+            None => Command::new(bin),
         };
+        Self::start(cmd, args)
+    }
+
+    /// Starts a copy of cwatch-load at `binary` (a test's own path for it,
+    /// e.g. one with a hostile name).
+    pub fn spawn_from(binary: &Path, args: &[String]) -> anyhow::Result<Load> {
+        Self::start(Command::new(binary), args)
+    }
+
+    fn start(mut cmd: Command, args: &[String]) -> anyhow::Result<Load> {
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
@@ -81,6 +97,17 @@ impl Load {
     /// A client named `comm` with `count` connections to each target;
     /// `on_eof` is "leak" or "close". Returns once all are connected.
     pub fn client(comm: &str, targets: &[(String, usize)], on_eof: &str) -> anyhow::Result<Load> {
+        Self::client_wrapped(&[], comm, targets, on_eof)
+    }
+
+    /// [`Load::client`] started through `wrapper` (see
+    /// [`Load::spawn_wrapped`]).
+    pub fn client_wrapped(
+        wrapper: &[&str],
+        comm: &str,
+        targets: &[(String, usize)],
+        on_eof: &str,
+    ) -> anyhow::Result<Load> {
         let mut args = vec![
             "client".into(),
             "--comm".into(),
@@ -96,7 +123,7 @@ impl Load {
                 count.to_string(),
             ]);
         }
-        let mut load = Load::spawn(&args)?;
+        let mut load = Load::spawn_wrapped(wrapper, &args)?;
         load.expect("connected", Duration::from_secs(120))?;
         Ok(load)
     }

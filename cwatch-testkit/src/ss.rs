@@ -44,10 +44,27 @@ pub fn shown(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Parses `ss -tnepH state <one state>` (no state column, no header).
+/// Parses `ss -tnepH state <one state>` (no state column, no header). ss
+/// prints process names as they are, so a name with a newline continues a
+/// record on the next line: a line that does not start with the two queue
+/// numbers belongs to the record before it.
 pub fn parse(text: &str) -> anyhow::Result<Vec<SsSocket>> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    let mut records: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        let starts = fields.next().is_some_and(|f| f.parse::<u64>().is_ok())
+            && fields.next().is_some_and(|f| f.parse::<u64>().is_ok())
+            && !line.starts_with(char::is_whitespace);
+        match records.last_mut() {
+            Some(last) if !starts => {
+                last.push('\n');
+                last.push_str(line);
+            }
+            _ => records.push(line.to_string()),
+        }
+    }
+    records
+        .iter()
         .map(|line| parse_line(line).with_context(|| format!("ss line {line:?}")))
         .collect()
 }
@@ -137,5 +154,15 @@ mod tests {
         assert_eq!(got[1].peer, "[::1]:7000".parse().unwrap());
         assert_eq!(shown(got[1].local.ip()).to_string(), "127.0.0.1");
         assert!(got[1].users.is_empty());
+    }
+
+    #[test]
+    fn a_name_with_a_newline_continues_its_record() {
+        let text = "1 0 127.0.0.1:5 127.0.6.1:7000 users:((\"ev\nil\",pid=7,fd=3)) ino:9 sk:1 -->\n\
+                    1 0 127.0.0.1:6 127.0.6.1:7000 ino:8 sk:2 -->\n";
+        let got = parse(text).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].users[0].comm, "ev\nil");
+        assert_eq!(got[0].users[0].pid, 7);
     }
 }

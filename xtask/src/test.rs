@@ -150,6 +150,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "cwatch-testkit",
         "--bin",
         "cwatch-load",
+        "--bin",
+        "cwatch-deny",
     ]))?;
     let cwatch = util::target_dir().join("debug").join("cwatch");
     let caps = match opts.daemon_caps {

@@ -1,8 +1,10 @@
 /*!
 What each subcommand does once the command line is parsed, and the exit code
 for each outcome: 0 done, 1 a runtime failure, 2 bad input (flag, value,
-config file, web config file). Input errors are checked before anything
-starts, and each is one line on stderr.
+config file, web config file) and kernel surprises (no BTF, a field or a
+tracepoint missing from it, bpf() refused, probes the kernel would not
+load). Input errors are checked before anything starts, and each is one
+line on stderr.
 */
 use std::process::ExitCode;
 
@@ -41,15 +43,26 @@ fn run_daemon(args: RunArgs) -> ExitCode {
             .pin_dir
             .as_deref()
             .unwrap_or(std::path::Path::new(config::DEFAULT_PIN_DIR)),
+        &config.kernel_btf,
     )) {
         return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
     }
     logging::init(&config.log_level);
     heap::single_arena();
+    // Another daemon on the same pin directory: refuse, naming it.
+    let claim = match daemon::claim_pin_dir(&config) {
+        Ok(c) => c,
+        Err(err) => return usage_error(&err),
+    };
     let reloader: daemon::Reloader = Box::new(move || resolve::run_config(&args));
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(daemon::run(config, web, Some(reloader))));
+    let result = daemon::main(config, web, claim, Some(reloader));
+    // The kernel refusing the probes is a kernel surprise, told like bad
+    // input: exit 2, its pins rolled back and its programs detached.
+    if let Err(err) = &result
+        && err.chain().any(|e| e.is::<crate::probe::ProbeError>())
+    {
+        return usage_error(&format!("{err:#}"));
+    }
     outcome(result)
 }
 
@@ -70,7 +83,7 @@ fn check_config(args: &CheckConfigArgs) -> ExitCode {
 }
 
 fn run_doctor(args: &DoctorArgs) -> ExitCode {
-    let checks = doctor::run_checks(&doctor::Host::real(&args.pin_dir));
+    let checks = doctor::run_checks(&doctor::Host::real(&args.pin_dir, &args.kernel_btf));
     let (text, ok) = doctor::report(&checks);
     print!("{text}");
     if ok {
@@ -84,13 +97,20 @@ fn outcome(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cwatch: {err:#}");
+            eprintln!("{}", error_line(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage_error(err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("cwatch: {err}");
+    eprintln!("{}", error_line(err));
     ExitCode::from(2)
+}
+
+/// What stderr shows for an error: one line, whatever the values it quotes
+/// hold (a newline or an escape sequence in a flag's value, a file name or
+/// a process name is shown escaped, never acted on by the terminal).
+pub fn error_line(err: &dyn std::fmt::Display) -> String {
+    format!("cwatch: {}", crate::text::for_terminal(&err.to_string()))
 }

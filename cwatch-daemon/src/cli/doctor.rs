@@ -11,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::probe::preflight;
+
 /// Kernel the probes need: tp_btf with `bpf_get_socket_cookie` and socket
 /// storage in tracing programs, BPF ring buffer.
 pub const MIN_KERNEL: (u32, u32) = (5, 12);
@@ -55,11 +57,18 @@ pub struct Host {
     /// Contents of /proc/self/status.
     pub status: String,
     pub pin_dir: PathBuf,
+    /// The kernel's BTF file.
+    pub btf: PathBuf,
+    /// Whether `bpf()` lets this process create a map and load a program
+    /// (probed once by [`Host::real`]).
+    pub bpf: Result<(), preflight::Problem>,
 }
 
 impl Host {
-    pub fn real(pin_dir: &Path) -> Self {
+    pub fn real(pin_dir: &Path, btf: &Path) -> Self {
         Self {
+            btf: btf.to_path_buf(),
+            bpf: preflight::bpf_allowed(),
             root: PathBuf::from("/"),
             kernel_release: rustix::system::uname()
                 .release()
@@ -103,12 +112,7 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
         Some(_) => check(Level::Fail, format!("kernel {} is older than {maj}.{min}", host.kernel_release), format!("run cwatch on Linux {maj}.{min} or newer (tp_btf socket cookies, socket storage in tracing programs)")),
         None => check(Level::Warn, format!("kernel release {:?} not understood", host.kernel_release), "make sure the kernel is 5.12 or newer"),
     });
-    let btf = host.path("/sys/kernel/btf/vmlinux");
-    out.push(if btf.is_file() {
-        check(Level::Ok, "kernel BTF at /sys/kernel/btf/vmlinux", "")
-    } else {
-        check(Level::Fail, "no kernel BTF (/sys/kernel/btf/vmlinux is missing)", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021 are)")
-    });
+    out.extend(btf_checks(&host.btf));
     let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .into_iter()
         .map(|p| host.path(p))
@@ -130,7 +134,7 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
             .as_ref()
             .is_some_and(|t| t.join("events").join(tp).is_dir());
         out.push(match (present, required) {
-            (true, _) => check(Level::Ok, format!("tracepoint {tp}"), ""),
+            (true, _) => check(Level::Ok, format!("tracepoint {tp} (tracefs)"), ""),
             (false, true) => check(
                 Level::Fail,
                 format!("tracepoint {tp} is missing ({why})"),
@@ -146,6 +150,10 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
     // Before the pin directory: without capabilities it may be unreadable,
     // and the capabilities are then the problem to name.
     out.extend(capability_checks(cap_eff(&host.status)));
+    out.push(match &host.bpf {
+        Ok(()) => check(Level::Ok, "bpf() creates maps and loads programs", ""),
+        Err(p) => check(Level::Fail, p.what.clone(), p.fix.clone()),
+    });
     let bpffs = host.path("/sys/fs/bpf");
     // f_type's width differs between architectures.
     #[allow(clippy::unnecessary_cast)]
@@ -156,6 +164,38 @@ pub fn run_checks(host: &Host) -> Vec<Check> {
         check(Level::Warn, "bpffs is not mounted at /sys/fs/bpf", "mount -t bpf bpf /sys/fs/bpf (cwatch run does this itself when it has CAP_SYS_ADMIN); without it state is not kept across restarts")
     });
     out.push(pin_dir_check(&host.pin_dir, is_bpffs));
+    out
+}
+
+/// The BTF file, the fields cwatch reads in it and its tracepoints' types:
+/// the same checks `cwatch run` makes before loading.
+fn btf_checks(path: &Path) -> Vec<Check> {
+    let fail = |p: preflight::Problem| check(Level::Fail, p.what, p.fix);
+    let btf = match preflight::btf(path) {
+        Ok(btf) => btf,
+        Err(p) => return vec![fail(p)],
+    };
+    let mut out = vec![check(
+        Level::Ok,
+        format!("kernel BTF at {}", path.display()),
+        "",
+    )];
+    out.push(match preflight::fields(&btf, path) {
+        Ok(_) => check(
+            Level::Ok,
+            "kernel BTF has every struct field cwatch reads",
+            "",
+        ),
+        Err(p) => fail(p),
+    });
+    out.push(match preflight::tracepoints(&btf, path) {
+        Ok(()) => check(
+            Level::Ok,
+            "kernel BTF has the tracepoints cwatch attaches to",
+            "",
+        ),
+        Err(p) => fail(p),
+    });
     out
 }
 
@@ -180,10 +220,11 @@ fn pin_dir_check(dir: &Path, bpffs: bool) -> Check {
             format!("pin directory {shown} cannot be created: its parent is not bpffs"),
             "mount bpffs (above), or pass --pin-dir DIR on a bpffs mount",
         ),
+        // cwatch runs without persistence then: a warning, not a failure.
         Err(e) => check(
-            Level::Fail,
-            format!("pin directory {shown}: {e}"),
-            format!("make {shown} readable by cwatch, or remove it (it is recreated)"),
+            Level::Warn,
+            format!("pin directory {shown}: {e} (cwatch would run without persistence)"),
+            format!("make {shown} cwatch's own (mode 0700), or remove it (it is recreated)"),
         ),
     }
 }
@@ -270,9 +311,10 @@ pub fn report(checks: &[Check]) -> (String, bool) {
             Level::Warn => "WARN",
             Level::Fail => "FAIL",
         };
-        let _ = write!(s, "{tag} {}", c.what);
+        // Paths, the kernel's release and error texts are shown escaped.
+        let _ = write!(s, "{tag} {}", crate::text::for_terminal(&c.what));
         if !c.fix.is_empty() {
-            let _ = write!(s, "\n       fix: {}", c.fix);
+            let _ = write!(s, "\n       fix: {}", crate::text::for_terminal(&c.fix));
         }
         s.push('\n');
     }
@@ -313,13 +355,19 @@ mod tests {
             kernel_release: "5.4.0".into(),
             status: "CapEff:\t0000000000000000\n".into(),
             pin_dir: root.join("sys/fs/bpf/cwatch"),
+            btf: root.join("sys/kernel/btf/vmlinux"),
+            bpf: Err(preflight::Problem {
+                what: "the kernel refuses BPF: creating a map failed (EPERM)".into(),
+                fix: "run as root".into(),
+            }),
         };
         let checks = run_checks(&host);
         let (text, ok) = report(&checks);
         assert!(!ok);
         for needle in [
             "FAIL kernel 5.4.0 is older than 5.12",
-            "FAIL no kernel BTF",
+            "FAIL no usable kernel BTF at ",
+            "FAIL the kernel refuses BPF: creating a map failed",
             "FAIL tracepoint sock/inet_sock_set_state is missing",
             "ok   tracepoint tcp/tcp_destroy_sock",
             "WARN bpffs is not mounted",
@@ -331,7 +379,7 @@ mod tests {
         }
         let older = run_checks(&Host {
             kernel_release: "5.15.0-91-generic".into(),
-            ..Host::real(&root)
+            ..Host::real(&root, Path::new(crate::probe::offsets::VMLINUX_BTF))
         });
         assert_eq!(older[0].level, Level::Warn, "{older:?}");
         assert!(
@@ -343,13 +391,20 @@ mod tests {
             first.starts_with("kernel 5.4.0 is older than 5.12; fix: "),
             "{first}"
         );
+        // The running kernel's BTF stands in for a good one.
+        if !Path::new(crate::probe::offsets::VMLINUX_BTF).exists()
+            && std::env::var_os("CI").is_none()
+        {
+            eprintln!("skipping the rest: no kernel BTF here");
+            return;
+        }
         let fine = Host {
             kernel_release: "6.1.0".into(),
             status: "CapEff:\t000001ffffffffff\n".into(),
+            btf: PathBuf::from(crate::probe::offsets::VMLINUX_BTF),
+            bpf: Ok(()),
             ..host
         };
-        std::fs::create_dir_all(root.join("sys/kernel/btf")).unwrap();
-        std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"btf").unwrap();
         let missing_tp = blocking_problem(&fine).unwrap();
         assert!(
             missing_tp.contains("sock/inet_sock_set_state"),

@@ -7,6 +7,12 @@ What `cwatch ls` learns from the kernel itself, without the daemon:
   network namespace from sock_diag (like `ss`), owners from /proc, ages
   estimated from the last ACK received (the peer's FIN is the last thing a
   CLOSE_WAIT socket hears), every one marked estimated.
+
+It shows what the kernel shows the user running it, no more: sock_diag
+lists every socket of the namespace to anyone, but the fds of another
+user's process (or of one with more capabilities) are readable only with
+`CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`. Without them, the sockets of
+such processes have no owner, and [`visibility_note`] says how many.
 */
 use std::{
     collections::{HashMap, HashSet},
@@ -32,6 +38,13 @@ pub fn keepalive_by_cookie() -> HashMap<u64, Option<Duration>> {
         .into_iter()
         .map(|s| (s.cookie, s.keepalive))
         .collect()
+}
+
+/// The inode number of this process's network namespace.
+pub fn own_netns() -> Option<u32> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
 }
 
 /// The CLOSE_WAIT sockets of this namespace, as API objects with estimated
@@ -87,6 +100,32 @@ fn holders_of(proc: &ProcRoot, wanted: &HashSet<u64>) -> HashMap<u64, Vec<Holder
     out
 }
 
+/// The capabilities that let this process read every process's fds.
+const SEE_ALL: [u32; 2] = [
+    super::doctor::CAP_SYS_PTRACE,
+    super::doctor::CAP_DAC_READ_SEARCH,
+];
+
+/// What the user's view lacks, appended to the fallback's notice: empty
+/// when it may read every process's fds.
+pub fn visibility_note(sockets: &[ApiSocket]) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = super::doctor::cap_eff(&status).unwrap_or(0);
+    note_for(caps, sockets)
+}
+
+fn note_for(caps: u64, sockets: &[ApiSocket]) -> String {
+    if SEE_ALL.iter().all(|c| caps & (1 << c) != 0) {
+        return String::new();
+    }
+    let unowned = sockets.iter().filter(|s| s.pid.is_none()).count();
+    format!(
+        "; without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH only the owners this user may \
+         inspect are shown ({unowned} of {} sockets have no owner shown)",
+        sockets.len()
+    )
+}
+
 fn is_inbound(local: SocketAddr, listening: &HashSet<SocketAddr>) -> bool {
     listening
         .iter()
@@ -132,6 +171,41 @@ fn to_api(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_note_says_what_an_unprivileged_view_lacks() {
+        let s = DiagSocket {
+            cookie: 9,
+            state: 8,
+            local: "127.0.0.1:41000".parse().unwrap(),
+            peer: "127.0.0.1:7000".parse().unwrap(),
+            inode: 77,
+            uid: 0,
+            last_ack_recv: None,
+            keepalive: None,
+        };
+        let none = HashMap::new();
+        let api = |h: &HashMap<u64, Vec<Holder>>| {
+            to_api(&s, &HashSet::new(), h, 1, Duration::from_secs(300))
+        };
+        let owned = HashMap::from([(
+            77,
+            vec![Holder {
+                pid: 5,
+                comm: "mine".into(),
+                fd: Some(4),
+            }],
+        )]);
+        let socks = [api(&none), api(&owned), api(&none)];
+        let all = (1 << SEE_ALL[0]) | (1 << SEE_ALL[1]);
+        assert_eq!(note_for(all, &socks), "");
+        let note = note_for(1 << SEE_ALL[0], &socks);
+        assert!(
+            note.contains("2 of 3 sockets have no owner shown"),
+            "{note}"
+        );
+        assert!(note_for(0, &[]).contains("0 of 0"));
+    }
 
     #[test]
     fn diag_sockets_become_estimated_api_objects() {

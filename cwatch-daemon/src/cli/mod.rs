@@ -2,8 +2,8 @@
 The command line on top of the daemon: the clap types here (`cwatch run |
 ls | check-config | doctor`), flags merged into the configuration
 ([`resolve`]), what each subcommand does and its exit code ([`commands`]),
-the client `cwatch ls` ([`ls`], with [`ls_direct`] reading the kernel
-itself) and the preflight ([`doctor`]).
+the client `cwatch ls` ([`ls`], asking the daemon through [`ls_client`],
+with [`ls_direct`] reading the kernel itself) and the preflight ([`doctor`]).
 
 Every `run` setting is a flag here and a key in the TOML file
 ([`crate::config`]); both go through the same value parsers
@@ -12,7 +12,9 @@ Every `run` setting is a flag here and a key in the TOML file
 pub mod commands;
 pub mod doctor;
 mod ls;
+mod ls_client;
 mod ls_direct;
+mod ls_render;
 pub mod resolve;
 #[cfg(test)]
 mod tests;
@@ -22,13 +24,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    DEFAULT_PIN_DIR,
+    DEFAULT_KERNEL_BTF, DEFAULT_PIN_DIR, WatchRule,
     filters::FilterRule,
     labels::{OwnerLabel, ProcessKeyMode},
     values::{
         parse_filter_rule, parse_log_level, parse_max_connections, parse_min_100ms,
         parse_owner_label, parse_positive_duration, parse_process_key, parse_reconcile_interval,
-        parse_size,
+        parse_size, parse_track_after, parse_watch_rule, parse_young_sockets,
     },
 };
 
@@ -107,6 +109,21 @@ pub struct RunArgs {
     /// 4096; suffixes KiB and MiB [default: 8MiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub ring_buffer_size: Option<u32>,
+    /// A socket is tracked (gauges, API, ls) once it has been in CLOSE_WAIT
+    /// this long; shorter ones are counted (transitions, closes, durations)
+    /// but not tracked [default: 200ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_track_after)]
+    pub track_after: Option<Duration>,
+    /// Most sockets in CLOSE_WAIT for less than track-after at once (the
+    /// kernel's preallocated YOUNG map); beyond, reconciliation finds them
+    /// [default: 16384].
+    #[arg(long, value_name = "N", value_parser = parse_young_sockets)]
+    pub young_sockets: Option<u32>,
+    /// Whose connect() the kernel records (owner at once): leakers (processes
+    /// once they leaked), comm:NAME, all (every process: debugging), none.
+    /// Repeat or comma-separate [default: leakers].
+    #[arg(long, value_name = "RULE", value_delimiter = ',', value_parser = parse_watch_rule)]
+    pub watch: Vec<WatchRule>,
     /// Log filter: error, warn, info, debug, trace, or tracing directives
     /// such as `info,cwatch_daemon=debug` [default: info]. RUST_LOG wins when set.
     #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
@@ -144,6 +161,10 @@ pub struct RunArgs {
     /// Most HTTP connections served at once; more wait to be accepted [default: 64].
     #[arg(long = "web.max-connections", value_name = "N", value_parser = parse_max_connections)]
     pub web_max_connections: Option<usize>,
+    /// The kernel's BTF file (hidden: for simulating a kernel without BTF
+    /// or without a field cwatch reads).
+    #[arg(long = "kernel-btf", value_name = "FILE", hide = true)]
+    pub kernel_btf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -151,6 +172,12 @@ pub struct LsArgs {
     /// Only sockets older than leak-after.
     #[arg(long)]
     pub leaked: bool,
+    /// Every socket, not only the oldest --limit (streamed).
+    #[arg(long)]
+    pub all: bool,
+    /// How many of the oldest sockets to list [default: 100].
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_limit)]
+    pub limit: usize,
     /// Print JSON (the daemon's API objects) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -180,6 +207,17 @@ pub struct DoctorArgs {
     /// The directory cwatch pins its maps under.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// The kernel's BTF file (hidden, as for `run`).
+    #[arg(long = "kernel-btf", value_name = "FILE", hide = true, default_value = DEFAULT_KERNEL_BTF)]
+    pub kernel_btf: PathBuf,
+}
+
+/// `--limit`: 1 to the API's most per page.
+pub fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=crate::http::query::MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("expected 1 to {}", crate::http::query::MAX_LIMIT)),
+    }
 }
 
 /// `--peer`: an address, or an address and port; returned normalised as the

@@ -38,6 +38,15 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(v) = args.ring_buffer_size {
         config.ring_buffer_size = v;
     }
+    if let Some(v) = args.track_after {
+        config.track_after = v;
+    }
+    if let Some(v) = args.young_sockets {
+        config.young_sockets = v;
+    }
+    if !args.watch.is_empty() {
+        config.watch = crate::config::Watch::from_rules(&args.watch);
+    }
     if let Some(v) = &args.log_level {
         config.log_level = v.clone();
     }
@@ -67,6 +76,9 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     }
     if let Some(v) = args.web_max_connections {
         config.web.max_connections = v;
+    }
+    if let Some(v) = &args.kernel_btf {
+        config.kernel_btf = v.clone();
     }
 }
 

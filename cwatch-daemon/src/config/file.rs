@@ -24,6 +24,12 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     ring_buffer_size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    track_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    young_sockets: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watch: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Vec<String>>,
@@ -85,6 +91,20 @@ pub(super) fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(v) = file.ring_buffer_size {
         c.ring_buffer_size = cli::parse_size(&v).map_err(|r| bad("ring_buffer_size", &v, r))?;
     }
+    if let Some(v) = file.track_after {
+        c.track_after = cli::parse_track_after(&v).map_err(|r| bad("track_after", &v, r))?;
+    }
+    if let Some(v) = file.young_sockets {
+        c.young_sockets = cli::parse_young_sockets(&v.to_string())
+            .map_err(|r| bad("young_sockets", &v.to_string(), r))?;
+    }
+    if let Some(list) = file.watch {
+        let mut rules = Vec::new();
+        for v in list {
+            rules.push(cli::parse_watch_rule(&v).map_err(|r| bad("watch", &v, r))?);
+        }
+        c.watch = super::Watch::from_rules(&rules);
+    }
     if let Some(v) = file.log_level {
         c.log_level = cli::parse_log_level(&v).map_err(|r| bad("log_level", &v, r))?;
     }
@@ -142,6 +162,9 @@ pub(super) fn to_toml(c: &Config) -> String {
                 .map_or(String::new(), |p| p.display().to_string()),
         ),
         ring_buffer_size: Some(cli::format_size(c.ring_buffer_size)),
+        track_after: Some(duration(c.track_after)),
+        young_sockets: Some(c.young_sockets),
+        watch: Some(c.watch.rules().iter().map(|r| r.to_string()).collect()),
         log_level: Some(c.log_level.clone()),
         labels: Some(c.labels.enabled().iter().map(|l| l.to_string()).collect()),
         process_key: Some(c.labels.process_key.to_string()),

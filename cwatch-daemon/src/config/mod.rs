@@ -28,11 +28,112 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
+pub const DEFAULT_TRACK_AFTER: Duration = Duration::from_millis(200);
+pub const DEFAULT_YOUNG_SOCKETS: u32 = 16_384;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_MAX_PROCESS_SERIES: usize = 500;
 pub const DEFAULT_MAX_PEER_SERIES: usize = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Whose connect() the kernel records (owner, and where it was called):
+/// the watch list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// Processes once they hold a leaked socket.
+    pub leakers: bool,
+    /// Processes with these names.
+    pub comms: Vec<String>,
+    /// Every process (debugging: every connection pays for it).
+    pub all: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            leakers: true,
+            comms: Vec::new(),
+            all: false,
+        }
+    }
+}
+
+impl Watch {
+    /// The settings of `rules` (`leakers`, `comm:NAME`, `all`, `none`).
+    pub fn from_rules(rules: &[WatchRule]) -> Self {
+        let mut w = Self {
+            leakers: false,
+            comms: Vec::new(),
+            all: false,
+        };
+        for rule in rules {
+            match rule {
+                WatchRule::Leakers => w.leakers = true,
+                WatchRule::All => w.all = true,
+                WatchRule::Comm(c) => w.comms.push(c.clone()),
+                WatchRule::None => {}
+            }
+        }
+        w
+    }
+
+    /// Back to rules, as the file writes them.
+    pub fn rules(&self) -> Vec<WatchRule> {
+        let mut out = Vec::new();
+        if self.leakers {
+            out.push(WatchRule::Leakers);
+        }
+        if self.all {
+            out.push(WatchRule::All);
+        }
+        out.extend(self.comms.iter().cloned().map(WatchRule::Comm));
+        if out.is_empty() {
+            out.push(WatchRule::None);
+        }
+        out
+    }
+}
+
+/// One `--watch` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchRule {
+    Leakers,
+    All,
+    None,
+    Comm(String),
+}
+
+impl std::str::FromStr for WatchRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "leakers" => Ok(Self::Leakers),
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("comm:") {
+                Some(name) if !name.is_empty() && name.len() < cwatch_common::TASK_COMM_LEN => {
+                    Ok(Self::Comm(name.to_string()))
+                }
+                Some(_) => Err("a comm is 1 to 15 bytes".into()),
+                None => Err(format!(
+                    "unknown watch rule {s:?}; use leakers, all, none or comm:NAME"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for WatchRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Leakers => f.write_str("leakers"),
+            Self::All => f.write_str("all"),
+            Self::None => f.write_str("none"),
+            Self::Comm(c) => write!(f, "comm:{c}"),
+        }
+    }
+}
 
 /// The HTTP endpoint's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +155,13 @@ pub struct Config {
     /// `None`: maps are not pinned.
     pub pin_dir: Option<PathBuf>,
     pub ring_buffer_size: u32,
+    /// A socket is tracked (gauges, API) once in CLOSE_WAIT this long;
+    /// shorter ones are only counted.
+    pub track_after: Duration,
+    /// Entries of the kernel's `YOUNG` map.
+    pub young_sockets: u32,
+    /// Whose connect() the kernel records.
+    pub watch: Watch,
     pub log_level: String,
     pub labels: LabelConfig,
     /// 0 = no limit.
@@ -64,6 +172,9 @@ pub struct Config {
     pub web: WebConfig,
     /// The file the config came from (re-read on SIGHUP).
     pub source: Option<PathBuf>,
+    /// The kernel's BTF: a hidden flag (`--kernel-btf`), not a file key,
+    /// for simulating kernels that lack BTF or a field.
+    pub kernel_btf: PathBuf,
 }
 
 impl Default for Config {
@@ -75,6 +186,9 @@ impl Default for Config {
             holders_refresh: DEFAULT_HOLDERS_REFRESH,
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            track_after: DEFAULT_TRACK_AFTER,
+            young_sockets: DEFAULT_YOUNG_SOCKETS,
+            watch: Watch::default(),
             log_level: DEFAULT_LOG_LEVEL.to_string(),
             labels: LabelConfig::default(),
             max_process_series: DEFAULT_MAX_PROCESS_SERIES,
@@ -86,6 +200,7 @@ impl Default for Config {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             source: None,
+            kernel_btf: PathBuf::from(DEFAULT_KERNEL_BTF),
         }
     }
 }

@@ -66,10 +66,20 @@ pub fn format_size(bytes: u32) -> String {
 }
 
 pub fn parse_log_level(text: &str) -> Result<String, String> {
+    let directives = normalize_directives(text);
     tracing_subscriber::EnvFilter::builder()
-        .parse(text)
-        .map(|_| text.to_string())
+        .parse(&directives)
+        .map(|_| directives.clone())
         .map_err(|e| format!("{e} (use error, warn, info, debug or trace)"))
+}
+
+/// Log filter directives with the blanks around each one removed. tracing's
+/// directive parser finds positions in the trimmed text and cuts the
+/// untrimmed one there, so blanks before a multi-byte character made it
+/// panic (`"\t0¡="`, found by the fuzz loop); `RUST_LOG` goes through here
+/// too.
+pub fn normalize_directives(text: &str) -> String {
+    text.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 pub fn parse_owner_label(text: &str) -> Result<OwnerLabel, String> {
@@ -89,5 +99,46 @@ pub fn parse_max_connections(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{e} (expected a number)")),
+    }
+}
+
+/// `--track-after`: between 10ms and 10s (beyond a second a new socket shows
+/// later than the contract's freshness).
+pub fn parse_track_after(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+        return Err("must be between 10ms and 10s".into());
+    }
+    Ok(d)
+}
+
+/// `--young-sockets`: between 64 and 1048576.
+pub fn parse_young_sockets(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (64..=1 << 20).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 64 and 1048576".into()),
+        Err(e) => Err(format!("{e} (expected a number)")),
+    }
+}
+
+pub fn parse_watch_rule(text: &str) -> Result<super::WatchRule, String> {
+    text.parse()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_with_blanks_before_wide_characters_do_not_panic() {
+        // Found by the fuzz loop: tracing-subscriber panicked on these.
+        for text in ["\t0\u{a1}=", "info, \u{e9}=x", " \u{feff}="] {
+            if let Ok(d) = parse_log_level(text) {
+                assert!(!d.starts_with(char::is_whitespace), "{d:?}");
+            }
+        }
+        assert_eq!(
+            parse_log_level(" info , cwatch_daemon=debug").as_deref(),
+            Ok("info,cwatch_daemon=debug")
+        );
     }
 }

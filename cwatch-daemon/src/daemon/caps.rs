@@ -1,8 +1,9 @@
 /*!
 Capabilities: the set cwatch needs to start ([`REQUIRED`] — exactly what
 `deploy/systemd/cwatch.service` and `deploy/kubernetes/daemonset.yaml` grant,
-which tests check) and the smaller set it keeps once its programs are loaded
-and attached and the first reconciliation is done ([`KEPT`]).
+which tests check), and what each of its threads keeps ([`Role`]): at most
+[`KEPT`] once the programs are loaded and attached and the first
+reconciliation is done, and only on the threads that need it.
 
 Why each one (found by running each operation with and without it, see the
 README's *Capabilities* section):
@@ -15,22 +16,28 @@ README's *Capabilities* section):
 | `CAP_SYS_PTRACE` | reading `/proc/<pid>/fd/N` links and opening `/proc/<pid>/ns/net` of processes with other credentials | kept |
 | `CAP_DAC_READ_SEARCH` | listing `/proc/<pid>/fd` of processes of other users | kept |
 
-Capabilities belong to threads, not processes, and the daemon has several by
-the time it drops them (tokio workers, the blocking pool, the attribution
-thread). [`drop_to_kept`] therefore sets the calling thread's sets, then
-signals every other thread of the process to do the same from a signal
-handler (how glibc's `setuid` and libcap's `psx` do it), until every entry
-of `/proc/self/task` shows the new sets. Threads created afterwards inherit
-them.
+Capabilities belong to threads, not processes (a new thread starts with its
+creator's sets, and a set once lowered cannot be raised again), so each
+thread is limited to its [`Role`] as its first act ([`limit_this_thread`]):
+the threads that parse HTTP and TLS from the network, and the runtime that
+runs intake, reload and notices, hold none at all from the moment they
+start; the threads that read other processes' `/proc` entries or enter
+network namespaces keep only what that takes; the main thread, which
+creates them all, gives up everything once they exist. [`over_their_role`]
+reads `/proc/self/task` back to check it.
+
+| thread | role | keeps |
+|---|---|---|
+| `cwatch` (main) | starts everything, then waits for a signal | nothing once ready |
+| `cwatch-rt` | the async runtime: intake, SIGHUP, notices, sd_notify | nothing |
+| `cwatch-http` | accept, TLS, HTTP, auth, rendering scrapes | nothing, from its start |
+| `cwatch-start` | loading and attaching, the first reconciliation and walk | everything it was given; exits before ready |
+| `cwatch-owners` | attribution: `/proc/<pid>/fd` of every process | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` |
+| `cwatch-labels` | owner labels for scrapes: `/proc/<pid>/exe` of every process | `CAP_SYS_PTRACE` |
+| `cwatch-recon` | reconciliation passes: `/proc/<pid>/ns/net` of every process | `CAP_SYS_ADMIN`, `CAP_SYS_PTRACE` |
+| `cwatch-netns` | one pass's visits: `setns()` and sock_diag in each namespace | as `cwatch-recon` (its creator) |
 */
-use std::{
-    fs,
-    sync::{
-        Once,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::fs;
 
 pub use caps::Capability;
 use caps::Capability::{CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE};
@@ -45,20 +52,74 @@ pub const REQUIRED: &[Capability] = &[
     CAP_DAC_READ_SEARCH,
 ];
 
-/// What cwatch keeps once it is ready: its effective and permitted sets from
-/// then on (less, if it was started with less).
+/// The most any thread keeps once cwatch is ready: the union of the
+/// [`Role`]s that outlive the start (less, if it was started with less).
 pub const KEPT: &[Capability] = &[CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
+/// What a thread of the daemon does, which names it, and which
+/// capabilities it keeps (see the table above).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Main,
+    Runtime,
+    Http,
+    Start,
+    Owners,
+    Labels,
+    Reconcile,
+    Netns,
+}
+
+impl Role {
+    pub const ALL: [Role; 8] = [
+        Role::Main,
+        Role::Runtime,
+        Role::Http,
+        Role::Start,
+        Role::Owners,
+        Role::Labels,
+        Role::Reconcile,
+        Role::Netns,
+    ];
+
+    /// The thread name (at most 15 bytes: the kernel's `comm`).
+    pub fn thread_name(self) -> &'static str {
+        match self {
+            Role::Main => "cwatch",
+            Role::Runtime => "cwatch-rt",
+            Role::Http => "cwatch-http",
+            Role::Start => "cwatch-start",
+            Role::Owners => "cwatch-owners",
+            Role::Labels => "cwatch-labels",
+            Role::Reconcile => "cwatch-recon",
+            Role::Netns => "cwatch-netns",
+        }
+    }
+
+    /// The capabilities a thread of this role keeps (what it was given, at
+    /// most). The main thread keeps everything until it has created the
+    /// others, then nothing.
+    pub fn keeps(self) -> &'static [Capability] {
+        match self {
+            Role::Main | Role::Runtime | Role::Http => &[],
+            Role::Start => REQUIRED,
+            Role::Owners => &[CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH],
+            Role::Labels => &[CAP_SYS_PTRACE],
+            Role::Reconcile | Role::Netns => &[CAP_SYS_ADMIN, CAP_SYS_PTRACE],
+        }
+    }
+
+    pub fn from_thread_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.thread_name() == name)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
     #[error("reading this thread's capabilities")]
     Read(#[source] caps::errors::CapsError),
-    #[error("installing the capability-drop signal handler: {0}")]
-    Handler(std::io::Error),
-    #[error("capset on the daemon's own thread: {0}")]
+    #[error("capset on this thread: {0}")]
     Capset(std::io::Error),
-    #[error("threads still holding dropped capabilities after 5 s: {0:?}")]
-    Stragglers(Vec<u32>),
 }
 
 /// The mask of `caps` as the kernel prints it in /proc/<pid>/status
@@ -78,55 +139,44 @@ pub fn names(mask: u64) -> Vec<String> {
         .collect()
 }
 
-/// The sets every thread gets: low and high 32 bits of the target mask.
-static TARGET_LO: AtomicU32 = AtomicU32::new(0);
-static TARGET_HI: AtomicU32 = AtomicU32::new(0);
-static HANDLER: Once = Once::new();
-
-/// Drops every capability not in [`KEPT`] from every thread of the process
-/// (effective, permitted, inheritable and ambient sets). Returns the mask
-/// the process now has.
-pub fn drop_to_kept() -> Result<u64, CapsError> {
+/// Limits the calling thread to `keep` (of what it has): effective and
+/// permitted sets, inheritable and ambient sets emptied. Returns the mask
+/// it now has. Threads it creates from then on start with the same.
+pub fn limit_this_thread(keep: &[Capability]) -> Result<u64, CapsError> {
     let permitted = caps::read(None, caps::CapSet::Permitted).map_err(CapsError::Read)?;
-    let target = permitted.iter().fold(0, |m, c| m | c.bitmask()) & mask(KEPT);
-    TARGET_LO.store(target as u32, Ordering::SeqCst);
-    TARGET_HI.store((target >> 32) as u32, Ordering::SeqCst);
-    let signal = libc::SIGRTMIN() + 4;
-    let mut installed = Ok(());
-    HANDLER.call_once(|| installed = install_handler(signal));
-    installed.map_err(CapsError::Handler)?;
-    if !apply_to_this_thread() {
-        return Err(CapsError::Capset(std::io::Error::last_os_error()));
-    }
-    let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let behind = threads_not_at(target);
-        if behind.is_empty() {
-            return Ok(target);
-        }
-        if Instant::now() >= deadline {
-            return Err(CapsError::Stragglers(behind));
-        }
-        for tid in &behind {
-            // SAFETY: tgkill with our own tgid; a thread that exited meanwhile
-            // gives ESRCH, which the next scan accounts for.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_tgkill,
-                    me as libc::c_int,
-                    *tid as libc::c_int,
-                    signal,
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let target = permitted.iter().fold(0, |m, c| m | c.bitmask()) & mask(keep);
+    if set_this_thread(target) {
+        Ok(target)
+    } else {
+        Err(CapsError::Capset(std::io::Error::last_os_error()))
     }
 }
 
-/// Threads of this process whose effective or permitted set is not `target`.
-fn threads_not_at(target: u64) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc/self/task") else {
+/// Limits the calling thread to its role, logging a failure (for thread
+/// start hooks, which cannot return one).
+pub fn limit_this_thread_to(role: Role) {
+    if let Err(err) = limit_this_thread(role.keeps()) {
+        tracing::error!(
+            thread = role.thread_name(),
+            "could not drop capabilities: {err}"
+        );
+    }
+}
+
+/// One thread of this process as `/proc/self/task` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadCaps {
+    pub tid: u32,
+    pub name: String,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// Every thread of the process `pid` (`/proc/<pid>/task`).
+pub fn threads_of(pid: &str) -> Vec<ThreadCaps> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -137,12 +187,47 @@ fn threads_not_at(target: u64) -> Vec<u32> {
         let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
             continue; // exited
         };
-        let at = |key| status_mask(&status, key) == Some(target);
-        if !(at("CapEff:") && at("CapPrm:")) {
-            out.push(tid);
-        }
+        let get = |key| status_mask(&status, key).unwrap_or(u64::MAX);
+        out.push(ThreadCaps {
+            tid,
+            name: status
+                .lines()
+                .find_map(|l| l.strip_prefix("Name:"))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            effective: get("CapEff:"),
+            permitted: get("CapPrm:"),
+            inheritable: get("CapInh:"),
+            ambient: get("CapAmb:"),
+        });
     }
     out
+}
+
+/// The role a thread of process `pid` plays: the main thread by its id,
+/// the others by name.
+pub fn role_of(pid: u32, thread: &ThreadCaps) -> Option<Role> {
+    if thread.tid == pid {
+        Some(Role::Main)
+    } else {
+        Role::from_thread_name(&thread.name)
+    }
+}
+
+/// Threads of this process holding more than their role allows (or of no
+/// known role), each described in one line; empty when all is as designed.
+pub fn over_their_role() -> Vec<String> {
+    let me = std::process::id();
+    threads_of("self")
+        .into_iter()
+        .filter_map(|t| {
+            let allowed = role_of(me, &t).map_or(0, |r| mask(r.keeps()));
+            let held = t.effective | t.permitted | t.inheritable | t.ambient;
+            (held & !allowed != 0)
+                .then(|| format!("thread {} ({}) holds {:?}", t.tid, t.name, names(held)))
+        })
+        .collect()
 }
 
 /// A capability mask (`CapEff:` etc.) from the text of /proc/<pid>/status.
@@ -169,11 +254,10 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// capset(2) for the calling thread, then clears its ambient set. Only
-/// syscalls and atomics: safe in a signal handler.
-fn apply_to_this_thread() -> bool {
-    let lo = TARGET_LO.load(Ordering::SeqCst);
-    let hi = TARGET_HI.load(Ordering::SeqCst);
+/// capset(2) for the calling thread (effective = permitted = `target`,
+/// inheritable empty), then clears its ambient set.
+fn set_this_thread(target: u64) -> bool {
+    let (lo, hi) = (target as u32, (target >> 32) as u32);
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -204,30 +288,6 @@ fn apply_to_this_thread() -> bool {
     }
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    // SAFETY: errno is thread-local; restoring it keeps the interrupted code
-    // from seeing the handler's errors.
-    unsafe {
-        let errno = *libc::__errno_location();
-        apply_to_this_thread();
-        *libc::__errno_location() = errno;
-    }
-}
-
-fn install_handler(signal: libc::c_int) -> Result<(), std::io::Error> {
-    // SAFETY: a zeroed sigaction is valid; the handler only makes syscalls.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_signal as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +307,47 @@ mod tests {
     #[test]
     fn kept_is_a_subset_of_required() {
         assert_eq!(mask(KEPT) & !mask(REQUIRED), 0);
+    }
+
+    #[test]
+    fn roles_keep_no_more_than_kept_and_names_fit_comm() {
+        for role in Role::ALL {
+            assert!(role.thread_name().len() <= 15, "{role:?}");
+            assert_eq!(Role::from_thread_name(role.thread_name()), Some(role));
+            if role != Role::Start {
+                assert_eq!(mask(role.keeps()) & !mask(KEPT), 0, "{role:?}");
+            }
+        }
+        for role in [Role::Main, Role::Runtime, Role::Http] {
+            assert_eq!(mask(role.keeps()), 0, "{role:?} keeps nothing");
+        }
+        let kept_by_some = Role::ALL
+            .iter()
+            .filter(|r| **r != Role::Start)
+            .fold(0, |m, r| m | mask(r.keeps()));
+        assert_eq!(kept_by_some, mask(KEPT), "KEPT is the union of the roles");
+    }
+
+    #[test]
+    fn a_thread_limits_itself_and_its_children() {
+        // Unprivileged test runs have nothing to drop; the limit must still
+        // leave the thread with at most what it asked to keep.
+        let (mine, child) = std::thread::spawn(|| {
+            let mine = limit_this_thread(&[CAP_SYS_PTRACE]).unwrap();
+            let child = std::thread::spawn(|| {
+                caps::read(None, caps::CapSet::Permitted)
+                    .unwrap()
+                    .iter()
+                    .fold(0, |m, c| m | c.bitmask())
+            })
+            .join()
+            .unwrap();
+            (mine, child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(mine & !mask(&[CAP_SYS_PTRACE]), 0);
+        assert_eq!(child, mine, "a new thread starts with its creator's sets");
     }
 
     #[test]

@@ -1,14 +1,21 @@
 /*!
-Running as a service: [`run`] starts every task, reports ready, and stops
+Running as a service: [`main`] starts every task, reports ready, and stops
 them all on SIGTERM/SIGINT or when one fails; [`reload`] is the SIGHUP path,
-[`notices`] the leak lines in the journal, [`service`] sd_notify, [`caps`]
-the capability sets and the drop once ready, [`heap`] what malloc is told,
+[`notices`] the leak lines in the journal, [`watch`] the kernel's watch
+list, [`service`] sd_notify, [`caps`] which capabilities each thread keeps,
+[`threads`] where each kind of work runs, [`heap`] what malloc is told,
 [`logging`] the tracing setup.
 
 Every task is a value that owns what it works on (the ring for intake, the
 listener for the server, the suspects for reconciliation, the work queue for
-attribution) and runs until one shared cancellation token fires; they all
-live in one `JoinSet`, so stopping is the same for each: cancel, then join.
+attribution) and runs until one shared cancellation token fires. The async
+ones live in one `JoinSet`; the ones that read other processes' `/proc` or
+enter namespaces run on threads of their own that keep the capabilities
+that takes (see [`caps`]), and the HTTP server on a runtime whose threads
+hold none. Stopping is the same for each: cancel, then join — for at most
+[`STOP_GRACE`]: a reconciliation pass or a `/proc` walk in progress is not
+waited for (the process ends, and the kernel detaches the programs with
+it), so SIGTERM ends the daemon within a second.
 */
 pub mod caps;
 pub mod heap;
@@ -16,11 +23,18 @@ pub mod logging;
 pub mod notices;
 pub mod reload;
 pub mod service;
+pub mod threads;
+pub mod watch;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, task::JoinSet};
+use caps::Role;
+use tokio::{runtime::Handle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -29,43 +43,89 @@ use crate::{
     config::Config,
     export::Exporter,
     http::{self, server::Server, webconfig::WebSecurity},
-    intake::Intake,
-    owners::{self, Attribution, ProcRoot},
-    probe,
+    intake::{Intake, young::Young},
+    owners::{self, Attribution, ProcRoot, labels::LabelReader},
+    probe::{
+        self,
+        pindir::{self, Claim, InUse},
+    },
     reconcile::{Reconciler, Suspects},
     state::State,
+    telemetry::Source,
 };
 
 pub use reload::Reloader;
 
-/// Runs the daemon until SIGINT or SIGTERM: serves HTTP at once (503 on
-/// /healthz until ready), loads and attaches the probes, reconciles once,
-/// then reports ready. On return every program is detached and every map
-/// closed. `reloader` re-reads the configuration on SIGHUP.
-pub async fn run(
+/// How long stopping waits for the tasks to end.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+/// How long each runtime is then given for what is left on it.
+const RUNTIME_GRACE: Duration = Duration::from_millis(100);
+
+/// Mounts bpffs and tracefs where they are missing (logged), then claims
+/// the pin directory (see [`pindir`]); `Err` when another daemon has it
+/// (the caller exits 2).
+pub fn claim_pin_dir(config: &Config) -> Result<Claim, InUse> {
+    probe::mounts::ensure_all();
+    pindir::claim(config.pin_dir.as_deref())
+}
+
+/// Runs the daemon on the calling thread until SIGINT or SIGTERM: serves
+/// HTTP at once (503 on /healthz until ready), loads and attaches the
+/// probes, reconciles once, then reports ready. `claim` says where to pin
+/// (and holds the pin directory); `reloader` re-reads the configuration on
+/// SIGHUP.
+pub fn main(
     config: Config,
     web: WebSecurity,
+    claim: Claim,
     reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let http = threads::runtime(Role::Http).context("starting the HTTP runtime")?;
+    let rt = threads::runtime(Role::Runtime).context("starting the runtime")?;
+    let result = rt.block_on(run(config, web, &claim, reloader, http.handle()));
+    rt.shutdown_timeout(RUNTIME_GRACE);
+    http.shutdown_timeout(RUNTIME_GRACE);
+    drop(claim);
+    result
+}
+
+async fn run(
+    config: Config,
+    web: WebSecurity,
+    claim: &Claim,
+    reloader: Option<Reloader>,
+    http_rt: &Handle,
+) -> anyhow::Result<()> {
+    let listener = {
+        let _on = http_rt.enter();
+        http::server::listen(config.listen)
+    }
+    .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
     let (tls, auth) = (web.tls.is_some(), !web.users.is_empty());
-    let proc = ProcRoot::real();
     let state = Arc::new(State::new(config, Box::new(BootClock)));
+    let telemetry = &state.telemetry;
+    telemetry.set_reconcile_interval(state.config().reconcile_interval);
+    telemetry.persistence(claim.persistent());
+    let proc = ProcRoot::real().counting_failures(telemetry.source_counter(Source::Procfs));
+    let cancel = CancellationToken::new();
+    let mut privileged: Vec<JoinHandle<()>> = Vec::new();
+    let (label_reader, labels) = LabelReader::new(proc.clone());
+    let stop = cancel.clone();
+    privileged.push(threads::spawn(Role::Labels, move || {
+        label_reader.run(&stop)
+    })?);
     let app = http::App {
         state: Arc::clone(&state),
-        exporter: Arc::new(Exporter::new(proc.clone())),
+        exporter: Arc::new(Exporter::with_label_reader(proc.clone(), labels)),
         web: Arc::new(http::Web::new(web)),
     };
-    let cancel = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let server = Server {
         listener,
         app: app.clone(),
     };
-    tasks.spawn(named("HTTP server", server.run(cancel.clone())));
+    tasks.spawn_on(named("HTTP server", server.run(cancel.clone())), http_rt);
     info!(%listen, tls, basic_auth = auth, "serving /metrics, /healthz, /api/v1/sockets");
     let reload = reload::Task {
         state: Arc::clone(&state),
@@ -80,42 +140,78 @@ pub async fn run(
     tasks.spawn(ok(notices.run(cancel.clone())));
     tasks.spawn(ok(heap::run(cancel.clone())));
 
-    let result = match start(&state, &proc, &cancel, &mut tasks).await {
+    let started = start(&state, &proc, claim, &cancel, &mut tasks, &mut privileged).await;
+    let result = match started {
         Ok(()) => wait(&mut tasks).await,
         Err(err) => Err(err),
     };
     service::stopping();
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    // Detach everything before returning, whatever happened.
+    let deadline = Instant::now() + STOP_GRACE;
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    while privileged.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let busy: Vec<&str> = privileged
+        .iter()
+        .filter(|t| !t.is_finished())
+        .filter_map(|t| t.thread().name())
+        .collect();
     drop(state.take_probes());
-    info!("stopped; probes detached");
+    if busy.is_empty() && tasks.is_empty() {
+        info!("stopped; probes detached");
+    } else {
+        info!(
+            still_working = ?busy,
+            "stopped without waiting for work in progress; the probes detach as the process exits"
+        );
+    }
     result
 }
 
 /// Loads and attaches the probes, reconciles once, starts intake,
-/// attribution and reconciliation, drops capabilities and reports ready.
+/// attribution and reconciliation, gives up the main thread's capabilities
+/// and reports ready.
 async fn start(
     state: &Arc<State>,
     proc: &ProcRoot,
+    claim: &Claim,
     cancel: &CancellationToken,
     tasks: &mut JoinSet<anyhow::Result<()>>,
+    privileged: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
+    let config = state.config();
     let options = probe::LoadOptions {
-        pin_dir: state.config().pin_dir.clone(),
-        ring_bytes: state.config().ring_buffer_size,
+        pin_dir: claim.dir(),
+        pin_dir_created: claim.created(),
+        ring_bytes: config.ring_buffer_size,
+        young_entries: config.young_sockets,
+        btf: config.kernel_btf.clone(),
     };
-    let (probes, ring) = tokio::task::spawn_blocking(move || probe::load(&options))
-        .await
-        .context("probe loader task")??;
+    let (probes, ring) = threads::run_on(Role::Start, move || probe::load(&options)).await??;
     let probes = Arc::new(probes);
     state.set_probes(Arc::clone(&probes));
+    let (attribution, owners) = Attribution::new(Arc::clone(state), proc.clone());
     let intake = Intake {
         ring,
         state: Arc::clone(state),
+        owners: owners.clone(),
     };
     tasks.spawn(named("event intake", intake.run(cancel.clone())));
-    let (attribution, owners) = Attribution::new(Arc::clone(state), proc.clone());
+    let young = Young {
+        state: Arc::clone(state),
+        probes: Arc::clone(&probes),
+        owners: owners.clone(),
+        ephemeral: proc.ephemeral_ports(),
+    };
+    let watch = watch::Task {
+        state: Arc::clone(state),
+        probes: Arc::clone(&probes),
+        proc: proc.clone(),
+    };
     let mut reconciler = Reconciler {
         state: Arc::clone(state),
         probes,
@@ -123,23 +219,25 @@ async fn start(
         proc: proc.clone(),
         suspects: Suspects::default(),
     };
-    let (reconciler, attribution) = tokio::task::spawn_blocking(move || {
+    let (reconciler, attribution) = threads::run_on(Role::Start, move || {
         reconciler.pass()?;
+        reconciler.state.telemetry.reconciled(true);
         owners::walk_now(&reconciler.state, &reconciler.proc);
         // The walk just done answers the walk the first pass asked for.
         attribution.discard_queued();
         heap::trim();
         anyhow::Ok((reconciler, attribution))
     })
-    .await
-    .context("first reconciliation task")??;
-    let worker_cancel = cancel.clone();
-    tasks.spawn_blocking(move || {
-        attribution.run(worker_cancel);
-        Ok(())
-    });
-    tasks.spawn(ok(reconciler.run(cancel.clone())));
-    drop_capabilities();
+    .await??;
+    let stop = cancel.clone();
+    privileged.push(threads::spawn(Role::Owners, move || attribution.run(stop))?);
+    privileged.push(threads::spawn_runtime(
+        Role::Reconcile,
+        reconciler.run(cancel.clone()),
+    )?);
+    tasks.spawn(ok(young.run(cancel.clone())));
+    tasks.spawn(ok(watch.run(cancel.clone())));
+    give_up_capabilities();
     state.set_ready();
     info!("ready: probes attached, first reconciliation done");
     service::ready("watching TCP sockets in CLOSE_WAIT");
@@ -147,6 +245,36 @@ async fn start(
         tasks.spawn(ok(watchdog));
     }
     Ok(())
+}
+
+/// Every thread that needs a capability exists: the main thread drops all
+/// of its own, and the daemon checks that no thread holds more than its
+/// role allows.
+fn give_up_capabilities() {
+    if let Err(err) = caps::limit_this_thread(Role::Main.keeps()) {
+        tracing::error!("could not drop the main thread's capabilities: {err}");
+    }
+    let over = caps::over_their_role();
+    if over.is_empty() {
+        let kept: Vec<String> = [Role::Owners, Role::Labels, Role::Reconcile]
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:?}",
+                    r.thread_name(),
+                    caps::names(caps::mask(r.keeps()))
+                )
+            })
+            .collect();
+        info!(
+            kept = kept.join(", "),
+            "dropped every capability but these, on these threads only (HTTP and runtime threads hold none)"
+        );
+    } else {
+        for line in over {
+            tracing::error!("capabilities: {line}");
+        }
+    }
 }
 
 /// Until a signal (Ok) or a task that ends on its own (intake failing, the
@@ -179,15 +307,6 @@ where
 {
     task.await
         .map_err(|e| e.into().context(format!("{what} failed")))
-}
-
-/// Everything privileged is done (programs loaded and attached, pins
-/// opened, first reconciliation): keep only [`caps::KEPT`].
-fn drop_capabilities() {
-    match caps::drop_to_kept() {
-        Ok(mask) => info!(kept = ?caps::names(mask), "dropped every other capability"),
-        Err(err) => tracing::error!("could not drop capabilities: {err}"),
-    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -110,7 +110,7 @@ fn describe(is_process: bool, s: &Series, process_names: &[&str]) -> String {
             .iter()
             .zip(&s.labels)
             .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", crate::text::for_terminal(v)))
             .collect();
         format!(
             "leak: process {} holds {} leaked CLOSE_WAIT sockets (oldest {oldest})",

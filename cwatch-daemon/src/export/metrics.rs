@@ -20,9 +20,17 @@ use super::{selfmetrics::SelfMetrics, series::Families};
 #[cfg(test)]
 use crate::table::Summary;
 use crate::{
-    probe::KernelCounters,
+    probe::{KernelCounters, KernelHistogram},
     telemetry::{Telemetry, register},
 };
+
+/// What the kernel counted, read at scrape time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    pub counters: KernelCounters,
+    /// `None` when the histogram could not be read (logged).
+    pub histogram: Option<KernelHistogram>,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -155,7 +163,7 @@ impl Metrics {
     pub fn render(
         &self,
         summary: &Summary,
-        kernel: Option<&KernelCounters>,
+        kernel: Option<&Kernel>,
         telemetry: &Telemetry,
     ) -> String {
         self.render_families(
@@ -167,15 +175,19 @@ impl Metrics {
     }
 
     /// Renders the text exposition for `families` (per-process label names
-    /// `process_labels`), the kernel's counters (`None` before the probes
-    /// are loaded) and the stages' `telemetry`.
+    /// `process_labels`), the kernel's counters and histogram (`None` before
+    /// the probes are loaded) and the stages' `telemetry`.
     pub fn render_families(
         &self,
         families: &Families,
         process_labels: &[&'static str],
-        kernel: Option<&KernelCounters>,
+        kernel: Option<&Kernel>,
         telemetry: &Telemetry,
     ) -> String {
+        let (kernel, histogram) = match kernel {
+            Some(k) => (Some(&k.counters), k.histogram.as_ref()),
+            None => (None, None),
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kernel) = kernel {
             let mut advance = |c: &IntCounter, index: u32| {
@@ -196,6 +208,7 @@ impl Metrics {
             .folded(families.folded_process, families.folded_peer);
         let mut gathered = self.registry.gather();
         gathered.extend(telemetry.registry().gather());
+        gathered.push(super::histogram::family(histogram));
         gathered.extend(
             self.process
                 .lock()

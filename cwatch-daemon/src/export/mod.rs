@@ -8,10 +8,12 @@ contract's families, rendered with the stages' telemetry),
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
-and reads the kernel's counters with the lock released.
+(through the label reader thread, in the daemon) and reads the kernel's
+counters with the lock released.
 */
 pub mod cardinality;
 pub mod fds;
+mod histogram;
 pub mod metrics;
 pub mod selfmetrics;
 pub mod series;
@@ -23,7 +25,10 @@ pub use series::{Families, Filter};
 
 use crate::{
     config::Config,
-    owners::{ProcRoot, labels::LabelCache},
+    owners::{
+        ProcRoot,
+        labels::{LabelCache, LabelLookups},
+    },
     state::State,
 };
 
@@ -41,6 +46,17 @@ impl Exporter {
             metrics: Metrics::new(),
             fds: fds::FdGauges::new(),
             labels: LabelCache::new(proc.clone()),
+            proc,
+        }
+    }
+
+    /// An exporter whose owner labels are read by the thread behind
+    /// `reader` (the scrape threads hold no capability to read them).
+    pub fn with_label_reader(proc: ProcRoot, reader: LabelLookups) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
+            labels: LabelCache::reading_through(proc.clone(), reader),
             proc,
         }
     }
@@ -66,9 +82,18 @@ impl Exporter {
         let families = self.families(state);
         let probes = state.probes();
         let kernel = probes.as_ref().and_then(|p| match p.counter_totals() {
-            Ok(totals) => Some(totals),
+            Ok(counters) => Some(metrics::Kernel {
+                counters,
+                histogram: p
+                    .histogram()
+                    .inspect_err(|err| tracing::warn!("reading the kernel's histogram: {err}"))
+                    .ok(),
+            }),
             Err(err) => {
                 tracing::warn!("reading kernel counters: {err}");
+                state
+                    .telemetry
+                    .source_failed(crate::telemetry::Source::KernelCounters);
                 None
             }
         });

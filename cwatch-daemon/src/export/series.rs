@@ -83,11 +83,14 @@ impl Filter {
         let units = if config.filters.needs_unit() {
             let pids: HashSet<u32> = {
                 let table = state.lock_table();
-                let dead = table.dead().map(|d| &d.sock);
+                let dead: Vec<u32> = table
+                    .dead()
+                    .filter_map(|d| d.sock.owner.map(|o| o.pid))
+                    .collect();
                 table
                     .iter()
-                    .chain(dead)
                     .filter_map(|e| e.owner.map(|o| o.pid))
+                    .chain(dead)
                     .collect()
             };
             labels.lookup(pids)
@@ -100,6 +103,16 @@ impl Filter {
     /// The filter of `config` with the owners' units already known.
     pub fn with_units(config: Arc<Config>, units: HashMap<u32, Arc<OwnerInfo>>) -> Self {
         Self { config, units }
+    }
+
+    /// Whether no filter is configured (every socket passes).
+    pub fn is_empty(&self) -> bool {
+        self.config.filters.is_empty()
+    }
+
+    /// The leak-after of the configuration this filter was made for.
+    pub fn leak_after(&self) -> std::time::Duration {
+        self.config.leak_after
     }
 
     /// Whether `entry` passes the configured filters.

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use cwatch_common::counter;
 
+use super::metrics::Kernel;
 use super::{cardinality::Series, metrics::Metrics, series::Families};
 use crate::{
-    probe::KernelCounters,
+    probe::{KernelCounters, KernelHistogram},
     table::{GroupStats, SockEntry, SocketTable, Summary, tests::record},
     telemetry::Telemetry,
 };
@@ -18,6 +19,13 @@ fn summarize(t: &SocketTable, now_ns: u64, leak_after: Duration) -> Summary {
 }
 
 const S: u64 = 1_000_000_000;
+
+fn kernel(counters: KernelCounters) -> Kernel {
+    Kernel {
+        counters,
+        histogram: None,
+    }
+}
 
 fn lines_starting(text: &str, prefix: &str) -> Vec<String> {
     text.lines()
@@ -116,7 +124,7 @@ fn kernel_counters_are_mirrored_exactly() {
     k[counter::CLOSED as usize] = 4;
     k[counter::RECORDS_FULL as usize] = 1;
     k[counter::OWNERS_FULL as usize] = 2;
-    let text = m.render(&empty, Some(&k), &tele);
+    let text = m.render(&empty, Some(&kernel(k)), &tele);
     assert!(
         text.contains("cwatch_close_wait_transitions_total 10\n"),
         "{text}"
@@ -131,13 +139,13 @@ fn kernel_counters_are_mirrored_exactly() {
         "{text}"
     );
     k[counter::TRANSITIONS as usize] = 25;
-    let text = m.render(&empty, Some(&k), &tele);
+    let text = m.render(&empty, Some(&kernel(k)), &tele);
     assert!(
         text.contains("cwatch_close_wait_transitions_total 25\n"),
         "{text}"
     );
     // Rendering again without change must not double count.
-    let text = m.render(&empty, Some(&k), &tele);
+    let text = m.render(&empty, Some(&kernel(k)), &tele);
     assert!(
         text.contains("cwatch_close_wait_transitions_total 25\n"),
         "{text}"
@@ -145,12 +153,19 @@ fn kernel_counters_are_mirrored_exactly() {
 }
 
 #[test]
-fn histogram_uses_the_fixed_buckets() {
+fn the_kernel_histogram_has_the_fixed_buckets() {
     let m = Metrics::new();
     let tele = Telemetry::new();
-    tele.observe_closed(Duration::from_millis(5));
-    tele.observe_closed(Duration::from_secs(400));
-    let text = m.render(&Summary::default(), None, &tele);
+    let mut h: KernelHistogram = [0; cwatch_common::hist::LEN as usize];
+    // 5 ms and 400 s: the buckets of 10 ms and 1800 s.
+    h[cwatch_common::hist::bucket(5_000_000) as usize] += 1;
+    h[cwatch_common::hist::bucket(400_000_000_000) as usize] += 1;
+    h[cwatch_common::hist::SUM as usize] = 400_005_000_000;
+    let k = Kernel {
+        counters: [0; counter::LEN as usize],
+        histogram: Some(h),
+    };
+    let text = m.render(&Summary::default(), Some(&k), &tele);
     let buckets = lines_starting(&text, "cwatch_close_wait_duration_seconds_bucket");
     let les: Vec<&str> = buckets
         .iter()
@@ -163,11 +178,17 @@ fn histogram_uses_the_fixed_buckets() {
             "+Inf"
         ]
     );
+    assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"0.001\"} 0\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"0.01\"} 1\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"300\"} 1\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_bucket{le=\"1800\"} 2\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_count 2\n"));
     assert!(text.contains("cwatch_close_wait_duration_seconds_sum 400.005\n"));
+    let none = m.render(&Summary::default(), None, &tele);
+    assert!(
+        none.contains("cwatch_close_wait_duration_seconds_count 0\n"),
+        "the family is there before the probes are: {none}"
+    );
 }
 
 #[test]

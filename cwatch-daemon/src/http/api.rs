@@ -59,48 +59,130 @@ impl ApiSocket {
     }
 }
 
+/// The keys of the sockets matching `query` and `keep` (the configured
+/// filters; `None`: there are none), in no order. Without a selection or
+/// filters they come straight from the table's rows, no entry made.
+fn matching(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    query: &SocketQuery,
+    keep: Option<&dyn Fn(&SockEntry) -> bool>,
+) -> Vec<Cursor> {
+    let after = |at: &Cursor| query.cursor.is_none_or(|c| *at > c);
+    let selects = query.selection() != Default::default();
+    let mut keys: Vec<Cursor> = if selects || keep.is_some() {
+        table
+            .iter()
+            .filter(|e| {
+                let leaked = is_leaked(age(now_ns, e.start_ns), leak_after);
+                query.matches(e, leaked) && keep.is_none_or(|k| k(e))
+            })
+            .map(|e| Cursor::at(false, &e))
+            .filter(after)
+            .collect()
+    } else {
+        table
+            .keys()
+            .map(|(cookie, start_ns, _)| Cursor {
+                dead: false,
+                start_ns,
+                cookie,
+            })
+            .filter(after)
+            .collect()
+    };
+    keys.extend(
+        table
+            .dead()
+            .filter(|d| d.verified)
+            .filter(|d| query.matches(&d.sock, true) && keep.is_none_or(|k| k(&d.sock)))
+            .map(|d| Cursor::at(true, &d.sock))
+            .filter(after),
+    );
+    keys
+}
+
+/// The API object of the socket at `key`, if it is still there.
+fn object(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    key: &Cursor,
+) -> Option<ApiSocket> {
+    if key.dead {
+        table
+            .dead_entry(key.cookie)
+            .map(|d| ApiSocket::of_dead(d, now_ns, leak_after))
+    } else {
+        table
+            .get(key.cookie)
+            .map(|e| ApiSocket::of(&e, now_ns, leak_after))
+    }
+}
+
 /// One page: the sockets matching `query` (and `keep`, the configured
 /// filters), oldest first, at most `query.limit`; plus the cursor of the next
-/// page when more match.
+/// page when more match. CLOSE_WAIT sockets come first, then the dead ones
+/// still held (always leaked), each part oldest first.
 pub fn select(
     table: &SocketTable,
     now_ns: u64,
     leak_after: std::time::Duration,
     query: &SocketQuery,
-    mut keep: impl FnMut(&SockEntry) -> bool,
+    keep: Option<&dyn Fn(&SockEntry) -> bool>,
 ) -> (Vec<ApiSocket>, Option<Cursor>) {
-    // CLOSE_WAIT sockets first, then the dead ones still held (always
-    // leaked), each part oldest first: the order `sockets` gives.
-    let live = table.iter().map(|e| (None, e));
-    let dead = table
-        .dead()
-        .filter(|d| d.verified)
-        .map(|d| (Some(d), &d.sock));
-    let mut hits: Vec<(Option<&DeadEntry>, &SockEntry)> = live
-        .chain(dead)
-        .filter(|(d, e)| {
-            let leaked = d.is_some() || is_leaked(age(now_ns, e.start_ns), leak_after);
-            let at = Cursor::at(d.is_some(), e);
-            query.matches(e, leaked) && query.cursor.is_none_or(|c| at > c) && keep(e)
-        })
-        .collect();
-    let order = |(d, e): &(Option<&DeadEntry>, &SockEntry)| Cursor::at(d.is_some(), e);
+    let mut keys = matching(table, now_ns, leak_after, query, keep);
     let mut next = None;
-    if let Some(limit) = query.limit.filter(|l| *l < hits.len()) {
+    if let Some(limit) = query.limit.filter(|l| *l < keys.len()) {
         // Only the page needs sorting: partition around the limit first.
-        hits.select_nth_unstable_by_key(limit - 1, order);
-        hits.truncate(limit);
-        next = hits.iter().map(order).max();
+        keys.select_nth_unstable(limit - 1);
+        keys.truncate(limit);
+        next = keys.iter().max().copied();
     }
-    hits.sort_unstable_by_key(order);
-    let page = hits
-        .into_iter()
-        .map(|(d, e)| match d {
-            Some(d) => ApiSocket::of_dead(d, now_ns, leak_after),
-            None => ApiSocket::of(e, now_ns, leak_after),
-        })
+    keys.sort_unstable();
+    let page = keys
+        .iter()
+        .filter_map(|k| object(table, now_ns, leak_after, k))
         .collect();
     (page, next)
+}
+
+/// Where each socket that passes `query` (and `keep`) stands in the order
+/// of the answer (as [`select`]'s). Only keys: the answer is built from them
+/// chunk by chunk, never whole.
+pub fn order(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    query: &SocketQuery,
+    keep: Option<&dyn Fn(&SockEntry) -> bool>,
+) -> Vec<Cursor> {
+    let mut keys = matching(table, now_ns, leak_after, query, keep);
+    keys.sort_unstable();
+    keys
+}
+
+/// The objects of `keys` as lines of a JSON array (one object a line),
+/// `first` telling whether a comma goes before the first one. Sockets that
+/// left since `keys` were taken are skipped.
+pub fn write_chunk(
+    table: &SocketTable,
+    now_ns: u64,
+    leak_after: std::time::Duration,
+    keys: &[Cursor],
+    first: &mut bool,
+    out: &mut Vec<u8>,
+) {
+    for key in keys {
+        let Some(api) = object(table, now_ns, leak_after, key) else {
+            continue;
+        };
+        out.extend_from_slice(if *first { b"\n" } else { b",\n" });
+        *first = false;
+        // Serializing into a Vec cannot fail for these plain types.
+        let _ = serde_json::to_writer(&mut *out, &api);
+    }
 }
 
 /// Every socket in the table, oldest first.
@@ -112,7 +194,7 @@ pub fn sockets(
 ) -> Vec<ApiSocket> {
     let mut out: Vec<ApiSocket> = table
         .oldest_first()
-        .into_iter()
+        .iter()
         .map(|e| ApiSocket::of(e, now_ns, leak_after))
         .collect();
     let mut dead: Vec<&DeadEntry> = table.dead().filter(|d| d.verified).collect();
@@ -195,7 +277,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         loop {
-            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, |_| true);
+            let (page, next) = select(&t, 10_000, Duration::from_secs(1), &query, None);
             assert!(page.len() <= 4);
             seen.extend(page.iter().map(|s| s.cookie));
             match next {
@@ -213,7 +295,7 @@ mod tests {
             10_000,
             Duration::from_secs(1),
             &SocketQuery::default(),
-            |e| e.cookie % 2 == 1,
+            Some(&|e: &SockEntry| e.cookie % 2 == 1),
         );
         assert_eq!(odd.len(), 13);
     }

@@ -6,10 +6,13 @@ has users, answers gzip when asked, and gives up after the request timeout.
 The accept loop, TLS and the per-connection limits are in [`server`]; the
 types the client reads back are in [`wire`].
 */
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod query;
 pub mod server;
+mod stream;
+mod summary;
 pub mod webconfig;
 pub mod wire;
 
@@ -73,6 +76,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/v1/sockets", get(sockets))
+        .route("/api/v1/summary", get(summary))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth::require))
         .layer(CompressionLayer::new().gzip(true))
@@ -120,6 +124,10 @@ async fn sockets(
         Ok(q) => q,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
     };
+    if query.limit.is_none() {
+        let body = stream::all(app, query);
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let selected = tokio::task::spawn_blocking(move || select(&app, &query)).await;
     let Ok((page, next)) = selected else {
         return (
@@ -145,7 +153,39 @@ fn select(app: &App, query: &query::SocketQuery) -> (Vec<api::ApiSocket>, Option
     let filter = app.exporter.filter(state, Arc::clone(&config));
     let now = state.clock.now_ns();
     let table = state.lock_table();
-    api::select(&table, now, config.leak_after, query, |e| filter.keeps(e))
+    let keep = |e: &crate::table::SockEntry| filter.keeps(e);
+    let keep: Option<&dyn Fn(&crate::table::SockEntry) -> bool> =
+        (!filter.is_empty()).then_some(&keep);
+    api::select(&table, now, config.leak_after, query, keep)
+}
+
+async fn summary(
+    AppState(app): AppState<App>,
+    params: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let pairs = match params {
+        Ok(Query(pairs)) => pairs,
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+    };
+    let query = match query::SocketQuery::from_pairs(&pairs) {
+        Ok(q) if q.limit.is_none() && q.cursor.is_none() => q,
+        Ok(_) => {
+            let why = "the summary takes leaked, pid and peer only\n";
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+    };
+    let counted = tokio::task::spawn_blocking(move || {
+        let state = &app.state;
+        let filter = app.exporter.filter(state, state.config());
+        let now = state.clock.now_ns();
+        summary::summary(&mut state.lock_table(), now, &query.selection(), &filter)
+    })
+    .await;
+    match counted {
+        Ok(summary) => Json(summary).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "counting failed\n").into_response(),
+    }
 }
 
 async fn not_found() -> Response {

@@ -83,21 +83,26 @@ pub fn load(path: Option<&Path>) -> Result<WebSecurity, WebConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(err)
+}
+
+/// The web config's text (relative paths from `base`): apart from the
+/// reading so that hostile files are tested without any.
+pub fn parse(text: &str, base: &Path) -> Result<WebSecurity, String> {
     let file: WebFile = if text.trim().is_empty() {
         WebFile::default()
     } else {
-        serde_yaml::from_str(&text).map_err(|e| err(e.to_string().replace('\n', " ")))?
+        serde_yaml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))?
     };
     for (user, hash) in &file.basic_auth_users {
         if hash.parse::<bcrypt::HashParts>().is_err() {
-            return Err(err(format!(
+            return Err(format!(
                 "basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':'`)"
-            )));
+            ));
         }
     }
-    let base = path.parent().unwrap_or(Path::new("."));
     let tls = match file.tls_server_config {
-        Some(t) => Some(Arc::new(tls_config(base, &t).map_err(err)?)),
+        Some(t) => Some(Arc::new(tls_config(base, &t)?)),
         None => None,
     };
     Ok(WebSecurity {

@@ -1,9 +1,10 @@
 /*!
-The wire types of `GET /api/v1/sockets`, all that the client (`cwatch ls`)
-imports from the daemon: one [`ApiSocket`] per socket with exactly the keys
-the contract lists, and the filters both sides apply ([`Selection`]: leaked,
-pid, peer), so `cwatch ls` reading the kernel itself selects exactly what the
-daemon would. They live apart from the table's types so that the wire format
+The wire types of `GET /api/v1/sockets` and `GET /api/v1/summary`, all that
+the client (`cwatch ls`) imports from the daemon: one [`ApiSocket`] per
+socket with exactly the keys the contract lists, the counts per peer and per
+process ([`ApiSummary`]), and the filters both sides apply ([`Selection`]:
+leaked, pid, peer), so `cwatch ls` reading the kernel itself selects exactly
+what the daemon would. They live apart from the table's types so that the wire format
 changes only on purpose.
 */
 use std::net::IpAddr;
@@ -36,6 +37,41 @@ pub struct ApiSocket {
     pub age_seconds: f64,
     pub age_estimated: bool,
     pub leaked: bool,
+}
+
+/// `GET /api/v1/summary`: the counts `cwatch ls` prints first, from the
+/// daemon's groups (or, under a selection, from the sockets it selects).
+/// Dead sockets still held count with their peer and process, as leaked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiSummary {
+    /// Sockets in CLOSE_WAIT.
+    pub sockets: u64,
+    /// Of those, leaked.
+    pub leaked: u64,
+    /// Dead sockets still held (closed by the kernel, fd not closed).
+    pub dead: u64,
+    pub by_peer: Vec<PeerCount>,
+    pub by_process: Vec<ProcessCount>,
+}
+
+/// One peer's line of the summary; `peer_port` is `None` for inbound
+/// sockets (`*`: the remote port is ephemeral).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCount {
+    pub peer_addr: String,
+    pub peer_port: Option<u16>,
+    pub sockets: u64,
+    pub leaked: u64,
+}
+
+/// One process's line of the summary; `pid` and `comm` are `None` for the
+/// sockets no holder is known for yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCount {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub sockets: u64,
+    pub leaked: u64,
 }
 
 /// `peer=ADDR` or `peer=ADDR:PORT` (`[V6]:PORT`).

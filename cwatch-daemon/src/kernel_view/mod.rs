@@ -20,6 +20,7 @@ use self::sockdiag::DiagSocket;
 use crate::{
     owners::ProcRoot,
     table::{Direction, SockEntry},
+    telemetry::Source,
 };
 
 /// What sock_diag showed, across namespaces.
@@ -36,6 +37,9 @@ pub struct KernelView {
     pub ephemeral: (u16, u16),
     /// Namespaces that answered: only their sockets can be called gone.
     pub covered: HashSet<u32>,
+    /// What failed on the way (a namespace not entered, a dump refused),
+    /// for the failure counters; the rest of the view stands.
+    pub failures: Vec<Source>,
 }
 
 /// Dumps every namespace's CLOSE_WAIT, LAST_ACK and LISTEN TCP sockets;
@@ -48,17 +52,21 @@ pub fn kernel_view(proc: &ProcRoot, with_info: bool) -> KernelView {
     } else {
         ExtensionFlags::empty()
     };
+    let mut failures = Vec::new();
     let dumps = netns::in_each(netns::list(proc), move || {
         sockdiag::dump_with(states, extensions)
     })
     .into_iter()
     .map(|(ns, result)| {
         if let Err(err) = &result {
+            failures.push(netns::failure_source(err));
             warn!(netns = ns.inode, path = %ns.path.display(), "sock_diag: {err}");
         }
         (ns.inode as u32, result.ok())
     });
-    KernelView::from_dumps(dumps, proc.ephemeral_ports())
+    let mut view = KernelView::from_dumps(dumps, proc.ephemeral_ports());
+    view.failures = failures;
+    view
 }
 
 impl KernelView {

@@ -18,7 +18,7 @@ use std::{
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
-use crate::owners::ProcRoot;
+use crate::{owners::ProcRoot, telemetry::Source};
 
 /// One network namespace and a path that opens it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,12 +86,30 @@ where
     }
 }
 
-/// Moves the calling thread into the network namespace at `path`.
+/// Moves the calling thread into the network namespace at `path`. Its
+/// errors are [`NotEntered`], so a caller tells them from the dump's own.
 fn enter(path: &Path) -> io::Result<()> {
-    let file = File::open(path)?;
-    move_into_link_name_space(
-        std::os::fd::AsFd::as_fd(&file),
-        Some(LinkNameSpaceType::Network),
-    )
-    .map_err(io::Error::from)
+    let entered = File::open(path).and_then(|file| {
+        move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(LinkNameSpaceType::Network),
+        )
+        .map_err(io::Error::from)
+    });
+    entered.map_err(|e| io::Error::new(e.kind(), NotEntered(e)))
+}
+
+/// A namespace that could not be entered (vanished, not a namespace, no
+/// permission).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot enter the network namespace: {0}")]
+pub struct NotEntered(io::Error);
+
+/// Which source failed, for an error [`in_each`] gave: entering the
+/// namespace, or what ran inside it (a sock_diag dump).
+pub fn failure_source(err: &io::Error) -> Source {
+    match err.get_ref() {
+        Some(inner) if inner.is::<NotEntered>() => Source::Netns,
+        _ => Source::SockDiag,
+    }
 }

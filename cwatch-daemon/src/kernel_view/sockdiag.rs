@@ -70,19 +70,91 @@ pub fn close_wait() -> io::Result<Vec<DiagSocket>> {
     dump(StateFlags::CLOSE_WAIT)
 }
 
+/// The one TCP socket with these ends and this cookie in this thread's
+/// network namespace (a single exact request, not a dump): what `ss` would
+/// show of it, or `None` when there is none (or another socket has these
+/// ends now). Used for a few sockets at a time.
+pub fn lookup(local: SocketAddr, peer: SocketAddr, cookie: u64) -> io::Result<Option<DiagSocket>> {
+    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    id.source_address = local.ip();
+    id.source_port = local.port();
+    id.destination_address = peer.ip();
+    id.destination_port = peer.port();
+    // The kernel answers only for this very socket (two native-endian u32,
+    // low half first); a zero cookie would be a mismatch (ESTALE), not a
+    // wildcard (that is all ones).
+    let (low, high) = (
+        (cookie as u32).to_ne_bytes(),
+        ((cookie >> 32) as u32).to_ne_bytes(),
+    );
+    id.cookie = [
+        low[0], low[1], low[2], low[3], high[0], high[1], high[2], high[3],
+    ];
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    send(
+        &socket,
+        NLM_F_REQUEST,
+        family,
+        StateFlags::all(),
+        ExtensionFlags::empty(),
+        id,
+    )?;
+    // An exact request gets one answer, the socket or an error, and no
+    // end-of-dump message.
+    let mut buf = vec![0u8; 8 << 10];
+    let size = socket.recv(&mut &mut buf[..], 0)?;
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..size])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            Ok(Some(from_response(&response)))
+        }
+        NetlinkPayload::Error(err) => match err.to_io() {
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(None),
+            e => Err(e),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn request(
     socket: &Socket,
     family: u8,
     states: StateFlags,
     extensions: ExtensionFlags,
 ) -> io::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
+    send(
+        socket,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        family,
+        states,
+        extensions,
+        socket_id,
+    )
+}
+
+fn send(
+    socket: &Socket,
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    socket_id: SocketId,
+) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -105,27 +177,38 @@ fn receive(socket: &Socket, out: &mut Vec<DiagSocket>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let size = socket.recv(&mut &mut buf[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(err) => {
-                    return Err(err.to_io());
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    out.push(from_response(&response));
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        if parse_batch(&buf[..size.min(buf.len())], out)? {
+            return Ok(());
         }
     }
+}
+
+/// One `recv()` worth of netlink messages: the sockets they carry go to
+/// `out`; `Ok(true)` once the dump's `NLMSG_DONE` is seen. Bytes that are
+/// not netlink (or not sock_diag) are an `InvalidData` error, never a
+/// panic: this is the parse half of [`dump`], tested on hostile bytes.
+pub fn parse_batch(bytes: &[u8], out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[offset..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => {
+                return Err(err.to_io());
+            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                out.push(from_response(&response));
+            }
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(false)
 }
 
 fn from_response(response: &InetResponse) -> DiagSocket {

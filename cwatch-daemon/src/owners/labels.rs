@@ -10,11 +10,21 @@ a reused pid never inherits another process's labels. The cache has a lock
 of its own that is never held while `/proc` is read: a scrape asks for the
 labels of the pids it needs once it has let go of the table, and a slow
 `/proc` delays only that scrape.
+
+The threads that serve scrapes hold no capability, and `/proc/<pid>/exe` of
+another user's process (or of one with more capabilities) needs
+`CAP_SYS_PTRACE`. In the daemon the cache therefore reads what it lacks
+through a [`LabelReader`]: a thread of its own that may read every process's
+entry, asked for a batch of pids and answering with their labels. The scrape
+waits for that answer holding no lock.
 */
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
 };
+
+use tokio_util::sync::CancellationToken;
 
 use super::procfs::ProcRoot;
 use crate::config::labels::OwnerLabel;
@@ -82,27 +92,96 @@ pub fn container_of(path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// How long a scrape waits for the reader thread before it gives the pids
+/// it asked about no labels this time (they are asked for again next time).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One batch of pids to read, and where to send their labels.
+struct Request {
+    pids: Vec<u32>,
+    reply: mpsc::SyncSender<Vec<(u32, OwnerInfo)>>,
+}
+
+/// The thread that reads owner labels for the cache (see the module doc).
+pub struct LabelReader {
+    proc: ProcRoot,
+    requests: mpsc::Receiver<Request>,
+}
+
+/// Asks the [`LabelReader`] for labels.
+#[derive(Clone, Debug)]
+pub struct LabelLookups(mpsc::Sender<Request>);
+
+impl LabelReader {
+    /// The reader and the handle that asks it.
+    pub fn new(proc: ProcRoot) -> (Self, LabelLookups) {
+        let (tx, rx) = mpsc::channel();
+        (Self { proc, requests: rx }, LabelLookups(tx))
+    }
+
+    /// Answers requests until `cancel` (or until every handle is gone).
+    pub fn run(self, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            match self.requests.recv_timeout(Duration::from_millis(100)) {
+                Ok(request) => {
+                    let infos = request
+                        .pids
+                        .iter()
+                        .map(|pid| (*pid, OwnerInfo::read(&self.proc, *pid)))
+                        .collect();
+                    let _ = request.reply.send(infos);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+impl LabelLookups {
+    /// The labels of `pids`, read by the reader thread; `None` when it does
+    /// not answer within [`READ_TIMEOUT`].
+    fn read(&self, pids: Vec<u32>) -> Option<Vec<(u32, OwnerInfo)>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.0.send(Request { pids, reply }).ok()?;
+        answer.recv_timeout(READ_TIMEOUT).ok()
+    }
+}
+
 /// The labels of each pid, read once per process lifetime: keyed by (pid,
 /// start time).
 #[derive(Debug, Default)]
 pub struct LabelCache {
     proc: ProcRoot,
+    /// `None`: read `/proc` on the calling thread.
+    reader: Option<LabelLookups>,
     entries: Mutex<HashMap<u32, (u64, Arc<OwnerInfo>)>>,
 }
 
 impl LabelCache {
+    /// A cache that reads `/proc` on the thread that asks.
     pub fn new(proc: ProcRoot) -> Self {
         Self {
             proc,
+            reader: None,
             entries: Mutex::default(),
+        }
+    }
+
+    /// A cache that reads what it lacks through `reader`.
+    pub fn reading_through(proc: ProcRoot, reader: LabelLookups) -> Self {
+        Self {
+            reader: Some(reader),
+            ..Self::new(proc)
         }
     }
 
     /// The labels of each of `pids` (a pid that is gone has none).
     pub fn lookup(&self, pids: impl IntoIterator<Item = u32>) -> HashMap<u32, Arc<OwnerInfo>> {
         let mut out = HashMap::new();
+        let mut missing: HashMap<u32, u64> = HashMap::new();
         for pid in pids {
-            if out.contains_key(&pid) {
+            if out.contains_key(&pid) || missing.contains_key(&pid) {
                 continue;
             }
             let start = self.proc.start_time(pid).unwrap_or(0);
@@ -113,17 +192,42 @@ impl LabelCache {
                 .get(&pid)
                 .filter(|(s, _)| *s == start)
                 .map(|(_, info)| Arc::clone(info));
-            let info = match cached {
-                Some(info) => info,
-                None => {
-                    let info = Arc::new(OwnerInfo::read(&self.proc, pid));
-                    self.entries
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(pid, (start, Arc::clone(&info)));
-                    info
+            match cached {
+                Some(info) => {
+                    out.insert(pid, info);
                 }
-            };
+                None => {
+                    missing.insert(pid, start);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        let read: Vec<(u32, OwnerInfo)> = match &self.reader {
+            None => missing
+                .keys()
+                .map(|pid| (*pid, OwnerInfo::read(&self.proc, *pid)))
+                .collect(),
+            Some(reader) => match reader.read(missing.keys().copied().collect()) {
+                Some(read) => read,
+                None => {
+                    tracing::debug!(
+                        pids = missing.len(),
+                        "owner labels: the reader did not answer"
+                    );
+                    for pid in missing.into_keys() {
+                        out.insert(pid, Arc::default());
+                    }
+                    return out;
+                }
+            },
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (pid, info) in read {
+            let info = Arc::new(info);
+            let start = missing.get(&pid).copied().unwrap_or(0);
+            entries.insert(pid, (start, Arc::clone(&info)));
             out.insert(pid, info);
         }
         out
@@ -199,5 +303,27 @@ mod tests {
         );
         cache.retain(&HashSet::new());
         assert!(cache.entries.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_thread_answers_for_the_cache() {
+        let mut proc = crate::owners::procfs::fixture::FakeProc::new();
+        proc.process(40, 1, "svc").exe("/usr/bin/svc");
+        proc.process(41, 1, "other").exe("/usr/bin/other");
+        let (reader, lookups) = LabelReader::new(proc.root());
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let thread = std::thread::spawn(move || reader.run(&stop));
+        let cache = LabelCache::reading_through(proc.root(), lookups);
+        let info = cache.lookup([40, 41, 40]);
+        assert_eq!(info[&40].get(OwnerLabel::Exe), "/usr/bin/svc");
+        assert_eq!(info[&41].get(OwnerLabel::Exe), "/usr/bin/other");
+        cancel.cancel();
+        thread.join().unwrap();
+        // Cached: answered without the (now stopped) reader.
+        assert_eq!(cache.lookup([40])[&40].get(OwnerLabel::Exe), "/usr/bin/svc");
+        // Not cached and no reader: no labels this time, not cached either.
+        assert_eq!(*cache.lookup([42])[&42], OwnerInfo::default());
+        assert!(!cache.entries.lock().unwrap().contains_key(&42));
     }
 }

@@ -24,6 +24,7 @@ event:
   is checked: if an fd still holds it, it is a dead socket held (the kernel
   closed it, or it was shut down without close()).
 */
+mod cgroups;
 mod handle;
 pub mod labels;
 pub mod procfs;
@@ -45,7 +46,8 @@ pub const GRACE: Duration = Duration::from_millis(20);
 /// A socket that left CLOSE_WAIT is checked for fds still holding it only
 /// after this long: a socket closed normally is destroyed well before.
 pub const DEAD_GRACE: Duration = Duration::from_secs(1);
-/// How often the worker looks for sockets past their grace.
+/// How soon the worker looks again while some socket still waits for its
+/// holders (its candidates over their scan budget, or a walk to come).
 pub const TICK: Duration = Duration::from_millis(25);
 /// Scanning a candidate's family is allowed to take this share of the
 /// wall-clock time: after a scan that took `d`, the next waits `d / share`.
@@ -66,6 +68,9 @@ pub const FAMILY_LIMIT: usize = 256;
 pub enum Work {
     /// Scan every process now (reconciliation, start-up).
     Walk,
+    /// Sockets were added to the table (or left CLOSE_WAIT while held):
+    /// look up their holders.
+    Resolve,
 }
 
 /// Walks every process once, now, on the calling thread: start-up does it
@@ -104,27 +109,56 @@ impl Attribution {
         while self.work.try_recv().is_ok() {}
     }
 
-    /// Looks for sockets past their grace every [`TICK`], walks when asked,
-    /// refreshes holders every `holders_refresh`, until `cancel`.
+    /// Looks up holders when there is work (sockets added, a walk asked
+    /// for), again every [`TICK`] while some socket still waits, refreshes
+    /// holders every `holders_refresh` while the table holds anything, and
+    /// otherwise sleeps, until `cancel` (or every handle is gone).
     pub fn run(mut self, cancel: CancellationToken) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut next_refresh = self.worker.now() + self.refresh;
         while !cancel.is_cancelled() {
-            match self.work.recv_timeout(TICK) {
+            let wait = if self.worker.has_pending() {
+                Some(TICK)
+            } else if self.worker.has_holders() {
+                Some(next_refresh - self.worker.now())
+            } else {
+                None
+            };
+            let work = match wait {
+                Some(timeout) => self.work.recv_timeout(timeout),
+                None => self.work.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match work {
                 Ok(Work::Walk) => {
-                    while self.work.try_recv().is_ok() {}
+                    self.discard_queued_keeping_walk();
                     self.worker.walk();
+                }
+                Ok(Work::Resolve) => {
+                    if self.discard_queued_keeping_walk() {
+                        self.worker.walk();
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.worker.resolve_pending();
             if self.worker.now() >= next_refresh {
-                self.refresh_task.run(&mut self.worker);
+                if self.worker.has_holders() {
+                    self.refresh_task.run(&mut self.worker);
+                }
                 next_refresh = self.worker.now() + self.refresh;
             }
             self.worker.forget_comms();
         }
+    }
+
+    /// Empties the queue; `true` when a walk was among what it held.
+    fn discard_queued_keeping_walk(&self) -> bool {
+        let mut walk = false;
+        while let Ok(work) = self.work.try_recv() {
+            walk |= work == Work::Walk;
+        }
+        walk
     }
 }
 

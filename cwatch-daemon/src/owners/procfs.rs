@@ -22,9 +22,18 @@ use procfs_core::FromRead as _;
 
 use crate::table::Comm;
 
-/// Where `/proc` is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcRoot(Arc<Path>);
+/// Where `/proc` is, and (in the daemon) the counter of its reads that
+/// failed for another reason than the process being gone.
+#[derive(Clone, Debug)]
+pub struct ProcRoot(Arc<Path>, Option<prometheus::IntCounter>);
+
+impl PartialEq for ProcRoot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ProcRoot {}
 
 impl Default for ProcRoot {
     fn default() -> Self {
@@ -40,7 +49,25 @@ impl ProcRoot {
 
     /// A `/proc` look-alike at `path` (tests build one).
     pub fn at(path: impl AsRef<Path>) -> Self {
-        Self(Arc::from(path.as_ref()))
+        Self(Arc::from(path.as_ref()), None)
+    }
+
+    /// Counts failed reads in `failures` (`cwatch_source_failures_total{source="procfs"}`).
+    pub fn counting_failures(self, failures: prometheus::IntCounter) -> Self {
+        Self(self.0, Some(failures))
+    }
+
+    /// Passes `result` on, counting an error unless it only says that the
+    /// process is gone (it exited: no file, or ESRCH).
+    fn noted<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(err) = &result
+            && err.kind() != io::ErrorKind::NotFound
+            && err.raw_os_error() != Some(libc::ESRCH)
+            && let Some(failures) = &self.1
+        {
+            failures.inc();
+        }
+        result
     }
 
     /// `rel` under the root (`"1/fd"` → `/proc/1/fd`).
@@ -53,7 +80,7 @@ impl ProcRoot {
     /// scan are skipped.
     pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(i32, u64)>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(self.path(format!("{pid}/fd")))? {
+        for entry in self.noted(fs::read_dir(self.path(format!("{pid}/fd"))))? {
             let Ok(entry) = entry else { continue };
             let Some(fd) = number::<i32>(entry.file_name().as_bytes()) else {
                 continue;
@@ -77,7 +104,9 @@ impl ProcRoot {
 
     /// The process name (`comm`, the group leader's).
     pub fn comm(&self, pid: u32) -> Option<Comm> {
-        let raw = fs::read(self.path(format!("{pid}/comm"))).ok()?;
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/comm"))))
+            .ok()?;
         Some(comm_of(&raw))
     }
 
@@ -93,8 +122,10 @@ impl ProcRoot {
     }
 
     fn stat(&self, pid: u32) -> Option<procfs_core::process::Stat> {
-        let raw = fs::read(self.path(format!("{pid}/stat"))).ok()?;
-        procfs_core::process::Stat::from_read(&raw[..]).ok()
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/stat"))))
+            .ok()?;
+        stat_of(&raw)
     }
 
     /// Children of process `pid` (of all its threads), from
@@ -129,7 +160,12 @@ impl ProcRoot {
 
     /// Every process (thread-group) id.
     pub fn pids(&self) -> Vec<u32> {
-        let Ok(dir) = fs::read_dir(self.path("")) else {
+        // Even "not found" counts here: the proc root itself is gone.
+        let Ok(dir) = fs::read_dir(self.path("")).inspect_err(|_| {
+            if let Some(failures) = &self.1 {
+                failures.inc();
+            }
+        }) else {
             return Vec::new();
         };
         dir.flatten()
@@ -137,43 +173,21 @@ impl ProcRoot {
             .collect()
     }
 
-    /// The text of `/proc/<pid>/cgroup`.
+    /// The text of `/proc/<pid>/cgroup` (bytes that are not UTF-8, from a
+    /// cgroup named so, as `\xNN`).
     pub fn cgroup(&self, pid: u32) -> Option<String> {
-        fs::read_to_string(self.path(format!("{pid}/cgroup"))).ok()
+        let raw = self
+            .noted(fs::read(self.path(format!("{pid}/cgroup"))))
+            .ok()?;
+        Some(crate::text::lossless(&raw).into_owned())
     }
 
-    /// The executable of `pid` (`exe` link).
+    /// The executable of `pid` (`exe` link), its exact bytes (see
+    /// [`crate::text::lossless`]).
     pub fn exe(&self, pid: u32) -> Option<String> {
-        fs::read_link(self.path(format!("{pid}/exe")))
+        self.noted(fs::read_link(self.path(format!("{pid}/exe"))))
             .ok()
-            .map(|p| p.display().to_string())
-    }
-
-    /// How many fds process `pid` has open. On procfs since Linux 6.2 the
-    /// size of `/proc/<pid>/fd` is that count (the kernel counts the bits of
-    /// its open-fd bitmap: one `stat`, under a microsecond whatever the
-    /// count); otherwise the directory is listed (getdents, about 0.5 µs per
-    /// fd) without reading any link.
-    pub fn open_fds(&self, pid: u32) -> io::Result<u64> {
-        let dir = self.path(format!("{pid}/fd"));
-        let size = fs::metadata(&dir)?.len();
-        let on_procfs =
-            rustix::fs::statfs(&dir).is_ok_and(|s| s.f_type == rustix::fs::PROC_SUPER_MAGIC);
-        if size > 0 && on_procfs {
-            return Ok(size);
-        }
-        let mut count = 0;
-        for entry in fs::read_dir(&dir)?.flatten() {
-            count += u64::from(number::<i32>(entry.file_name().as_bytes()).is_some());
-        }
-        Ok(count)
-    }
-
-    /// The soft `RLIMIT_NOFILE` of `pid` (`Max open files` in
-    /// `/proc/<pid>/limits`); `None` when it says `unlimited`.
-    pub fn max_fds(&self, pid: u32) -> io::Result<Option<u64>> {
-        let text = fs::read(self.path(format!("{pid}/limits")))?;
-        soft_nofile(&text)
+            .map(|p| crate::text::lossless(p.as_os_str().as_bytes()).into_owned())
     }
 
     /// `net.ipv4.ip_local_port_range` (the kernel's default when unreadable).
@@ -187,6 +201,26 @@ impl ProcRoot {
 /// A decimal file name (`"123"`); anything else is `None`.
 fn number<T: std::str::FromStr>(name: &[u8]) -> Option<T> {
     std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// A `stat` line, parsed by procfs-core once it has the kernel's shape
+/// (`PID (NAME) S …`, the name being anything the process chose). The crate
+/// cuts the line at its parentheses unchecked and panicked on other lines
+/// (`42 () )¡`, found by the fuzz loop).
+pub fn stat_of(raw: &[u8]) -> Option<procfs_core::process::Stat> {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.trim();
+    let (open, close) = (line.find('(')?, line.rfind(')')?);
+    let shaped = open >= 1
+        && close > open
+        && line.as_bytes().get(close + 1) == Some(&b' ')
+        && line
+            .get(close + 2..)
+            .is_some_and(|rest| !rest.is_empty() && rest.is_ascii());
+    if !shaped {
+        return None;
+    }
+    procfs_core::process::Stat::from_read(raw).ok()
 }
 
 /// `socket:[123]` → 123.
@@ -205,18 +239,6 @@ pub fn comm_of(raw: &[u8]) -> Comm {
     Comm::from_bytes(bytes)
 }
 
-/// The soft limit of `Max open files` in a `/proc/<pid>/limits` text
-/// (procfs-core's parser); `None` for `unlimited`.
-pub fn soft_nofile(text: &[u8]) -> io::Result<Option<u64>> {
-    use procfs_core::process::{LimitValue, Limits};
-    let limits = Limits::from_read(text)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(match limits.max_open_files.soft_limit {
-        LimitValue::Value(n) => Some(n),
-        LimitValue::Unlimited => None,
-    })
-}
-
 /// `"32768\t60999\n"` → (32768, 60999).
 pub fn port_range(text: &str) -> Option<(u16, u16)> {
     let mut bounds = text
@@ -228,6 +250,7 @@ pub fn port_range(text: &str) -> Option<(u16, u16)> {
     }
 }
 
+mod fds;
 #[cfg(test)]
 pub(crate) mod fixture;
 
@@ -252,36 +275,27 @@ mod tests {
         );
     }
 
-    /// `/proc/self/limits` of a shell on Linux 6.18, verbatim.
-    const KERNEL_LIMITS: &str = "\
-Limit                     Soft Limit           Hard Limit           Units     
-Max cpu time              unlimited            unlimited            seconds   
-Max file size             unlimited            unlimited            bytes     
-Max data size             unlimited            unlimited            bytes     
-Max stack size            8388608              unlimited            bytes     
-Max core file size        0                    unlimited            bytes     
-Max resident set          unlimited            unlimited            bytes     
-Max processes             96363                96363                processes 
-Max open files            20000                20000                files     
-Max locked memory         8388608              8388608              bytes     
-Max address space         unlimited            unlimited            bytes     
-Max file locks            unlimited            unlimited            locks     
-Max pending signals       96363                96363                signals   
-Max msgqueue size         819200               819200               bytes     
-Max nice priority         0                    0                    
-Max realtime priority     0                    0                    
-Max realtime timeout      unlimited            unlimited            us        
-";
-
     #[test]
-    fn parses_the_soft_open_files_limit() {
-        assert_eq!(soft_nofile(KERNEL_LIMITS.as_bytes()).unwrap(), Some(20000));
-        let text = fixture::limits_text("1024", "524288");
-        assert_eq!(soft_nofile(text.as_bytes()).unwrap(), Some(1024));
-        let text = fixture::limits_text("unlimited", "unlimited");
-        assert_eq!(soft_nofile(text.as_bytes()).unwrap(), None);
-        assert!(soft_nofile(b"Max open files lots\n").is_err());
-        assert!(soft_nofile(b"").is_err());
+    fn stat_lines_not_shaped_like_the_kernel_s_are_refused_not_a_panic() {
+        // Found by the fuzz loop: procfs-core panicked on each of these.
+        for line in [
+            &b"42 () )\xc2\xa1\n"[..],
+            b"(x) S 1",
+            b"42 )x( S 1",
+            b"42 (x)",
+        ] {
+            assert!(
+                stat_of(line).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let real = b"42 (evil) (name) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4200 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+        let stat = stat_of(real).expect("a name with parentheses is fine");
+        assert_eq!(
+            (stat.ppid, stat.starttime, stat.comm.as_str()),
+            (1, 4200, "evil) (name")
+        );
     }
 
     #[test]
@@ -311,47 +325,26 @@ Max realtime timeout      unlimited            unlimited            us
     }
 
     #[test]
-    fn counts_open_fds_and_reads_the_fd_limit_of_a_fixture() {
+    fn failed_reads_are_counted_but_a_process_that_exited_is_not() {
         let mut proc = FakeProc::new();
-        proc.process(10, 1, "server")
-            .socket(3, 500)
-            .socket(4, 501)
-            .file(0)
-            .nofile("4096", "8192");
-        proc.process(11, 1, "bare");
-        let root = proc.root();
-        // Not procfs: the fixture's directory size is no fd count.
-        assert_eq!(root.open_fds(10).unwrap(), 3);
-        assert_eq!(root.max_fds(10).unwrap(), Some(4096));
-        assert_eq!(root.open_fds(11).unwrap(), 0);
-        assert!(root.max_fds(11).is_err(), "no limits file");
-        assert!(root.open_fds(99).is_err() && root.max_fds(99).is_err());
-    }
-
-    #[test]
-    fn counts_the_fds_of_a_real_process() {
-        use std::process::{Command, Stdio};
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let root = ProcRoot::real();
-        let pid = child.id();
-        // stdin, stdout, stderr, and whatever the test runner passed down
-        // without close-on-exec (cargo's jobserver pipe).
-        let open = root.open_fds(pid);
-        let listed = fs::read_dir(root.path(format!("{pid}/fd"))).map(|d| d.count() as u64);
-        let max = root.max_fds(pid);
-        let _ = child.kill();
-        let _ = child.wait();
-        let open = open.unwrap();
-        assert!(open >= 3, "{open}");
-        assert_eq!(listed.unwrap(), open, "the listing agrees");
-        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-        assert_eq!(max.unwrap(), soft);
+        proc.process(10, 1, "server").socket(3, 500);
+        let failures = prometheus::IntCounter::new("f", "f").unwrap();
+        let root = proc.root().counting_failures(failures.clone());
+        assert_eq!(root.pids(), vec![10]);
+        assert!(root.socket_fds(99).is_err() && root.comm(99).is_none());
+        assert_eq!(failures.get(), 0, "pid 99 is simply gone");
+        // An fd table the daemon may not read (a real permission failure).
+        std::fs::write(proc.dir().join("11"), "").unwrap();
+        std::fs::create_dir_all(proc.dir().join("12")).unwrap();
+        std::fs::write(proc.dir().join("12/fd"), "not a directory").unwrap();
+        assert!(root.socket_fds(12).is_err());
+        assert_eq!(failures.get(), 1, "ENOTDIR counts");
+        // The proc root vanishes.
+        let dir = proc.dir().to_path_buf();
+        drop(proc);
+        assert!(!dir.exists());
+        assert!(root.pids().is_empty());
+        assert_eq!(failures.get(), 2, "a vanished proc root counts");
     }
 
     #[test]

@@ -71,7 +71,8 @@ impl Refresh {
         let found = w.scan(&pids);
         let scanned: HashSet<u32> = pids.iter().copied().collect();
         let mut table = w.state.lock_table();
-        let update = |entry: &mut SockEntry| {
+        // The holders of an entry, with what the scanned processes hold now.
+        let rescanned = |entry: &SockEntry| -> Option<Vec<Holder>> {
             let mut holders: Vec<Holder> = entry
                 .holders
                 .iter()
@@ -79,15 +80,21 @@ impl Refresh {
                 .filter(|h| !scanned.contains(&h.pid))
                 .collect();
             holders.extend(found.get(&entry.inode).into_iter().flatten().copied());
-            if holders != entry.holders {
-                entry.set_holders(holders);
-            }
+            holders.sort_unstable();
+            holders.dedup();
+            (holders != entry.holders).then_some(holders)
         };
-        for entry in table.iter_mut() {
-            update(entry);
+        let changed: Vec<(u64, Vec<Holder>)> = table
+            .iter()
+            .filter_map(|e| rescanned(&e).map(|h| (e.cookie, h)))
+            .collect();
+        for (cookie, holders) in changed {
+            table.set_holders(cookie, holders);
         }
         for dead in table.dead_mut().filter(|d| d.verified) {
-            update(&mut dead.sock);
+            if let Some(holders) = rescanned(&dead.sock) {
+                dead.sock.set_holders(holders);
+            }
         }
         let gone: Vec<u64> = table
             .dead()
@@ -113,7 +120,11 @@ impl Refresh {
         self.since = 0;
         self.shared_socks.clear();
         self.holder_pids.clear();
-        let dead = table.dead().filter(|d| d.verified).map(|d| &d.sock);
+        let dead: Vec<SockEntry> = table
+            .dead()
+            .filter(|d| d.verified)
+            .map(|d| d.sock.clone())
+            .collect();
         let mut last = None;
         for entry in table.iter().chain(dead) {
             for h in &entry.holders {

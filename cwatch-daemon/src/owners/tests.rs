@@ -207,6 +207,28 @@ fn dead_sockets_are_checked_after_their_grace() {
 }
 
 #[test]
+fn a_dead_socket_never_resolved_gets_a_walk_not_a_verdict() {
+    // Killed while young: no holder was ever looked up and the kernel named
+    // nobody. Dropping it as "held by none of its candidates" would hide a
+    // leaked fd.
+    let mut proc = FakeProc::new();
+    proc.process(70, 1, "leaker").socket(9, inode(5));
+    let (mut w, state, clock) = worker(&proc);
+    let sock = SockEntry::from_record(&record(5, T0, None));
+    state.lock_table().insert_dead(DeadEntry::left(
+        sock,
+        T0,
+        cwatch_common::tcp_state::CLOSE as u16,
+    ));
+    clock.advance(DEAD_GRACE + MS);
+    w.resolve_pending();
+    assert_eq!(state.telemetry.procfs_scan_counts().1, 1, "one walk");
+    let table = state.lock_table();
+    let held = table.dead().next().map(|d| (d.sock.cookie, d.verified));
+    assert_eq!(held, Some((5, true)), "verified held by pid 70");
+}
+
+#[test]
 fn refresh_follows_shared_sockets_and_forked_children() {
     let mut proc = FakeProc::new();
     proc.process(70, 1, "parent").socket(3, inode(10));

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::{
     DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, WALK_MIN_GAP,
-    procfs::ProcRoot,
+    cgroups::Cgroups, procfs::ProcRoot,
 };
 use crate::{
     state::State,
@@ -80,6 +80,10 @@ pub(super) struct Worker {
     missed: HashMap<u64, Instant>,
     /// Bumped whenever holders are set (see `refresh`).
     pub(super) epoch: u64,
+    /// Processes seen holding tracked sockets: the candidates of a socket
+    /// nothing else points at (a leaking process leaks again).
+    holder_pids: HashSet<u32>,
+    cgroups: Cgroups,
 }
 
 impl Worker {
@@ -92,6 +96,8 @@ impl Worker {
             comms: HashMap::new(),
             next_scan: HashMap::new(),
             missed: HashMap::new(),
+            holder_pids: HashSet::new(),
+            cgroups: Cgroups::default(),
             epoch: 0,
         }
     }
@@ -99,6 +105,19 @@ impl Worker {
     /// Now, on the state's clock (a test's clock in unit tests).
     pub(super) fn now(&self) -> Instant {
         Instant(self.state.clock.now_ns())
+    }
+
+    /// Whether some socket still waits for its holders (or a dead one for
+    /// its verdict): the worker then looks again after a [`TICK`].
+    pub(super) fn has_pending(&self) -> bool {
+        let table = self.state.lock_table();
+        table.unresolved().next().is_some() || table.unverified().next().is_some()
+    }
+
+    /// Whether there is anything for the periodic refresh to re-check.
+    pub(super) fn has_holders(&self) -> bool {
+        let table = self.state.lock_table();
+        !table.is_empty() || table.dead_len() > 0
     }
 
     /// Process names are read again at the next pass.
@@ -115,29 +134,49 @@ impl Worker {
         self.comm(pid).map(|comm| Holder { pid, fd, comm })
     }
 
+    /// Where the holder of a socket with owner hint `hint` and cgroup
+    /// `cgroup` is likely to be: the process the kernel named, else its
+    /// cgroup's processes, else the processes known to hold tracked sockets.
+    /// Empty: nothing points anywhere, only a walk can tell.
+    fn candidates(&mut self, hint: Option<u32>, cgroup: u64) -> Vec<u32> {
+        if let Some(pid) = hint {
+            return vec![pid];
+        }
+        let members = self.cgroups.processes(&self.proc, cgroup);
+        if !members.is_empty() {
+            return members;
+        }
+        self.holder_pids.iter().copied().collect()
+    }
+
     /// Sockets past their grace that still need holders, and dead sockets
     /// past their grace that still need a verdict.
     fn pending(&mut self) -> Vec<Pending> {
         let now = self.state.clock.now_ns();
         let grace = GRACE.as_nanos() as u64;
-        let mut table = self.state.lock_table();
         let mut out = Vec::new();
         let mut unaccepted = Vec::new();
-        for entry in table.unresolved() {
-            if now.saturating_sub(entry.start_ns) < grace {
-                continue;
-            }
-            if entry.inode == 0 {
-                unaccepted.push(entry.cookie);
+        let live: Vec<(u64, u64, Option<u32>, u64)> = {
+            let table = self.state.lock_table();
+            table
+                .unresolved()
+                .filter(|e| now.saturating_sub(e.start_ns) >= grace)
+                .map(|e| (e.cookie, e.inode, e.hint.map(|h| h.pid), e.cgroup))
+                .collect()
+        };
+        for (cookie, inode, hint, cgroup) in live {
+            if inode == 0 {
+                unaccepted.push(cookie);
                 continue;
             }
             out.push(Pending {
-                cookie: entry.cookie,
-                inode: entry.inode,
-                candidates: entry.hint.map(|h| h.pid).into_iter().collect(),
+                cookie,
+                inode,
+                candidates: self.candidates(hint, cgroup),
                 dead: false,
             });
         }
+        let mut table = self.state.lock_table();
         // Unaccepted: no fd anywhere; the listener is the owner.
         if !unaccepted.is_empty() {
             self.epoch += 1;
@@ -152,6 +191,8 @@ impl Worker {
             }
             let mut candidates: Vec<u32> = dead.sock.holders.iter().map(|h| h.pid).collect();
             candidates.extend(dead.sock.hint.map(|h| h.pid));
+            // Never resolved (it left while young) and no hint: an orphan,
+            // left to a walk.
             out.push(Pending {
                 cookie: dead.sock.cookie,
                 inode: dead.sock.inode,
@@ -167,12 +208,22 @@ impl Worker {
     pub(super) fn resolve_pending(&mut self) {
         let now = self.now();
         self.next_scan.retain(|_, t| *t > now);
-        // Candidates over their scan budget wait for a later pass.
-        let pending: Vec<Pending> = self
+        // Candidates over their scan budget wait for a later pass; sockets
+        // nothing points at wait for a walk.
+        let (orphans, pending): (Vec<Pending>, Vec<Pending>) = self
             .pending()
             .into_iter()
             .filter(|p| !p.candidates.iter().any(|c| self.next_scan.contains_key(c)))
-            .collect();
+            .partition(|p| p.candidates.is_empty());
+        let walk_due = self.last_walk.is_none_or(|t| now - t >= WALK_MIN_GAP);
+        if !orphans.is_empty() && walk_due {
+            debug!(
+                sockets = orphans.len(),
+                "sockets no process points at: walking /proc"
+            );
+            self.walk();
+            return;
+        }
         if pending.is_empty() {
             return;
         }
@@ -210,7 +261,6 @@ impl Worker {
             self.missed.entry(*cookie).or_insert(now);
         }
         let overdue = self.missed.values().any(|t| now - *t >= MISS_PATIENCE);
-        let walk_due = self.last_walk.is_none_or(|t| now - t >= WALK_MIN_GAP);
         let missing = missing.len();
         if overdue && walk_due {
             self.missed.clear();
@@ -239,6 +289,7 @@ impl Worker {
         };
         for p in pending {
             let holders = found.get(&p.inode).cloned().unwrap_or_default();
+            self.holder_pids.extend(holders.iter().map(|h| h.pid));
             if p.dead {
                 if holders.is_empty() {
                     table.remove_dead(p.cookie);
@@ -249,7 +300,7 @@ impl Worker {
                 if holders.is_empty() && retry {
                     continue;
                 }
-                observe(entry);
+                observe(&entry);
                 table.set_holders(p.cookie, holders);
             }
         }
@@ -261,8 +312,9 @@ impl Worker {
                 .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
                 .collect();
             for (cookie, holders) in seen {
+                self.holder_pids.extend(holders.iter().map(|h| h.pid));
                 if let Some(entry) = table.get(cookie) {
-                    observe(entry);
+                    observe(&entry);
                 }
                 table.set_holders(cookie, holders);
             }
@@ -293,6 +345,8 @@ impl Worker {
     /// Scans every process and sets the holders of every tracked socket.
     pub(super) fn walk(&mut self) {
         let pids = self.proc.pids();
+        // Learned afresh from what the walk finds: exited processes go.
+        self.holder_pids.clear();
         self.known_pids = pids.iter().copied().collect();
         let found = self.scan(&pids);
         self.last_walk = Some(self.now());

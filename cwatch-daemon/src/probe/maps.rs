@@ -1,23 +1,27 @@
 /*!
-The loaded probes and every operation on their maps: the kernel's counters,
-the `CLOSE_WAIT` and `LINGER` maps read whole (in batches) or corrected
-entry by entry, and what the kernel says each program costs.
+The loaded probes and every operation on their maps: the kernel's counters
+and duration histogram, `YOUNG` read whole and its sockets reported into
+`CLOSE_WAIT`, the `CLOSE_WAIT` and `LINGER` maps read whole (in batches) or
+corrected entry by entry, the listener of a port, the control words, the
+watch list, and what the kernel says each program costs.
 
-Reads of the counters and of the programs' statistics need no lock; the two
-hash maps are behind a mutex each, held only for the bpf() calls on them.
+Reads of the per-CPU arrays and of the programs' statistics need no lock;
+the maps that are written are behind a mutex each, held only for the bpf()
+calls on them.
 */
 use std::{collections::HashMap as StdHashMap, io, sync::Mutex};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, IterableMap as _, MapData, PerCpuArray},
-};
-use cwatch_common::{Event, SockRecord, counter, names};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
+use cwatch_common::{Event, Listener, ListenerKey, SockRecord, control, counter, hist, names};
 
 use super::{PROGRAMS, ProbeError, batch};
 
 /// Kernel counter totals, indexed by `cwatch_common::counter`.
 pub type KernelCounters = [u64; counter::LEN as usize];
+
+/// The kernel's duration histogram summed over CPUs, indexed by
+/// `cwatch_common::hist` (buckets, +Inf, sum of ns).
+pub type KernelHistogram = [u64; hist::LEN as usize];
 
 /// What the kernel says about one of our programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,48 +31,76 @@ pub struct ProgramStats {
     pub run_count: u64,
 }
 
+/// The maps as the loader hands them over.
+pub(super) struct Maps {
+    pub counters: PerCpuArray<MapData, u64>,
+    pub young: HashMap<MapData, u64, SockRecord>,
+    pub close_wait: HashMap<MapData, u64, SockRecord>,
+    pub linger: HashMap<MapData, u64, Event>,
+    pub listeners: HashMap<MapData, ListenerKey, Listener>,
+    pub watched: Array<MapData, u64>,
+    pub control: Array<MapData, u32>,
+    pub hist: PerCpuArray<MapData, u64>,
+}
+
 /// The loaded, attached programs and the maps userspace reads. Dropping it
 /// detaches the programs and closes the maps (the pins stay).
 pub struct Probes {
     /// Owns the programs and their links.
-    ebpf: Ebpf,
+    ebpf: aya::Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    hist: PerCpuArray<MapData, u64>,
+    young: Mutex<HashMap<MapData, u64, SockRecord>>,
     close_wait: Mutex<HashMap<MapData, u64, SockRecord>>,
     close_wait_capacity: u32,
     linger: Mutex<HashMap<MapData, u64, Event>>,
+    listeners: HashMap<MapData, ListenerKey, Listener>,
+    watched: Mutex<Array<MapData, u64>>,
+    control: Mutex<Array<MapData, u32>>,
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+/// Per-CPU slots `0..N` of `map`, each summed over CPUs.
+fn per_cpu_totals<const N: usize>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<[u64; N], ProbeError> {
+    let mut totals = [0u64; N];
+    for (index, total) in totals.iter_mut().enumerate() {
+        let values = map.get(&(index as u32), 0).map_err(map_error(name))?;
+        *total = values.iter().sum();
+    }
+    Ok(totals)
 }
 
 impl Probes {
-    pub(super) fn new(
-        ebpf: Ebpf,
-        counters: PerCpuArray<MapData, u64>,
-        close_wait: HashMap<MapData, u64, SockRecord>,
-        linger: HashMap<MapData, u64, Event>,
-    ) -> Self {
-        let close_wait_capacity = close_wait.map().info().map_or(0, |i| i.max_entries());
+    pub(super) fn new(ebpf: aya::Ebpf, maps: Maps) -> Self {
+        let close_wait_capacity = maps.close_wait.map().info().map_or(0, |i| i.max_entries());
         Self {
             ebpf,
-            counters,
-            close_wait: Mutex::new(close_wait),
+            counters: maps.counters,
+            hist: maps.hist,
+            young: Mutex::new(maps.young),
+            close_wait: Mutex::new(maps.close_wait),
             close_wait_capacity,
-            linger: Mutex::new(linger),
+            linger: Mutex::new(maps.linger),
+            listeners: maps.listeners,
+            watched: Mutex::new(maps.watched),
+            control: Mutex::new(maps.control),
         }
     }
 
     /// Sums of the per-CPU kernel counters, indexed by `cwatch_common::counter`.
     pub fn counter_totals(&self) -> Result<KernelCounters, ProbeError> {
-        let mut totals = [0u64; counter::LEN as usize];
-        for (index, total) in totals.iter_mut().enumerate() {
-            let values =
-                self.counters
-                    .get(&(index as u32), 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: names::MAP_COUNTERS,
-                        source,
-                    })?;
-            *total = values.iter().sum();
-        }
-        Ok(totals)
+        per_cpu_totals(&self.counters, names::MAP_COUNTERS)
+    }
+
+    /// The duration histogram, summed over CPUs.
+    pub fn histogram(&self) -> Result<KernelHistogram, ProbeError> {
+        per_cpu_totals(&self.hist, names::MAP_HIST)
     }
 
     /// Run time and run count of each attached program, as the kernel
@@ -92,6 +124,34 @@ impl Probes {
         self.close_wait_capacity
     }
 
+    /// Every record of `YOUNG`: sockets in CLOSE_WAIT not reported yet.
+    pub fn young_snapshot(&self) -> io::Result<StdHashMap<u64, SockRecord>> {
+        snapshot(&self.young.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reports `rec` (a socket that stayed in CLOSE_WAIT past the grace):
+    /// moves its record from `YOUNG` to `CLOSE_WAIT`. `false` when it left
+    /// CLOSE_WAIT meanwhile (the kernel deleted it from `YOUNG` first): then
+    /// nothing of it is left behind.
+    pub fn report(&self, rec: &SockRecord) -> Result<bool, ProbeError> {
+        let mut close_wait = self.close_wait.lock().unwrap_or_else(|e| e.into_inner());
+        close_wait
+            .insert(rec.cookie, *rec, 0)
+            .map_err(map_error(names::MAP_CLOSE_WAIT))?;
+        let moved = self
+            .young
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.cookie)
+            .is_ok();
+        if !moved {
+            // It left between our read and now; the kernel found it in
+            // `YOUNG` and did not look in `CLOSE_WAIT`.
+            let _ = close_wait.remove(&rec.cookie);
+        }
+        Ok(moved)
+    }
+
     /// Every record of the `CLOSE_WAIT` map.
     pub fn close_wait_snapshot(&self) -> io::Result<StdHashMap<u64, SockRecord>> {
         snapshot(&self.close_wait.lock().unwrap_or_else(|e| e.into_inner()))
@@ -108,10 +168,7 @@ impl Probes {
         let mut map = self.close_wait.lock().unwrap_or_else(|e| e.into_inner());
         for rec in add {
             map.insert(rec.cookie, *rec, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: names::MAP_CLOSE_WAIT,
-                    source,
-                })?;
+                .map_err(map_error(names::MAP_CLOSE_WAIT))?;
         }
         for cookie in remove {
             // Gone already (the kernel raced us) is fine.
@@ -120,12 +177,59 @@ impl Probes {
         Ok(())
     }
 
+    /// Deletes `cookies` from `YOUNG`.
+    pub fn forget_young(&self, cookies: &[u64]) {
+        let mut map = self.young.lock().unwrap_or_else(|e| e.into_inner());
+        for cookie in cookies {
+            let _ = map.remove(cookie);
+        }
+    }
+
     /// Deletes `cookies` from the `LINGER` map.
     pub fn forget_linger(&self, cookies: &[u64]) {
         let mut map = self.linger.lock().unwrap_or_else(|e| e.into_inner());
         for cookie in cookies {
             let _ = map.remove(cookie);
         }
+    }
+
+    /// Who listens on `port` in network namespace `netns`, if the kernel saw
+    /// it call listen().
+    pub fn listener(&self, netns: u32, port: u16) -> Option<Listener> {
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        self.listeners.get(&key, 0).ok()
+    }
+
+    /// Control word `index` (`cwatch_common::control`).
+    pub fn control(&self, index: u32) -> Result<u32, ProbeError> {
+        let control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        control
+            .get(&index, 0)
+            .map_err(map_error(names::MAP_CONTROL))
+    }
+
+    /// Sets control word `index`.
+    pub fn set_control(&self, index: u32, value: u32) -> Result<(), ProbeError> {
+        debug_assert!(index < control::LEN);
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        control
+            .set(index, value, 0)
+            .map_err(map_error(names::MAP_CONTROL))
+    }
+
+    /// Writes words of the watch list's bitmap: (word index, word).
+    pub fn set_watched(&self, words: &[(u32, u64)]) -> Result<(), ProbeError> {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for &(index, word) in words {
+            watched
+                .set(index, word, 0)
+                .map_err(map_error(names::MAP_WATCHED))?;
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,10 @@ mod batch;
 mod maps;
 pub mod mounts;
 pub mod offsets;
+pub mod pindir;
 pub mod pins;
+pub mod preflight;
+mod rollback;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +26,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 use cwatch_common::names;
-pub use maps::{KernelCounters, Probes, ProgramStats};
+pub use maps::{KernelCounters, KernelHistogram, Probes, ProgramStats};
 use tracing::info;
 
 /// The object built by build.rs from cwatch-ebpf.
@@ -38,9 +41,18 @@ pub struct LoadOptions {
     /// Where the long-lived maps are pinned; `None`: not pinned (they die
     /// with the daemon).
     pub pin_dir: Option<PathBuf>,
+    /// Whether `pin_dir` was created for this start (by the claim): a failed
+    /// start removes it again.
+    pub pin_dir_created: bool,
     /// Size of the event ring buffer in bytes (a power of two, at least a
     /// page).
     pub ring_bytes: u32,
+    /// Entries of `YOUNG`: how many sockets may be in CLOSE_WAIT for less
+    /// than the grace at once.
+    pub young_entries: u32,
+    /// The kernel's BTF (`/sys/kernel/btf/vmlinux` unless the hidden
+    /// `--kernel-btf` says otherwise).
+    pub btf: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +68,10 @@ pub enum ProbeError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("program `{name}`")]
+    #[error(
+        "the kernel refused program `{name}` (tp_btf/{name}; it needs CONFIG_BPF_SYSCALL, \
+         CONFIG_DEBUG_INFO_BTF and no seccomp, LSM or lockdown policy denying BPF)"
+    )]
     Program {
         name: &'static str,
         #[source]
@@ -82,20 +97,26 @@ pub enum ProbeError {
 pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
     mounts::ensure_all();
     raise_memlock();
-    let kernel_offsets = offsets::from_running_kernel()?;
-    let btf = Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let kernel_offsets = offsets::resolve(&offsets::read(&options.btf)?)?;
+    let btf = Btf::parse_file(&options.btf, aya::Endianness::default()).map_err(ProbeError::Btf)?;
+    // Nothing half-started: pins this start creates go again if it fails.
+    let mut rollback =
+        rollback::Rollback::before(options.pin_dir.as_deref(), options.pin_dir_created);
     let pin_paths = match &options.pin_dir {
-        Some(dir) => pins::prepare(dir).map_err(|source| ProbeError::Pins {
-            dir: dir.display().to_string(),
-            source,
-        })?,
+        Some(dir) => {
+            pins::prepare(dir, options.young_entries).map_err(|source| ProbeError::Pins {
+                dir: dir.display().to_string(),
+                source,
+            })?
+        }
         None => Vec::new(),
     };
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
-        .map_max_entries(names::MAP_EVENTS, options.ring_bytes);
+        .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
+        .map_max_entries(names::MAP_YOUNG, options.young_entries);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -120,11 +141,19 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
             .map_err(|source| ProbeError::Program { name, source })?;
         info!(program = name, "attached tp_btf/{name}");
     }
-    let counters = take_map(&mut ebpf, names::MAP_COUNTERS)?;
-    let close_wait = take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?;
-    let linger = take_map(&mut ebpf, names::MAP_LINGER)?;
+    let maps = maps::Maps {
+        counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+        young: take_map(&mut ebpf, names::MAP_YOUNG)?,
+        close_wait: take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?,
+        linger: take_map(&mut ebpf, names::MAP_LINGER)?,
+        listeners: take_map(&mut ebpf, names::MAP_LISTENERS)?,
+        watched: take_map(&mut ebpf, names::MAP_WATCHED)?,
+        control: take_map(&mut ebpf, names::MAP_CONTROL)?,
+        hist: take_map(&mut ebpf, names::MAP_HIST)?,
+    };
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
-    Ok((Probes::new(ebpf, counters, close_wait, linger), events))
+    rollback.keep();
+    Ok((Probes::new(ebpf, maps), events))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

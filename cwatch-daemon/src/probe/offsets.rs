@@ -11,7 +11,8 @@ unexpected (missing field, bitfield, other size) is an error naming the field.
 use btf_rs::{Btf, Type};
 use cwatch_common::{FILE_REF_BIASED, FILE_REF_COUNT, FILE_REF_UNKNOWN, KernelOffsets};
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+#[cfg(test)]
+pub const VMLINUX_BTF: &str = crate::config::DEFAULT_KERNEL_BTF;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
@@ -38,13 +39,63 @@ pub enum OffsetsError {
     },
 }
 
-/// Reads the running kernel's BTF and resolves every offset.
-pub fn from_running_kernel() -> Result<KernelOffsets, OffsetsError> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|reason| OffsetsError::Read {
-        path: VMLINUX_BTF.to_string(),
+/// Reads and parses a BTF file, its header checked first: the parser
+/// trusts the header's section offsets (an overflowing one made it panic,
+/// found by the fuzz loop), so a file whose sections do not lie inside it
+/// is refused here.
+pub fn read(path: &std::path::Path) -> Result<Btf, OffsetsError> {
+    let failed = |reason: anyhow::Error| OffsetsError::Read {
+        path: path.display().to_string(),
         reason,
-    })?;
-    resolve(&btf)
+    };
+    let bytes = std::fs::read(path).map_err(|e| failed(e.into()))?;
+    parse(&bytes).map_err(failed)
+}
+
+/// [`read`]'s parse half.
+pub fn parse(bytes: &[u8]) -> anyhow::Result<Btf> {
+    check_header(bytes)?;
+    Btf::from_bytes(bytes)
+}
+
+/// The BTF header (`struct btf_header`): magic, version 1, and sections
+/// that lie inside the file.
+pub fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    let u32_at = |at: usize, big: bool| -> anyhow::Result<u64> {
+        let b: [u8; 4] = bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("not BTF: {} bytes is too short for a header", bytes.len())
+            })?;
+        Ok(u64::from(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }))
+    };
+    let big = match bytes.get(..2) {
+        Some([0x9f, 0xeb]) => false,
+        Some([0xeb, 0x9f]) => true,
+        _ => anyhow::bail!("not BTF (no 0xeb9f magic)"),
+    };
+    if bytes.get(2) != Some(&1) {
+        anyhow::bail!("BTF version {:?} (cwatch reads version 1)", bytes.get(2));
+    }
+    let len = bytes.len() as u64;
+    let hdr_len = u32_at(4, big)?;
+    if hdr_len < 24 || hdr_len > len {
+        anyhow::bail!("BTF header length {hdr_len} does not fit a {len}-byte file");
+    }
+    for (what, off_at) in [("type", 8), ("string", 16)] {
+        let (off, size) = (u32_at(off_at, big)?, u32_at(off_at + 4, big)?);
+        if hdr_len + off + size > len {
+            anyhow::bail!(
+                "BTF {what} section ({size} bytes at {off}) lies past the end of the file ({len} bytes)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Resolves every field of `KernelOffsets` in `btf`.
@@ -61,6 +112,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         (Err(err), _) | (_, Err(err)) => return Err(err),
     };
     let (socket_file, file_ref, file_ref_kind) = file_ref(btf)?;
+    let (sk_cgroup, cgroup_kn, kernfs_id, has_cgroup) = cgroup(btf)?;
     Ok(KernelOffsets {
         sk_family: sock("__sk_common.skc_family", 2)?,
         sk_protocol: sock("sk_protocol", 2)?,
@@ -86,7 +138,36 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
         socket_file,
         file_ref,
         file_ref_kind,
+        sk_cgroup,
+        cgroup_kn,
+        kernfs_id,
+        has_cgroup,
         _pad: 0,
+    })
+}
+
+/// A field that may be missing: `Ok(None)` when the kernel has no such
+/// field or struct.
+fn optional(r: Result<u32, OffsetsError>) -> Result<Option<u32>, OffsetsError> {
+    match r {
+        Ok(offset) => Ok(Some(offset)),
+        Err(OffsetsError::NoField { .. } | OffsetsError::NoStruct(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// The socket's cgroup and its id: `sock.sk_cgrp_data.cgroup`,
+/// `cgroup.kn`, `kernfs_node.id`. Optional: without them (no
+/// CONFIG_SOCK_CGROUP_DATA) the cgroup id is 0 and attribution does without.
+fn cgroup(btf: &Btf) -> Result<(u32, u32, u32, u32), OffsetsError> {
+    let fields = (
+        optional(field(btf, "sock", "sk_cgrp_data.cgroup", 8))?,
+        optional(field(btf, "cgroup", "kn", 8))?,
+        optional(field(btf, "kernfs_node", "id", 8))?,
+    );
+    Ok(match fields {
+        (Some(sk), Some(kn), Some(id)) => (sk, kn, id, 1),
+        _ => (0, 0, 0, 0),
     })
 }
 
@@ -94,11 +175,6 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetsError> {
 /// it (`FILE_REF_*`). Optional: without them every socket that leaves
 /// CLOSE_WAIT is treated as possibly still held (slower, never wrong).
 fn file_ref(btf: &Btf) -> Result<(u32, u32, u32), OffsetsError> {
-    let optional = |r: Result<u32, OffsetsError>| match r {
-        Ok(offset) => Ok(Some(offset)),
-        Err(OffsetsError::NoField { .. } | OffsetsError::NoStruct(_)) => Ok(None),
-        Err(err) => Err(err),
-    };
     let Some(socket_file) = optional(field(btf, "socket", "file", 8))? else {
         return Ok((0, 0, FILE_REF_UNKNOWN));
     };
@@ -145,7 +221,7 @@ fn locate(btf: &Btf, strukt: &str, path: &str) -> Result<(u32, usize), OffsetsEr
     let mut bitfield = false;
     let mut walked = String::new();
     for name in path.split('.') {
-        let Some(member) = find_member(btf, &ty, name).map_err(malformed)? else {
+        let Some(member) = find_member(btf, &ty, name, 0).map_err(malformed)? else {
             let owner = if walked.is_empty() {
                 strukt.to_string()
             } else {
@@ -195,8 +271,16 @@ struct Member {
     ty: Type,
 }
 
+/// How deep anonymous members and arrays may nest. A kernel's nest a few
+/// levels; a hostile or broken BTF whose types contain themselves made the
+/// lookup recurse until the stack overflowed (found by the fuzz loop).
+const MAX_NESTING: u32 = 32;
+
 /// Finds member `name` of a struct/union, descending into anonymous members.
-fn find_member(btf: &Btf, ty: &Type, name: &str) -> anyhow::Result<Option<Member>> {
+fn find_member(btf: &Btf, ty: &Type, name: &str, depth: u32) -> anyhow::Result<Option<Member>> {
+    if depth > MAX_NESTING {
+        anyhow::bail!("anonymous members nest deeper than {MAX_NESTING} levels");
+    }
     let members = match ty {
         Type::Struct(s) | Type::Union(s) => &s.members,
         _ => return Ok(None),
@@ -215,7 +299,7 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> anyhow::Result<Option<Member
         }
         if member_name.is_empty() {
             let inner = strip_modifiers(btf, btf.resolve_chained_type(member)?)?;
-            if let Some(found) = find_member(btf, &inner, name)? {
+            if let Some(found) = find_member(btf, &inner, name, depth + 1)? {
                 return Ok(Some(Member {
                     bit_offset: bit_offset + found.bit_offset,
                     ..found
@@ -242,6 +326,13 @@ fn strip_modifiers(btf: &Btf, mut ty: Type) -> anyhow::Result<Type> {
 }
 
 fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
+    sized(btf, ty, 0)
+}
+
+fn sized(btf: &Btf, ty: &Type, depth: u32) -> anyhow::Result<usize> {
+    if depth > MAX_NESTING {
+        anyhow::bail!("arrays nest deeper than {MAX_NESTING} levels");
+    }
     Ok(match ty {
         Type::Int(i) => i.size(),
         Type::Ptr(_) => 8,
@@ -250,7 +341,9 @@ fn type_size(btf: &Btf, ty: &Type) -> anyhow::Result<usize> {
         Type::Enum64(e) => e.size(),
         Type::Array(a) => {
             let elem = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
-            type_size(btf, &elem)? * a.len()
+            sized(btf, &elem, depth + 1)?
+                .checked_mul(a.len())
+                .ok_or_else(|| anyhow::anyhow!("array size overflows"))?
         }
         other => anyhow::bail!("unexpected {} type", other.name()),
     })

@@ -1,16 +1,22 @@
 /*!
-Pinned maps: the records that must outlive the daemon (`CLOSE_WAIT`,
-`LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
+Pinned maps: the records that must outlive the daemon (`YOUNG`,
+`CLOSE_WAIT`, `LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
 (default `/sys/fs/bpf/cwatch`), so a restart, even after SIGKILL, finds every
 socket's true CLOSE_WAIT start instead of estimating it.
 
 Pins left by another build may not match this one. Before loading, every pin
 is checked against the layout this daemon was built with (map type, key and
 value size, capacity, flags, and the `LAYOUT` version); a pin that does not
-match is logged and removed, and the loader creates it afresh.
+match is logged and removed, and the loader creates it afresh — unless the
+`LAYOUT` map says a newer cwatch wrote them: those are never rebuilt over
+(the daemon then runs without pins, see [`super::pindir`]).
+
+The directory is owner-only (0700), and so are the pins (the kernel creates
+them 0600): no other user can read a record, or forge one.
 */
 use std::{
     io,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -31,9 +37,18 @@ pub struct Spec {
     pub flags: u32,
 }
 
-/// The maps cwatch pins, as the eBPF object defines them.
-pub fn specs() -> [Spec; 5] {
+/// The maps cwatch pins, as the eBPF object defines them (`young`: the
+/// configured size of `YOUNG`).
+pub fn specs(young: u32) -> [Spec; 6] {
     [
+        Spec {
+            name: names::MAP_YOUNG,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: size_of::<SockRecord>() as u32,
+            max_entries: young,
+            flags: 0,
+        },
         Spec {
             name: names::MAP_CLOSE_WAIT,
             map_type: MapType::Hash,
@@ -139,12 +154,50 @@ fn layout_version(path: &Path) -> Result<u32, Mismatch> {
         .map_err(|e| Mismatch::Unreadable(e.to_string()))
 }
 
-/// Makes `dir` hold only pins this build can reuse: creates it, removes
-/// every mismatching pin (logged), and, when the layout version differs,
-/// all of them. Returns the pin path of each map for the loader.
-pub fn prepare(dir: &Path) -> io::Result<Vec<(&'static str, PathBuf)>> {
-    std::fs::create_dir_all(dir)?;
-    let specs = specs();
+/// The names of the pinned maps (the same whatever the `YOUNG` size).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    specs(0).into_iter().map(|s| s.name)
+}
+
+/// The `LAYOUT` version pinned in `dir`, when there is a readable `LAYOUT`
+/// pin of the right shape.
+pub fn pinned_layout(dir: &Path) -> Option<u32> {
+    let path = dir.join(names::MAP_LAYOUT);
+    // The LAYOUT map's shape does not depend on the YOUNG map's size.
+    let spec = specs(0).into_iter().find(|s| s.name == names::MAP_LAYOUT)?;
+    path.exists()
+        .then(|| {
+            check(&path, &spec)
+                .and_then(|()| layout_version(&path))
+                .ok()
+        })
+        .flatten()
+}
+
+/// The pin directory's mode.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` owner-only, or makes it so.
+pub fn owner_only(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        info!(dir = %dir.display(), "pin directory was mode {mode:o}: made it {DIR_MODE:o}");
+    }
+    Ok(())
+}
+
+/// Makes `dir` hold only pins this build can reuse: creates it (mode
+/// 0700), removes every mismatching pin (logged), and, when the layout
+/// version is older, all of them. Pins of a newer layout are an error:
+/// never rebuilt over. Returns the pin path of each map for the loader.
+pub fn prepare(dir: &Path, young: u32) -> io::Result<Vec<(&'static str, PathBuf)>> {
+    owner_only(dir)?;
+    let specs = specs(young);
     let layout_path = dir.join(names::MAP_LAYOUT);
     let layout_spec = specs
         .iter()
@@ -155,6 +208,12 @@ pub fn prepare(dir: &Path) -> io::Result<Vec<(&'static str, PathBuf)>> {
     if layout_path.exists() {
         match check(&layout_path, &layout_spec).and_then(|()| layout_version(&layout_path)) {
             Ok(LAYOUT_VERSION) => {}
+            Ok(found) if found > LAYOUT_VERSION => {
+                return Err(io::Error::other(format!(
+                    "{}: written by a newer cwatch, not rebuilt over",
+                    Mismatch::Layout { found }
+                )));
+            }
             Ok(found) => {
                 warn!(dir = %dir.display(), "{}: rebuilding all pinned maps", Mismatch::Layout { found });
                 rebuild_all = true;

@@ -127,6 +127,10 @@ impl BtfBuilder {
 /// A miniature `struct sock` with the kernel's shapes: anonymous unions
 /// holding anonymous structs, a typedef'd one-member struct, a bitfield.
 fn mini_kernel() -> Btf {
+    Btf::from_bytes(&mini_kernel_blob()).expect("valid BTF")
+}
+
+fn mini_kernel_blob() -> Vec<u8> {
     let mut b = BtfBuilder::new();
     let u8_t = b.int("unsigned char", 1);
     let u16_t = b.int("short unsigned int", 2);
@@ -175,7 +179,68 @@ fn mini_kernel() -> Btf {
             ("sk_protocol", u16_t, 512 + 16, 0),
         ],
     );
-    Btf::from_bytes(&b.build()).expect("valid BTF")
+    b.build()
+}
+
+proptest::proptest! {
+    /// BTF is outside input too (a `--kernel-btf` file, a broken kernel):
+    /// the mini kernel's blob with bytes flipped, cut short or grown never
+    /// makes parsing or a lookup panic.
+    #[test]
+    fn hostile_btf_never_panics(
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..12),
+        cut in proptest::prelude::any::<Option<usize>>(),
+        tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+    ) {
+        let mut blob = mini_kernel_blob();
+        for (at, byte) in flips {
+            let i = at % blob.len();
+            blob[i] = byte;
+        }
+        if let Some(at) = cut {
+            blob.truncate(at % (blob.len() + 1));
+        }
+        blob.extend(tail);
+        if let Ok(btf) = parse(&blob) {
+            let _ = resolve(&btf);
+            let _ = field(&btf, "sock", "__sk_common.skc_net.net", 8);
+            let _ = member_offset(&btf, "sock", "__sk_common");
+        }
+    }
+}
+
+#[test]
+fn btf_whose_types_contain_themselves_is_refused_not_a_stack_overflow() {
+    // Found by the fuzz loop (a flipped type id): an anonymous member of
+    // the struct's own type, and an array of itself, recursed forever.
+    let mut b = BtfBuilder::new();
+    let own = b.next_id;
+    b.record(KIND_STRUCT, "sock", 8, &[("", own, 0, 0)]);
+    let array = b.next_id;
+    b.array(array, array, 4);
+    b.record(KIND_STRUCT, "net", 8, &[("ns", array, 0, 0)]);
+    let btf = parse(&b.build()).expect("well-formed header");
+    assert!(matches!(
+        field(&btf, "sock", "skc_family", 2),
+        Err(OffsetsError::Malformed { .. })
+    ));
+    assert!(matches!(
+        field(&btf, "net", "ns", 4),
+        Err(OffsetsError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn btf_with_sections_past_its_end_is_refused_not_a_panic() {
+    // Found by the fuzz loop: a string section offset near u32::MAX made
+    // btf-rs overflow while seeking to it.
+    let mut blob = mini_kernel_blob();
+    blob[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = parse(&blob).err().expect("refused").to_string();
+    assert!(err.contains("string section"), "{err}");
+    assert!(parse(&blob[..10]).is_err());
+    assert!(parse(b"\x7fELF and more bytes than a header").is_err());
+    assert!(parse(&mini_kernel_blob()).is_ok());
 }
 
 #[test]

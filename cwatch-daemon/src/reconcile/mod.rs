@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use cwatch_common::{Event, SockRecord, counter};
+use cwatch_common::{Event, SockRecord, control, counter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -61,8 +61,10 @@ const LINGER_LIMIT: Duration = Duration::from_secs(30);
 /// a difference left is drift.
 ///
 /// `map` is the kernel's CLOSE_WAIT map read after that drain: a socket
-/// found there but not in the table lost its enter event and keeps its true
-/// start. A socket in neither either predates cwatch (the first pass), or
+/// found there but not in the table lost its leave-side bookkeeping (or a
+/// previous daemon reported it) and keeps its true start. A socket in
+/// `young` is younger than the grace, not tracked yet: the young scanner
+/// reports it if it stays. A socket in neither either predates cwatch (the first pass), or
 /// left CLOSE_WAIT while the dump ran: after the first pass it is added
 /// only when two passes in a row find it so (`suspects` carries them).
 /// Entries recorded at or after `dump_start_ns` are newer than the dump and
@@ -71,19 +73,20 @@ pub fn sync(
     table: &mut SocketTable,
     view: &KernelView,
     map: &HashMap<u64, SockRecord>,
+    young: &HashMap<u64, SockRecord>,
     now_ns: u64,
     dump_start_ns: u64,
     suspects: &mut Suspects,
 ) -> Corrections {
     let mut c = Corrections::default();
     let stale: Vec<u64> = table
-        .iter()
-        .filter(|e| {
-            view.covered.contains(&e.netns)
-                && !view.close_wait.contains_key(&e.cookie)
-                && e.start_ns < dump_start_ns
+        .keys()
+        .filter(|(cookie, start_ns, netns)| {
+            view.covered.contains(netns)
+                && !view.close_wait.contains_key(cookie)
+                && *start_ns < dump_start_ns
         })
-        .map(|e| e.cookie)
+        .map(|(cookie, _, _)| cookie)
         .collect();
     for cookie in stale {
         table.remove(cookie);
@@ -91,13 +94,18 @@ pub fn sync(
     }
     let mut next_suspects = HashSet::new();
     for (cookie, (d, netns)) in &view.close_wait {
-        if let Some(entry) = table.get_mut(*cookie) {
+        if let Some(entry) = table.get(*cookie) {
             if entry.inode == 0 && d.inode != 0 {
                 // Accepted since: now it has an fd to find.
-                entry.inode = d.inode;
-                entry.direction = Direction::Inbound;
-                table.mark_unresolved(*cookie);
+                table.update(*cookie, |e| {
+                    e.inode = d.inode;
+                    e.direction = Direction::Inbound;
+                    e.resolved = false;
+                });
             }
+            continue;
+        }
+        if young.contains_key(cookie) {
             continue;
         }
         match map.get(cookie) {
@@ -189,6 +197,7 @@ impl Reconciler {
     /// Waits (at most a second) for a drain of the ring that began after
     /// `after_ns`.
     fn wait_for_drain(&self, after_ns: u64) {
+        self.state.drain_requested.notify_one();
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
         while self.state.drained_ns() <= after_ns && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -222,8 +231,12 @@ impl Reconciler {
         // pass, or when a suspect is seen again: only then is tcp_info worth
         // its bytes.
         let view = kernel_view(&self.proc, initial || !suspects.cookies.is_empty());
+        view.failures
+            .iter()
+            .for_each(|f| state.telemetry.source_failed(*f));
         self.wait_for_drain(state.clock.now_ns());
         let map = self.probes.close_wait_snapshot()?;
+        let young = self.probes.young_snapshot()?;
         let linger = if initial {
             Some(self.probes.linger_snapshot()?)
         } else {
@@ -236,6 +249,7 @@ impl Reconciler {
                 &mut table,
                 &view,
                 &map,
+                &young,
                 now_ns,
                 dump_start_ns,
                 &mut self.suspects,
@@ -249,6 +263,7 @@ impl Reconciler {
         c.map_added = map_added;
         c.map_removed = map_removed;
         self.prune_linger(&view, now_ns)?;
+        self.prune_young(&view, &young, dump_start_ns);
         if initial || periodic || needs_walk(&state.lock_table()) {
             self.owners.request(Work::Walk);
         }
@@ -288,7 +303,7 @@ impl Reconciler {
             view.close_wait
                 .keys()
                 .filter(|cookie| !map.contains_key(cookie))
-                .filter_map(|cookie| table.get(*cookie).map(SockEntry::to_record))
+                .filter_map(|cookie| table.get(*cookie).map(|e| e.to_record()))
                 .collect()
         };
         let stale: Vec<u64> = map
@@ -325,7 +340,37 @@ impl Reconciler {
             .map(|(cookie, _)| *cookie)
             .collect();
         self.probes.forget_linger(&forget);
+        if forget.len() == linger.len() && held.is_empty() {
+            // Nothing lingers: `tcp_destroy_sock` can stop looking until the
+            // next socket that leaves without its file released says so.
+            self.probes.set_control(control::LINGERING, 0)?;
+            if !self.probes.linger_snapshot()?.is_empty() {
+                self.probes.set_control(control::LINGERING, 1)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Forgets `YOUNG` records of sockets no longer in CLOSE_WAIT: they left
+    /// while no program was attached (the daemon was stopped), so the
+    /// kernel never deleted them.
+    fn prune_young(&self, view: &KernelView, young: &HashMap<u64, SockRecord>, dump_start_ns: u64) {
+        let stale: Vec<u64> = young
+            .iter()
+            .filter(|(cookie, rec)| {
+                view.covered.contains(&rec.netns)
+                    && !view.close_wait.contains_key(cookie)
+                    && rec.start_ns < dump_start_ns
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        if !stale.is_empty() {
+            debug!(
+                stale = stale.len(),
+                "forgetting YOUNG records of sockets gone"
+            );
+            self.probes.forget_young(&stale);
+        }
     }
 
     /// Reconciles every `reconcile_interval` until `cancel`, carrying on
@@ -348,6 +393,7 @@ impl Reconciler {
             .await;
             match done {
                 Ok((task, result)) => {
+                    task.state.telemetry.reconciled(result.is_ok());
                     if let Err(err) = result {
                         warn!("reconciliation failed: {err:#}");
                     }

@@ -38,6 +38,7 @@ fn adds_missing_and_drops_stale_entries() {
         &mut table,
         &v,
         &HashMap::new(),
+        &HashMap::new(),
         100 * S,
         90 * S,
         &mut Suspects::default(),
@@ -58,6 +59,7 @@ fn adds_missing_and_drops_stale_entries() {
     let again = sync(
         &mut table,
         &v,
+        &HashMap::new(),
         &HashMap::new(),
         100 * S,
         90 * S,
@@ -83,6 +85,7 @@ fn the_kernel_map_keeps_true_starts_of_lost_enters() {
         &mut table,
         &view(&[(4, None), (5, None)]),
         &map,
+        &HashMap::new(),
         100 * S,
         100 * S,
         &mut suspects,
@@ -100,16 +103,16 @@ fn sockets_unknown_to_table_and_map_are_added_on_the_second_sight() {
     let mut suspects = Suspects::default();
     let none = HashMap::new();
     let v = view(&[(1, None)]);
-    let c = sync(&mut table, &v, &none, 10 * S, 9 * S, &mut suspects);
+    let c = sync(&mut table, &v, &none, &none, 10 * S, 9 * S, &mut suspects);
     assert_eq!(c.added, 1, "first pass: found at start");
     let v = view(&[(1, None), (2, None)]);
-    let c = sync(&mut table, &v, &none, 20 * S, 19 * S, &mut suspects);
+    let c = sync(&mut table, &v, &none, &none, 20 * S, 19 * S, &mut suspects);
     assert_eq!(
         (c.added, table.len()),
         (0, 1),
         "may have left while the dump ran"
     );
-    let c = sync(&mut table, &v, &none, 30 * S, 29 * S, &mut suspects);
+    let c = sync(&mut table, &v, &none, &none, 30 * S, 29 * S, &mut suspects);
     assert_eq!((c.added, table.len()), (1, 2), "still there: drift");
 }
 
@@ -123,6 +126,7 @@ fn newer_entries_and_uncovered_namespaces_are_left_alone() {
     let c = sync(
         &mut table,
         &view(&[]),
+        &HashMap::new(),
         &HashMap::new(),
         100 * S,
         90 * S,
@@ -186,4 +190,27 @@ fn found_sockets_without_a_listener_are_inbound_when_the_peer_port_is_ephemeral(
         entry_from_diag(&out, NETNS, S, &v).direction,
         Direction::Unaccepted
     );
+}
+
+#[test]
+fn young_sockets_are_left_to_the_young_scanner() {
+    let mut table = SocketTable::new();
+    let v = view(&[(4, Some(40))]);
+    let young = HashMap::from([(4, record(4, 95 * S, None))]);
+    let mut suspects = Suspects::default();
+    let c = sync(
+        &mut table,
+        &v,
+        &HashMap::new(),
+        &young,
+        100 * S,
+        90 * S,
+        &mut suspects,
+    );
+    assert_eq!(c, Corrections::default());
+    assert!(
+        table.is_empty(),
+        "not tracked before its grace, even at start-up"
+    );
+    assert!(suspects.cookies.is_empty(), "nor a suspect");
 }

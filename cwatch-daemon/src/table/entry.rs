@@ -45,9 +45,16 @@ impl Comm {
         Self(bytes)
     }
 
+    /// The name as text: its exact bytes, any that are not UTF-8 as `\xNN`
+    /// (see [`crate::text::lossless`]).
     pub fn as_str(&self) -> Cow<'_, str> {
+        crate::text::lossless(self.bytes())
+    }
+
+    /// The name's bytes, up to the first NUL.
+    pub fn bytes(&self) -> &[u8] {
         let len = self.0.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
-        String::from_utf8_lossy(&self.0[..len])
+        &self.0[..len]
     }
 }
 
@@ -86,6 +93,9 @@ pub struct SockEntry {
     pub netns: u32,
     /// Socket inode (`socket:[N]`); 0 while unaccepted.
     pub inode: u64,
+    /// The socket's cgroup v2 id (0: unknown): where its holder is likely
+    /// to be.
+    pub cgroup: u64,
     pub direction: Direction,
     /// The process the kernel saw connect() or listen(): right at once for
     /// outbound sockets, the listener for inbound ones; used until the fd
@@ -123,6 +133,7 @@ impl SockEntry {
             peer: SocketAddr::new(ip(rec.family, &rec.peer_addr), rec.peer_port),
             netns: rec.netns,
             inode: rec.inode,
+            cgroup: rec.cgroup,
             direction,
             hint,
             holders: Vec::new(),
@@ -142,6 +153,7 @@ impl SockEntry {
         rec.start_ns = e.start_ns;
         rec.inode = e.inode;
         rec.netns = e.netns;
+        rec.cgroup = e.cgroup;
         let put = |addr: &SocketAddr, out: &mut [u8; 16]| match addr.ip() {
             IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
             IpAddr::V6(v6) => *out = v6.octets(),

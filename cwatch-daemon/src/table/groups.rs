@@ -3,115 +3,21 @@ Per-group gauge numbers kept up to date as sockets come and go, so that a
 scrape costs the number of groups, not the number of sockets.
 
 A [`GroupIndex`] keeps, for each group key (a process, a peer), the start
-times of its sockets in order: the count is their number, the oldest age is
-`now - first`, and the leaked count (start at or before `now - leak-after`)
-is kept against a frontier that only moves forward with the clock: moving it
-counts the starts it passes, once. Groups are numbered (ids are reused once a
-group empties) so that a socket remembers its groups in a few bytes.
+times of its sockets in order ([`Starts`]: eight bytes a socket). The count
+is their number, the oldest age is `now - first`, and the leaked count
+(start at or before `now - leak-after`) is kept against a frontier that only
+moves forward with the clock: moving it counts the starts it passes, once.
+
+A socket leaving marks its start (the top bit) instead of moving the rest;
+the marks are swept out once they are half of a group. New sockets have the
+newest starts, so they are added at the end.
 */
-use std::{
-    collections::{BTreeSet, HashMap},
-    hash::Hash,
-    ops::Bound,
-    time::Duration,
-};
+use std::{collections::HashMap, hash::Hash, time::Duration};
 
 use super::keys::{GroupStats, age};
 
-/// A socket in a group: its start time, and its cookie to tell apart
-/// sockets that started in the same nanosecond.
-type Member = (u64, u64);
-
-/// Up to this many members a group keeps a sorted vector (one small
-/// allocation for the many groups of one or two sockets); beyond it a
-/// B-tree, so that a group of a million stays cheap to change.
-pub(super) const SMALL: usize = 32;
-
-/// The start times of one group's sockets, in order.
-#[derive(Debug)]
-enum Starts {
-    Small(Vec<Member>),
-    Large(BTreeSet<Member>),
-}
-
-impl Starts {
-    fn insert(&mut self, m: Member) {
-        match self {
-            Starts::Small(v) => {
-                if let Err(at) = v.binary_search(&m) {
-                    v.insert(at, m);
-                }
-                if v.len() > SMALL {
-                    *self = Starts::Large(v.drain(..).collect());
-                }
-            }
-            Starts::Large(set) => {
-                set.insert(m);
-            }
-        }
-    }
-
-    fn remove(&mut self, m: &Member) -> bool {
-        match self {
-            Starts::Small(v) => match v.binary_search(m) {
-                Ok(at) => {
-                    v.remove(at);
-                    true
-                }
-                Err(_) => false,
-            },
-            Starts::Large(set) => {
-                let removed = set.remove(m);
-                if set.len() < SMALL / 2 {
-                    *self = Starts::Small(std::mem::take(set).into_iter().collect());
-                }
-                removed
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Starts::Small(v) => v.len(),
-            Starts::Large(set) => set.len(),
-        }
-    }
-
-    fn first(&self) -> Option<u64> {
-        match self {
-            Starts::Small(v) => v.first().map(|m| m.0),
-            Starts::Large(set) => set.first().map(|m| m.0),
-        }
-    }
-
-    /// Members whose start is after `after` (`None`: any) and at or before
-    /// `until`.
-    fn count_between(&self, after: Option<u64>, until: u64) -> u64 {
-        if after.is_some_and(|a| a >= until) {
-            return 0;
-        }
-        let lower = match after {
-            Some(a) => Bound::Excluded((a, u64::MAX)),
-            None => Bound::Unbounded,
-        };
-        let upper = Bound::Included((until, u64::MAX));
-        match self {
-            Starts::Small(v) => v
-                .iter()
-                .filter(|m| after.is_none_or(|a| m.0 > a) && m.0 <= until)
-                .count() as u64,
-            Starts::Large(set) => set.range((lower, upper)).count() as u64,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Group<K> {
-    key: K,
-    starts: Starts,
-    /// Members with a start at or before the index's frontier.
-    leaked: u64,
-}
+/// A start that left (its socket is no longer in the group).
+const MARK: u64 = 1 << 63;
 
 /// Where the leak line is: sockets that started at or before it are leaked.
 /// `None` is before every start (nothing is leaked yet).
@@ -132,84 +38,160 @@ fn at_or_before(start: u64, frontier: Frontier) -> bool {
     frontier.is_some_and(|f| start <= f)
 }
 
+/// The start times of one group's sockets, in order, with the marks of
+/// those that left.
+#[derive(Debug, Default)]
+pub struct Starts {
+    v: Vec<u64>,
+    marked: usize,
+    /// `v[..below]` are the starts at or before the frontier, marked or not.
+    below: usize,
+    /// Of those, the unmarked ones: the leaked count.
+    leaked: u64,
+    /// Index of the first unmarked start.
+    head: usize,
+}
+
+impl Starts {
+    pub fn len(&self) -> usize {
+        self.v.len() - self.marked
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The oldest start.
+    pub fn first(&self) -> Option<u64> {
+        self.v.get(self.head).map(|s| s & !MARK)
+    }
+
+    /// Index of the first element whose start is above `start`.
+    fn after(&self, start: u64) -> usize {
+        self.v.partition_point(|s| s & !MARK <= start)
+    }
+
+    fn insert(&mut self, start: u64, frontier: Frontier) {
+        let start = start & !MARK;
+        if self.v.len() == self.v.capacity() {
+            self.v.reserve_exact(self.v.len() / 4 + 8);
+        }
+        let at = match self.v.last() {
+            Some(last) if last & !MARK <= start => self.v.len(),
+            _ => self.after(start),
+        };
+        self.v.insert(at, start);
+        if at_or_before(start, frontier) {
+            self.below += 1;
+            self.leaked += 1;
+        }
+        // An unmarked start at or before the head is the new head; one
+        // after it leaves the head where it is.
+        if at <= self.head {
+            self.head = at;
+        }
+    }
+
+    /// Marks one socket started at `start`; `false` when there is none.
+    fn remove(&mut self, start: u64) -> bool {
+        let from = self.v.partition_point(|s| s & !MARK < start);
+        let Some(offset) = self.v[from..]
+            .iter()
+            .take_while(|s| *s & !MARK == start)
+            .position(|s| s & MARK == 0)
+        else {
+            return false;
+        };
+        let at = from + offset;
+        self.v[at] |= MARK;
+        self.marked += 1;
+        if at < self.below {
+            self.leaked -= 1;
+        }
+        self.fix_head();
+        if self.marked * 2 > self.v.len() && self.v.len() > 16 {
+            self.sweep();
+        }
+        true
+    }
+
+    fn fix_head(&mut self) {
+        while self.head < self.v.len() && self.v[self.head] & MARK != 0 {
+            self.head += 1;
+        }
+    }
+
+    /// Drops the marked starts.
+    fn sweep(&mut self) {
+        let below_unmarked = self.leaked as usize;
+        self.v.retain(|s| s & MARK == 0);
+        self.v.shrink_to(self.v.len() + self.v.len() / 4 + 8);
+        self.marked = 0;
+        self.below = below_unmarked;
+        self.head = 0;
+    }
+
+    /// Moves the frontier from `from` to `to`.
+    fn advance(&mut self, from: Frontier, to: Frontier) {
+        let forward = match (from, to) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(f), Some(t)) => t >= f,
+        };
+        if forward {
+            let to = to.unwrap_or(u64::MAX);
+            while self.below < self.v.len() && self.v[self.below] & !MARK <= to {
+                if self.v[self.below] & MARK == 0 {
+                    self.leaked += 1;
+                }
+                self.below += 1;
+            }
+        } else {
+            self.below = match to {
+                Some(t) => self.after(t),
+                None => 0,
+            };
+            self.leaked = self.v[..self.below]
+                .iter()
+                .filter(|s| *s & MARK == 0)
+                .count() as u64;
+        }
+    }
+}
+
 /// Groups of sockets by key `K`, each with its ordered starts.
 #[derive(Debug)]
 pub struct GroupIndex<K> {
-    ids: HashMap<K, u32>,
-    groups: Vec<Option<Group<K>>>,
-    free: Vec<u32>,
+    groups: HashMap<K, Starts>,
     frontier: Frontier,
 }
 
 impl<K> Default for GroupIndex<K> {
     fn default() -> Self {
         Self {
-            ids: HashMap::new(),
-            groups: Vec::new(),
-            free: Vec::new(),
+            groups: HashMap::new(),
             frontier: None,
         }
     }
 }
 
 impl<K: Copy + Eq + Hash> GroupIndex<K> {
-    /// Adds socket `cookie` started at `start` to the group of `key`;
-    /// returns the group's id.
-    pub fn add(&mut self, key: K, start: u64, cookie: u64) -> u32 {
-        let id = match self.ids.get(&key) {
-            Some(&id) => id,
-            None => {
-                let group = Group {
-                    key,
-                    starts: Starts::Small(Vec::new()),
-                    leaked: 0,
-                };
-                let id = match self.free.pop() {
-                    Some(id) => {
-                        self.groups[id as usize] = Some(group);
-                        id
-                    }
-                    None => {
-                        self.groups.push(Some(group));
-                        (self.groups.len() - 1) as u32
-                    }
-                };
-                self.ids.insert(key, id);
-                id
-            }
-        };
-        if let Some(group) = self.groups[id as usize].as_mut() {
-            let before = group.starts.len();
-            group.starts.insert((start, cookie));
-            if group.starts.len() > before && at_or_before(start, self.frontier) {
-                group.leaked += 1;
-            }
-        }
-        id
+    /// Adds a socket started at `start` to the group of `key`.
+    pub fn add(&mut self, key: K, start: u64) {
+        let frontier = self.frontier;
+        self.groups.entry(key).or_default().insert(start, frontier);
     }
 
-    /// Takes socket `cookie` (started at `start`) out of group `id`; an
+    /// Takes a socket started at `start` out of the group of `key`; an
     /// empty group is forgotten.
-    pub fn remove(&mut self, id: u32, start: u64, cookie: u64) {
-        let Some(slot) = self.groups.get_mut(id as usize) else {
+    pub fn remove(&mut self, key: K, start: u64) {
+        let Some(starts) = self.groups.get_mut(&key) else {
             return;
         };
-        let Some(group) = slot.as_mut() else {
-            return;
-        };
-        if group.starts.remove(&(start, cookie)) && at_or_before(start, self.frontier) {
-            group.leaked = group.leaked.saturating_sub(1);
+        starts.remove(start);
+        if starts.is_empty() {
+            self.groups.remove(&key);
         }
-        if group.starts.len() == 0 {
-            self.ids.remove(&group.key);
-            *slot = None;
-            self.free.push(id);
-        }
-    }
-
-    /// The key of group `id`.
-    pub fn key(&self, id: u32) -> Option<K> {
-        self.groups.get(id as usize)?.as_ref().map(|g| g.key)
     }
 
     /// Moves the leak frontier to `to`, counting the starts it passes.
@@ -218,17 +200,8 @@ impl<K: Copy + Eq + Hash> GroupIndex<K> {
         if to == from {
             return;
         }
-        for group in self.groups.iter_mut().flatten() {
-            match (from, to) {
-                (_, Some(t)) if from.is_none_or(|f| f < t) => {
-                    group.leaked += group.starts.count_between(from, t);
-                }
-                (Some(f), _) => {
-                    let passed = group.starts.count_between(to, f);
-                    group.leaked = group.leaked.saturating_sub(passed);
-                }
-                (None, _) => {}
-            }
+        for starts in self.groups.values_mut() {
+            starts.advance(from, to);
         }
         self.frontier = to;
     }
@@ -236,19 +209,24 @@ impl<K: Copy + Eq + Hash> GroupIndex<K> {
     /// Every group's numbers at `now_ns` (after [`GroupIndex::advance`] to
     /// the frontier of `now_ns`).
     pub fn stats(&self, now_ns: u64) -> impl Iterator<Item = (K, GroupStats)> + '_ {
-        self.groups.iter().flatten().map(move |g| {
+        self.groups.iter().map(move |(key, s)| {
             let stats = GroupStats {
-                sockets: g.starts.len() as u64,
-                leaked: g.leaked,
-                oldest: g.starts.first().map_or(Duration::ZERO, |s| age(now_ns, s)),
+                sockets: s.len() as u64,
+                leaked: s.leaked,
+                oldest: s.first().map_or(Duration::ZERO, |start| age(now_ns, start)),
             };
-            (g.key, stats)
+            (*key, stats)
         })
+    }
+
+    /// Forgets every group.
+    pub fn clear(&mut self) {
+        self.groups.clear();
     }
 
     /// Groups with at least one socket.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.groups.len()
     }
 }

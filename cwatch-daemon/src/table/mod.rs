@@ -5,29 +5,41 @@ process still holds the fd). Pure data and logic, no I/O: intake,
 attribution and reconciliation change it, metrics and the API read it.
 
 Inside, from the bottom up: [`entry`] (one socket), [`keys`] (what the
-gauges group by and count), [`groups`] (per-group ordered starts),
-[`gauges`] (every socket counted in its groups, kept exact as it changes),
-and the table itself here.
+gauges group by and count), [`store`] (the sockets packed into dense rows
+with an index by cookie: about 70 bytes a socket), [`groups`] (per-group
+ordered starts), [`gauges`] (every socket counted in its groups, kept exact
+as it changes), and the table itself here. Entries come out of the store as
+values and go back through the table, so the gauges see every change.
 */
 mod entry;
 mod gauges;
 mod groups;
 mod keys;
+mod store;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, hash_map},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
 pub use entry::{Comm, DeadEntry, Direction, Holder, SockEntry};
-use gauges::{Gauges, Shrink as _, Slot};
+use gauges::Gauges;
 pub use keys::{GroupStats, PeerKey, ProcessKey, Summary, age, is_leaked};
+use store::Store;
+
+/// Sets that shrink once mostly empty: a million sockets closed at once do
+/// not keep their memory.
+fn shrink_if_sparse<T: std::hash::Hash + Eq>(set: &mut HashSet<T>) {
+    if set.capacity() > 4096 && set.capacity() > 4 * set.len() {
+        set.shrink_to(2 * set.len());
+    }
+}
 
 /// All sockets now in CLOSE_WAIT, by cookie, and the dead ones still held,
 /// with the per-process and per-peer gauges kept up to date as they change.
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    socks: HashMap<u64, Slot>,
+    store: Store,
     dead: HashMap<u64, DeadEntry>,
     /// Cookies of entries whose holders were never looked up, and of dead
     /// entries not verified yet: attribution visits only these, never the
@@ -49,56 +61,57 @@ impl SocketTable {
         } else {
             self.unresolved.insert(entry.cookie);
         }
-        match self.socks.entry(entry.cookie) {
-            hash_map::Entry::Occupied(mut slot) => {
-                // Uncount the old one first: it may sit in the same groups.
-                self.gauges.remove(slot.get().counted, entry.cookie);
-                let counted = self.gauges.add(&entry);
-                let old = std::mem::replace(slot.get_mut(), Slot { entry, counted });
-                Some(old.entry)
-            }
-            hash_map::Entry::Vacant(slot) => {
-                let counted = self.gauges.add(&entry);
-                slot.insert(Slot { entry, counted });
-                None
-            }
+        let old = self.store.insert(&entry);
+        if let Some(old) = &old {
+            self.gauges.remove(old);
         }
+        self.gauges.add(&entry);
+        old
     }
 
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
         self.unresolved.remove(&cookie);
-        self.unresolved.shrink_if_sparse();
-        let slot = self.socks.remove(&cookie)?;
-        self.gauges.remove(slot.counted, cookie);
-        self.socks.shrink_if_sparse();
-        Some(slot.entry)
+        shrink_if_sparse(&mut self.unresolved);
+        let entry = self.store.remove(cookie)?;
+        self.gauges.remove(&entry);
+        Some(entry)
     }
 
-    /// Sets the holders of `cookie` (see [`SockEntry::set_holders`]).
-    pub fn set_holders(&mut self, cookie: u64, holders: Vec<Holder>) -> bool {
-        self.unresolved.remove(&cookie);
-        self.unresolved.shrink_if_sparse();
-        match self.socks.get_mut(&cookie) {
-            Some(slot) => {
-                slot.entry.set_holders(holders);
-                self.gauges.recount(&slot.entry, &mut slot.counted);
+    /// Changes the entry of `cookie` with `f` (the gauges follow); `false`
+    /// when there is none.
+    pub fn update(&mut self, cookie: u64, f: impl FnOnce(&mut SockEntry)) -> bool {
+        match self.store.update(cookie, f) {
+            Some((old, new)) => {
+                self.gauges.change(&old, &new);
+                if !new.resolved {
+                    self.unresolved.insert(cookie);
+                }
                 true
             }
             None => false,
         }
     }
 
+    /// Sets the holders of `cookie` (see [`SockEntry::set_holders`]).
+    pub fn set_holders(&mut self, cookie: u64, holders: Vec<Holder>) -> bool {
+        self.unresolved.remove(&cookie);
+        shrink_if_sparse(&mut self.unresolved);
+        self.update(cookie, |e| e.set_holders(holders))
+    }
+
     /// `cookie` needs its holders looked up (again).
     pub fn mark_unresolved(&mut self, cookie: u64) {
-        if let Some(Slot { entry, .. }) = self.socks.get_mut(&cookie) {
-            entry.resolved = false;
-            self.unresolved.insert(cookie);
-        }
+        self.update(cookie, |e| e.resolved = false);
     }
 
     /// Entries whose holders were never looked up.
-    pub fn unresolved(&self) -> impl Iterator<Item = &SockEntry> {
-        self.unresolved.iter().filter_map(|c| self.get(*c))
+    pub fn unresolved(&self) -> impl Iterator<Item = SockEntry> + '_ {
+        self.unresolved.iter().filter_map(|c| self.store.get(*c))
+    }
+
+    /// Whether some entry waits for its holders.
+    pub fn has_unresolved(&self) -> bool {
+        !self.unresolved.is_empty()
     }
 
     /// Dead entries not verified yet.
@@ -115,24 +128,12 @@ impl SocketTable {
         }
     }
 
-    pub fn get(&self, cookie: u64) -> Option<&SockEntry> {
-        self.socks.get(&cookie).map(|s| &s.entry)
+    pub fn get(&self, cookie: u64) -> Option<SockEntry> {
+        self.store.get(cookie)
     }
 
-    /// The entry of `cookie`, to change; the gauges check it again before
-    /// the next [`SocketTable::summary`].
-    pub fn get_mut(&mut self, cookie: u64) -> Option<&mut SockEntry> {
-        let len = self.socks.len();
-        let slot = self.socks.get_mut(&cookie)?;
-        self.gauges.touch(cookie, len);
-        Some(&mut slot.entry)
-    }
-
-    /// Every entry, to change; the gauges check them all again before the
-    /// next [`SocketTable::summary`].
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SockEntry> {
-        self.gauges.touch_all();
-        self.socks.values_mut().map(|s| &mut s.entry)
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.store.contains(cookie)
     }
 
     /// Dead sockets: left CLOSE_WAIT, not destroyed yet.
@@ -144,6 +145,11 @@ impl SocketTable {
         self.dead.values_mut()
     }
 
+    /// The dead entry of `cookie`.
+    pub fn dead_entry(&self, cookie: u64) -> Option<&DeadEntry> {
+        self.dead.get(&cookie)
+    }
+
     pub fn insert_dead(&mut self, entry: DeadEntry) {
         if !entry.verified {
             self.unverified.insert(entry.sock.cookie);
@@ -153,9 +159,11 @@ impl SocketTable {
 
     pub fn remove_dead(&mut self, cookie: u64) -> Option<DeadEntry> {
         self.unverified.remove(&cookie);
-        self.unverified.shrink_if_sparse();
+        shrink_if_sparse(&mut self.unverified);
         let dead = self.dead.remove(&cookie);
-        self.dead.shrink_if_sparse();
+        if self.dead.capacity() > 4096 && self.dead.capacity() > 4 * self.dead.len() {
+            self.dead.shrink_to(2 * self.dead.len());
+        }
         dead
     }
 
@@ -164,34 +172,44 @@ impl SocketTable {
     }
 
     pub fn len(&self) -> usize {
-        self.socks.len()
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.socks.is_empty()
+        self.store.len() == 0
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &SockEntry> {
-        self.socks.values().map(|s| &s.entry)
+    /// Every entry (made from its row: a value, not a reference).
+    pub fn iter(&self) -> impl Iterator<Item = SockEntry> + '_ {
+        self.store.iter()
     }
 
     pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
-        self.socks.keys().copied()
+        self.store.cookies()
+    }
+
+    /// (cookie, start, netns) of every entry, cheaply.
+    pub fn keys(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.store.keys()
     }
 
     /// Entries sorted oldest first (ties broken by cookie, so the order is
     /// stable from one call to the next).
-    pub fn oldest_first(&self) -> Vec<&SockEntry> {
-        let mut all: Vec<&SockEntry> = self.iter().collect();
+    #[cfg(test)]
+    pub fn oldest_first(&self) -> Vec<SockEntry> {
+        let mut all: Vec<SockEntry> = self.iter().collect();
         all.sort_unstable_by_key(|e| (e.start_ns, e.cookie));
         all
     }
 
     /// The gauges at `now_ns`: per process and per peer from the groups
     /// kept up to date (no walk of the sockets), dead sockets held by
-    /// holding process. Equal to [`SocketTable::summarize_where`] keeping every socket.
+    /// holding process. Equal to [`SocketTable::summarize_where`] keeping
+    /// every socket.
     pub fn summary(&mut self, now_ns: u64, leak_after: Duration) -> Summary {
-        self.gauges.recount_touched(&mut self.socks);
+        if !self.gauges.is_built() {
+            self.gauges.build(self.store.iter());
+        }
         let (processes, peers) = self.gauges.stats(now_ns, leak_after);
         let mut dead = BTreeMap::new();
         for d in self.dead.values().filter(|d| d.verified) {
@@ -215,6 +233,7 @@ impl SocketTable {
     ) -> Summary {
         let mut summary = Summary::default();
         for entry in self.iter().filter(|e| keep(e)) {
+            let entry = &entry;
             let age = age(now_ns, entry.start_ns);
             summary
                 .processes

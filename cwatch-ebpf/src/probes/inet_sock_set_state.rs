@@ -1,34 +1,40 @@
 //! `tp_btf/inet_sock_set_state`: fired inside the kernel's tcp_set_state() for
-//! every TCP state change.
+//! every TCP state change. What a healthy connection costs is what this
+//! program does on its common paths, so they do as little as they can:
 //!
-//! - into SYN_SENT: we are in connect(), i.e. in the owner's context; remember
-//!   the owner in the socket's own storage.
-//! - into LISTEN: we are in listen(); remember the listener's owner by port
-//!   in `LISTENERS` (LISTEN → CLOSE: forget it). Sockets the listener accepts
-//!   look their owner hint up there when they enter CLOSE_WAIT, so accepting
-//!   a connection costs nothing.
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
-//!   not the owner). Start a record, count it, tell the daemon.
+//!   not the owner). Count it and put a record in `YOUNG` (preallocated: no
+//!   allocation); no event. Only the first socket after the daemon last
+//!   looked sends one, a wake-up: the daemon then reports, after its grace,
+//!   the sockets still in `YOUNG`.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
-//!   kernel reset it (CLOSE). End the record, count it, tell the daemon. Only
-//!   when no close() released its file (reset, keepalive, `ss -K`, shutdown)
-//!   is the record kept in `LINGER` until `tcp_destroy_sock`: an fd still
-//!   holds the socket, a leaked fd. A plain close() costs no more than that.
+//!   kernel reset it (CLOSE). Count it, add its duration to the histogram,
+//!   delete its record. A socket still young (the daemon never reported it)
+//!   that left by its last close() ends there, silently: the healthy path.
+//!   The daemon is told only about sockets it reported, sockets it never saw
+//!   enter, and sockets left without their file being released (reset,
+//!   keepalive, `ss -K`, shutdown): those wait in `LINGER` until
+//!   `tcp_destroy_sock`, as an fd may still hold them.
+//! - into SYN_SENT: we are in connect(), in the owner's context. Only for a
+//!   watched process (one bit in `WATCHED`) is the owner kept in the
+//!   socket's storage.
+//! - into LISTEN: we are in listen(); remember the listener's owner by port
+//!   in `LISTENERS` (LISTEN → CLOSE: forget it).
 //!
 //! Every other transition returns after two loads and four compares.
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use cwatch_common::{
-    EVENT_ENTER, EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER,
-    OWNER_LISTEN, Owner, REC_INBOUND, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord,
-    counter, tcp_state,
+    EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN,
+    Owner, REC_ESTIMATED, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord, control, counter,
+    tcp_state,
 };
 
 use crate::{
-    events::{event, submit},
+    events::{event, submit, wake},
     kernel::{self, Sock},
-    maps::{self, CLOSE_WAIT, LINGER, LISTENERS},
+    maps::{self, CLOSE_WAIT, LINGER, LISTENERS, YOUNG},
 };
 
 const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
@@ -42,14 +48,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new = ctx.arg::<i32>(2) as u32;
     let entering = new == STATE_CLOSE_WAIT && old != STATE_CLOSE_WAIT;
     let leaving = old == STATE_CLOSE_WAIT && new != STATE_CLOSE_WAIT;
-    let owned_here = new == SYN_SENT || new == LISTEN;
     // A listener leaves LISTEN only for CLOSE (close, shutdown, disconnect).
     // LISTEN → SYN_RECV is a child being cloned from it: up to at least
     // 6.12 the child still carries the listener's cookie at that point
     // (inet_csk_clone_lock sets its own after the state change), so it
     // would pass for the listener and forget it.
-    let unlistened = old == LISTEN && new == CLOSE;
-    if !(entering || leaving || owned_here || unlistened) {
+    let listening = new == LISTEN || (old == LISTEN && new == CLOSE);
+    let connecting = new == SYN_SENT && maps::control(control::WATCHING) != 0;
+    if !(entering || leaving || listening || connecting) {
         return 0;
     }
     // SAFETY: the tracepoint's first argument is its BTF-typed `struct sock *`.
@@ -57,28 +63,29 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if sk.protocol() != IPPROTO_TCP {
         return 0; // MPTCP and SCTP fire the same tracepoint
     }
-    if new == SYN_SENT {
-        remember_owner(sk);
-        return 0;
-    }
-    if new == LISTEN || unlistened {
-        listener(sk, sk.cookie(), new == LISTEN);
-        return 0;
-    }
-    let cookie = sk.cookie();
     if entering {
-        enter(sk, cookie, old, new);
-    } else {
-        leave(sk, cookie, old, new);
+        enter(sk, old, new);
+    } else if leaving {
+        leave(sk, old, new);
+    } else if connecting {
+        remember_owner(sk);
+    } else if new != old {
+        listener(sk, new == LISTEN);
     }
     0
 }
 
+/// connect() of a process on the watch list: its owner goes into the
+/// socket's storage.
 fn remember_owner(sk: Sock) {
+    let tgid = kernel::current_tgid();
+    if !maps::watched(tgid) {
+        return;
+    }
     match maps::owner_of(sk, true) {
         // SAFETY: the socket's own storage, valid for this program run.
         Some(owner) => unsafe {
-            (*owner).tgid = kernel::current_tgid();
+            (*owner).tgid = tgid;
             (*owner).flags = OWNER_CONNECT;
             (*owner).comm = kernel::leader_comm();
         },
@@ -86,18 +93,15 @@ fn remember_owner(sk: Sock) {
     }
 }
 
-fn listener_key(sk: Sock) -> ListenerKey {
-    ListenerKey {
+/// listen() (`listening`) or the listener's close: remember or forget who
+/// listens on the port. A listener that closes forgets only its own entry.
+fn listener(sk: Sock, listening: bool) {
+    let cookie = sk.cookie();
+    let key = ListenerKey {
         netns: sk.netns(),
         port: sk.local_port(),
         _pad: 0,
-    }
-}
-
-/// listen() (`listening`) or the listener's close: remember or forget who
-/// listens on the port. A listener that closes forgets only its own entry.
-fn listener(sk: Sock, cookie: u64, listening: bool) {
-    let key = listener_key(sk);
+    };
     if listening {
         let value = Listener {
             cookie,
@@ -118,60 +122,71 @@ fn listener(sk: Sock, cookie: u64, listening: bool) {
     }
 }
 
-/// The owner hint of a socket entering CLOSE_WAIT, with its direction flag:
-/// the connect()er from its storage, else the listener of its local port.
-fn owner_hint(sk: Sock) -> Option<(Owner, u16)> {
-    if let Some(owner) = maps::owner_of(sk, false) {
-        // SAFETY: storage of this socket, valid for this program run.
-        let owner = unsafe { *owner };
-        if owner.tgid != 0 && owner.flags & OWNER_CONNECT != 0 {
-            return Some((owner, REC_OUTBOUND));
-        }
-    }
-    // SAFETY: copied out at once.
-    let listener = unsafe { LISTENERS.get(listener_key(sk)) }?;
-    Some((listener.owner, REC_INBOUND))
-}
-
-fn enter(sk: Sock, cookie: u64, old: u32, new: u32) {
+fn enter(sk: Sock, old: u32, new: u32) {
     maps::count(counter::TRANSITIONS);
-    // SAFETY: a helper without arguments.
-    let ts = unsafe { bpf_ktime_get_boot_ns() };
+    let cookie = sk.cookie();
     let mut rec = SockRecord::zeroed();
     rec.cookie = cookie;
-    rec.start_ns = ts;
+    // SAFETY: a helper without arguments.
+    rec.start_ns = unsafe { bpf_ktime_get_boot_ns() };
     sk.fill_endpoints(&mut rec);
+    rec.cgroup = sk.cgroup_id();
     match sk.socket_inode() {
         Some(inode) => rec.inode = inode,
         None => rec.flags |= REC_UNACCEPTED,
     }
-    if let Some((owner, direction)) = owner_hint(sk) {
-        rec.owner_tgid = owner.tgid;
-        rec.owner_comm = owner.comm;
-        rec.flags |= direction;
+    // Only a watched process's connect() left an owner.
+    if maps::control(control::WATCHING) != 0
+        && let Some(owner) = maps::owner_of(sk, false)
+    {
+        // SAFETY: storage of this socket, valid for this program run.
+        let owner = unsafe { *owner };
+        if owner.tgid != 0 && owner.flags & OWNER_CONNECT != 0 {
+            rec.owner_tgid = owner.tgid;
+            rec.owner_comm = owner.comm;
+            rec.flags |= REC_OUTBOUND;
+        }
     }
-    if CLOSE_WAIT.insert(cookie, rec, 0).is_err() {
+    if YOUNG.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
     }
-    submit(&event(EVENT_ENTER, old, new, ts, rec));
+    if maps::control(control::ARMED) == 0 {
+        maps::set_control(control::ARMED, 1);
+        wake(old, new, rec.start_ns);
+    }
 }
 
-fn leave(sk: Sock, cookie: u64, old: u32, new: u32) {
+fn leave(sk: Sock, old: u32, new: u32) {
     maps::count(counter::CLOSED);
+    let cookie = sk.cookie();
     // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
-    // SAFETY: copied out before the remove below.
-    let rec = match unsafe { CLOSE_WAIT.get(cookie) } {
-        Some(rec) => *rec,
-        None => {
-            let mut rec = SockRecord::zeroed();
-            rec.cookie = cookie;
-            rec
+    // SAFETY (both lookups): the record is copied out before its delete.
+    let (rec, reported) = if let Some(rec) = unsafe { YOUNG.get(cookie) } {
+        let rec = *rec;
+        let _ = YOUNG.remove(cookie);
+        maps::observe(ts.saturating_sub(rec.start_ns));
+        (rec, false)
+    } else if let Some(rec) = unsafe { CLOSE_WAIT.get(cookie) } {
+        let rec = *rec;
+        let _ = CLOSE_WAIT.remove(cookie);
+        if rec.start_ns != 0 && rec.flags & REC_ESTIMATED == 0 {
+            maps::observe(ts.saturating_sub(rec.start_ns));
         }
+        (rec, true)
+    } else {
+        // Never seen entering (before cwatch, or `YOUNG` was full): the
+        // daemon may know it from reconciliation.
+        let mut rec = SockRecord::zeroed();
+        rec.cookie = cookie;
+        (rec, true)
     };
-    let _ = CLOSE_WAIT.remove(cookie);
+    let released = sk.fd_released();
+    if released && !reported {
+        return; // closed within the grace: the healthy path
+    }
     let mut event = event(EVENT_LEAVE, old, new, ts, rec);
-    if sk.fd_released() {
+    if released {
         event.rec.flags |= REC_RELEASED;
         submit(&event);
         return;
@@ -180,10 +195,11 @@ fn leave(sk: Sock, cookie: u64, old: u32, new: u32) {
     // so that program tests one flag instead of hashing every destroyed
     // socket.
     match maps::owner_of(sk, true) {
-        // SAFETY: the socket's own storage, valid for this program run.
-        Some(owner) if LINGER.insert(cookie, event, 0).is_ok() => unsafe {
-            (*owner).flags |= OWNER_LINGER;
-        },
+        Some(owner) if LINGER.insert(cookie, event, 0).is_ok() => {
+            // SAFETY: the socket's own storage, valid for this program run.
+            unsafe { (*owner).flags |= OWNER_LINGER };
+            maps::set_control(control::LINGERING, 1);
+        }
         _ => maps::count(counter::LINGER_FULL),
     }
     submit(&event);

@@ -1,14 +1,15 @@
 //! `tp_btf/tcp_destroy_sock`: fired when the kernel frees a TCP socket, i.e.
 //! once no fd (and no timer) holds it any more.
 //!
-//! Only sockets that left CLOSE_WAIT are of interest: those are marked in
-//! their socket storage, so every other socket costs one storage lookup. For
-//! a marked one the `LINGER` record ends and the daemon is told: whoever still
-//! held the dead socket's fd has let go.
+//! Only sockets that left CLOSE_WAIT with their file still held are of
+//! interest: while there are none (`LINGERING` is 0) every socket costs one
+//! array load; otherwise one storage lookup. For a marked one the `LINGER`
+//! record ends and the daemon is told: whoever still held the dead socket's
+//! fd has let go.
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, SockRecord, tcp_state};
+use cwatch_common::{EVENT_DESTROY, OWNER_LINGER, SockRecord, control, tcp_state};
 
 use crate::{
     events::{event, submit},
@@ -18,6 +19,9 @@ use crate::{
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    if maps::control(control::LINGERING) == 0 {
+        return 0;
+    }
     // SAFETY: the tracepoint's first argument is its BTF-typed `struct sock *`.
     let sk = unsafe { Sock::from_btf(ctx.arg(0)) };
     let Some(owner) = maps::owner_of(sk, false) else {

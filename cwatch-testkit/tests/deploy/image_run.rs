@@ -9,12 +9,12 @@
 //! and hold exactly the DaemonSet's capabilities.
 use std::{path::PathBuf, time::Duration};
 
-use cwatch_daemon::daemon::caps::{self, KEPT, REQUIRED};
+use cwatch_daemon::daemon::caps::{self, REQUIRED};
 use cwatch_testkit::{daemon::free_port, load::Load, prom::Scrape, ss::SsSocket, wait_for};
 use serde_json::Value;
 
 use crate::{
-    caps::assert_all_threads,
+    caps::assert_threads_by_role,
     common::{TempDir, run_ok, serial},
     image::{archive, daemonset_container},
     kubernetes::as_json,
@@ -187,7 +187,7 @@ fn the_image_runs_as_the_daemonset_says_and_counts_leaks_under_host_pids() {
     .unwrap_or_else(|e| panic!("{e:#}\ncontainer log:\n{}", container.logs()));
 
     // The node's pid namespace, a network namespace of its own, exactly the
-    // DaemonSet's capabilities (KEPT on every thread once ready).
+    // DaemonSet's capabilities (once ready, each thread only its role's).
     let (host, me) = (std::process::id().to_string(), pid.to_string());
     assert_eq!(ns(&me, "pid"), ns(&host, "pid"));
     assert_ne!(ns(&me, "net"), ns(&host, "net"));
@@ -196,7 +196,7 @@ fn the_image_runs_as_the_daemonset_says_and_counts_leaks_under_host_pids() {
         caps::status_mask(&status, "CapBnd:"),
         Some(caps::mask(REQUIRED))
     );
-    assert_all_threads(pid, caps::mask(KEPT));
+    assert_threads_by_role(pid, caps::mask(REQUIRED));
 
     // A leak while it runs: the second instance goes away, the third stays.
     let late = Load::client(

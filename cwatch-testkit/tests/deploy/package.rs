@@ -1,7 +1,8 @@
 //! The .deb from `cargo xtask package` (path in CWATCH_DEB), installed into
 //! this machine with dpkg: its files are in place, `cwatch --version`
 //! answers, the installed unit verifies clean, the service is enabled but not
-//! started; `dpkg --remove` then `--purge` leave nothing behind, and purge
+//! started, its system user exists; `dpkg --remove` then `--purge` leave
+//! nothing behind (but the system user, as Debian does), and purge
 //! removes the pins under /sys/fs/bpf/cwatch. The purge runs in a private
 //! mount namespace on a fresh bpffs (a new instance: only the kernel's
 //! `*.debug` iterators in it), so no other daemon's pins are touched.
@@ -106,6 +107,14 @@ fn deb_installs_enables_without_starting_and_purges_cleanly() {
         installed_binary_running(),
         Vec::<u32>::new(),
         "started by the install"
+    );
+    // The service's own user, without a login.
+    let account = run_ok(Command::new("getent").args(["passwd", "cwatch"]));
+    assert!(
+        account
+            .trim_end()
+            .ends_with(":/nonexistent:/usr/sbin/nologin"),
+        "{account}"
     );
     let verify = output(Command::new(tool("systemd-analyze")).args([
         "verify",

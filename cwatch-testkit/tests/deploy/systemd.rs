@@ -1,7 +1,7 @@
 //! The systemd unit, checked by systemd's own tools (systemd is not PID 1 on
 //! the test machine, so the unit cannot be started here): `systemd-analyze
-//! verify` is clean, `systemd-analyze security` rates it at most 3.0
-//! ("OK"), and every system call the daemon makes while it loads, sees a leak
+//! verify` is clean, `systemd-analyze security` rates it at most 2.5
+//! ("OK"; 2.7 as root, 2.3 as the dedicated user it now runs as), and every system call the daemon makes while it loads, sees a leak
 //! and shuts down (traced with strace) is allowed by its SystemCallFilter=.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -68,14 +68,17 @@ fn unit_verifies_clean_and_rates_ok() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     println!("systemd-analyze security: exposure {score}");
-    assert!(score <= 3.0, "exposure {score} > 3.0:\n{report}");
+    assert!(score <= 2.5, "exposure {score} > 2.5:\n{report}");
     let text = read_repo_file("deploy/systemd/cwatch.service");
     for line in [
         "Type=notify",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ReadWritePaths=/sys/fs/bpf/cwatch",
+        "ReadWritePaths=-/sys/fs/bpf/cwatch",
+        "User=cwatch",
+        "Group=cwatch",
+        "ExecStartPre=-+/usr/bin/install -d -m 0700 -o cwatch -g cwatch /sys/fs/bpf/cwatch",
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",

@@ -20,7 +20,7 @@ use crate::common::serial;
 
 /// (program ids, map ids) that the process `pid` holds, from the fdinfo of
 /// its BPF fds (links name their program; the program names its maps).
-fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
+pub(crate) fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
     let (mut progs, mut maps) = (Vec::new(), Vec::new());
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo readable") {
         let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
@@ -44,7 +44,7 @@ fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
     (progs, maps)
 }
 
-fn still_exists(kind: &str, id: u64) -> bool {
+pub(crate) fn still_exists(kind: &str, id: u64) -> bool {
     Command::new("bpftool")
         .args([kind, "show", "id", &id.to_string()])
         .output()
@@ -94,14 +94,37 @@ fn stop_and_kill_leave_nothing_behind() {
         );
         // Ours to remove now, not the daemon handle's.
         let pin_dir = daemon.pin_dir.take().expect("a private pin dir");
-        let pinned: Vec<u64> = ["CLOSE_WAIT", "LINGER", "OWNERS", "LISTENERS", "LAYOUT"]
+        let names: Vec<String> = std::fs::read_dir(&pin_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "YOUNG",
+            "CLOSE_WAIT",
+            "LINGER",
+            "OWNERS",
+            "LISTENERS",
+            "LAYOUT",
+        ] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} not pinned: {names:?}"
+            );
+        }
+        let pinned: Vec<u64> = names
             .iter()
             .map(|name| pinned_map_id(&pin_dir.join(name)))
             .collect();
-        // The programs use the first four; LAYOUT is only read at load.
+        // The programs use every pinned map but LAYOUT, only read at load.
+        let used: Vec<u64> = names
+            .iter()
+            .zip(&pinned)
+            .filter(|(name, _)| *name != "LAYOUT")
+            .map(|(_, id)| *id)
+            .collect();
         assert!(
-            pinned[..4].iter().all(|id| maps.contains(id)),
-            "{pinned:?} ⊄ {maps:?}"
+            used.iter().all(|id| maps.contains(id)),
+            "{names:?} {used:?} ⊄ {maps:?}"
         );
         daemon.signal(signal).unwrap();
         let status = daemon.wait_exit(Duration::from_secs(20)).unwrap();
@@ -127,7 +150,7 @@ fn stop_and_kill_leave_nothing_behind() {
 }
 
 /// The id of the map pinned at `path` (`bpftool -j map show pinned`).
-fn pinned_map_id(path: &std::path::Path) -> u64 {
+pub(crate) fn pinned_map_id(path: &std::path::Path) -> u64 {
     let out = Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
         .arg(path)

@@ -4,19 +4,31 @@
 //! They need root and run one at a time (every daemon sees every socket of
 //! the host, and the counters they compare are host-wide): `cargo xtask test`.
 //! They only look at what they created: their ports, pids and cookies.
+mod abuse;
 mod attribution;
+mod auth_flood;
+mod burst;
 mod common;
 mod dead;
 mod drift;
+mod failures;
 mod fields;
 mod incident;
+mod instances;
 mod ipv6;
 mod lifecycle;
+mod ls_unprivileged;
+mod names;
 mod operator_ls;
 mod owner_labels;
+mod persistence;
+mod pins_access;
 mod preflight;
 mod prompt_close;
 mod restart;
 mod self_metrics;
 mod series_limits;
+mod soak;
+mod stop;
+mod surprises;
 mod web;

@@ -1,6 +1,7 @@
 //! `scale.png`: time to answer "which sockets are in CLOSE_WAIT" against the
-//! number of such sockets, log–log, one line per tool. Drawn with plotters'
-//! bitmap backend; text uses DejaVu Sans from the Debian package
+//! number of such sockets, log–log, one line per tool; `soak.png`: the
+//! soak's resident memory and leak over time. Drawn with plotters' bitmap
+//! backend; text uses DejaVu Sans from the Debian package
 //! fonts-dejavu-core (installed by `cargo xtask setup`), registered by file
 //! so that no system font lookup is involved.
 use std::path::Path;
@@ -8,17 +9,24 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use plotters::prelude::*;
 
+use cwatch_testkit::soak::Sample;
+
 use super::scale::{Level, Scale};
 
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 type Series = (&'static str, RGBColor, fn(&Level) -> f64);
 
-const SERIES: [Series; 5] = [
+const SERIES: [Series; 6] = [
     ("cwatch /metrics (p50)", RGBColor(0, 114, 178), |l| {
         l.scrape_ms.median()
     }),
-    ("cwatch ls", RGBColor(86, 180, 233), |l| l.ls_ms.median()),
+    ("cwatch ls (default view)", RGBColor(86, 180, 233), |l| {
+        l.ls_ms.median()
+    }),
+    ("cwatch ls --all --json", RGBColor(230, 159, 0), |l| {
+        l.ls_all_json_ms.median()
+    }),
     (
         "ss -tn state close-wait | wc -l",
         RGBColor(0, 158, 115),
@@ -34,7 +42,12 @@ const SERIES: [Series; 5] = [
     ),
 ];
 
-pub fn draw(scale: &Scale, path: &Path) -> anyhow::Result<()> {
+/// Registers the font once (plotters keeps it for the process).
+fn font() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
     let font =
         std::fs::read(FONT).with_context(|| format!("reading {FONT} (fonts-dejavu-core)"))?;
     plotters::style::register_font(
@@ -43,6 +56,12 @@ pub fn draw(scale: &Scale, path: &Path) -> anyhow::Result<()> {
         Box::leak(font.into_boxed_slice()),
     )
     .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+pub fn draw(scale: &Scale, path: &Path) -> anyhow::Result<()> {
+    font()?;
     let levels = &scale.levels;
     let xs: Vec<f64> = levels.iter().map(|l| l.sockets as f64).collect();
     let ys: Vec<f64> = levels
@@ -105,6 +124,89 @@ pub fn draw(scale: &Scale, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("drawing: {e}"))?;
     root.present()
         .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// `soak.png`: RSS (left axis) and the leak and its gauge (right axis)
+/// against time.
+pub fn draw_soak(samples: &[Sample], path: &Path) -> anyhow::Result<()> {
+    font()?;
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing: {e}");
+    let t_max = samples.last().map_or(1.0, |s| s.t_s.max(1.0));
+    let rss_max = samples.iter().map(|s| s.rss_mib).fold(1.0, f64::max) * 1.2;
+    let leak_max = samples
+        .iter()
+        .map(|s| (s.leak as f64).max(s.close_wait_gauge))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Soak: the daemon's memory while a leak grows",
+            ("sans-serif", 24),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .right_y_label_area_size(72)
+        .build_cartesian_2d(0.0..t_max, 0.0..rss_max)
+        .map_err(e)?
+        .set_secondary_coord(0.0..t_max, 0.0..leak_max);
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("RSS (MiB)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(e)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("sockets")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(e)?;
+    let blue = RGBColor(0, 114, 178);
+    chart
+        .draw_series(LineSeries::new(
+            samples.iter().map(|s| (s.t_s, s.rss_mib)),
+            blue.stroke_width(3),
+        ))
+        .map_err(e)?
+        .label("daemon RSS (MiB, left)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(3)));
+    for (name, color, f) in [
+        (
+            "leak (sockets, right)",
+            RGBColor(213, 94, 0),
+            (|s: &Sample| s.leak as f64) as fn(&Sample) -> f64,
+        ),
+        ("CLOSE_WAIT gauge (right)", RGBColor(0, 158, 115), |s| {
+            s.close_wait_gauge
+        }),
+    ] {
+        chart
+            .draw_secondary_series(LineSeries::new(
+                samples.iter().map(|s| (s.t_s, f(s))),
+                color.stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(e)?;
+    root.present()
+        .map_err(|err| anyhow!("writing {}: {err}", path.display()))?;
     Ok(())
 }
 

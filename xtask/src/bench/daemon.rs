@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use rustix::process::{Pid, Signal, kill_process};
 
+use super::{cleanup, cpu::CpuMeter};
+
 pub struct BenchDaemon {
     child: Option<Child>,
     agent: ureq::Agent,
@@ -48,6 +50,7 @@ impl BenchDaemon {
             .max_idle_age(Duration::from_secs(24 * 3600))
             .build()
             .into();
+        cleanup::track_pid(child.id());
         let mut daemon = BenchDaemon {
             pid: child.id(),
             child: Some(child),
@@ -73,6 +76,24 @@ impl BenchDaemon {
         }
         daemon.ready_after = started.elapsed();
         Ok(daemon)
+    }
+
+    /// Waits (at most 15 s) until the daemon is quiet: under 1 % of a core
+    /// over a quarter of a second (the start-up reconciliation and the walk
+    /// of /proc it asked for are over).
+    pub fn settle(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let window = Duration::from_millis(250);
+        while Instant::now() < deadline {
+            let mut cpu = CpuMeter::start(self.pid)?;
+            std::thread::sleep(window);
+            cpu.sample()?;
+            if (cpu.used_ns() as f64) < window.as_nanos() as f64 * 0.01 {
+                return Ok(());
+            }
+        }
+        eprintln!("bench: the daemon was still busy 15 s after ready");
+        Ok(())
     }
 
     /// GET `path`: status and body.
@@ -105,6 +126,8 @@ impl BenchDaemon {
         if let Some(pid) = Pid::from_raw(self.pid as i32) {
             let _ = kill_process(pid, Signal::TERM);
         }
+        // Signalled: an interrupted run has nothing more to do for it.
+        cleanup::untrack_pid(self.pid);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if child.try_wait()?.is_some() {

@@ -12,6 +12,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use cwatch_testkit::churn::Churn;
+
+use super::cleanup;
+
 /// The workspace binaries the bench runs (release builds).
 pub struct Bins {
     pub cwatch: PathBuf,
@@ -81,6 +85,13 @@ pub fn run_gen(bin: &Path, args: &[&str]) -> anyhow::Result<Run> {
     })
 }
 
+/// Runs `cwatch-churn` (`bin`) in `shape` for `secs` seconds.
+pub fn churn(bin: &Path, shape: Churn, secs: f64) -> anyhow::Result<Run> {
+    let args = shape.args(secs);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_gen(bin, &args)
+}
+
 /// Wall time of `sh -c SCRIPT` with its output discarded, in milliseconds.
 pub fn time_shell(script: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
@@ -111,6 +122,7 @@ impl Helper {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {what}"))?;
+        cleanup::track_pid(child.id());
         let stdout = child.stdout.take().context("no stdout")?;
         Ok(Helper {
             stdin: child.stdin.take(),
@@ -157,6 +169,7 @@ impl Drop for Helper {
         self.stdin.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        cleanup::untrack_pid(self.child.id());
     }
 }
 

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
 
 use anyhow::Context as _;
 
-/// A sysctl changed for the run; the old value is written back on drop.
+use super::cleanup;
+
+/// A sysctl changed for the run; the old value is written back on drop (and
+/// by [`cleanup`] if the run is interrupted or killed).
 pub struct Sysctl {
     path: PathBuf,
     old: String,
@@ -19,16 +22,22 @@ impl Sysctl {
             .with_context(|| format!("reading sysctl {name}"))?
             .trim()
             .to_string();
-        fs::write(&path, value).with_context(|| format!("setting sysctl {name}={value}"))?;
-        eprintln!("bench: sysctl {name}: {old} -> {value} (restored at the end)");
-        Ok(Sysctl { path, old })
+        cleanup::track_sysctl(path.clone(), old.clone())?;
+        let guard = Sysctl { path, old };
+        fs::write(&guard.path, value).with_context(|| format!("setting sysctl {name}={value}"))?;
+        eprintln!(
+            "bench: sysctl {name}: {} -> {value} (restored at the end)",
+            guard.old
+        );
+        Ok(guard)
     }
 }
 
 impl Drop for Sysctl {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.old) {
-            eprintln!("bench: cannot restore {}: {e}", self.path.display());
+        match fs::write(&self.path, &self.old) {
+            Ok(()) => cleanup::untrack_sysctl(&self.path),
+            Err(e) => eprintln!("bench: cannot restore {}: {e}", self.path.display()),
         }
     }
 }

@@ -39,6 +39,7 @@ prop_compose! {
         peer in addr(),
         ports in any::<(u16, u16)>(),
         netns in any::<u32>(),
+        cgroup in any::<u64>(),
         inode in prop_oneof![Just(0u64), 1..u64::from(u32::MAX)],
         direction in prop_oneof![
             Just(Direction::Outbound),
@@ -66,6 +67,7 @@ prop_compose! {
         e.peer = SocketAddr::new(peer, ports.1);
         e.netns = netns;
         e.inode = inode;
+        e.cgroup = cgroup;
         e.direction = direction;
         e.hint = owner;
         e.owner = owner;
@@ -84,8 +86,43 @@ proptest! {
         prop_assert_eq!(back.peer, e.peer);
         prop_assert_eq!(back.netns, e.netns);
         prop_assert_eq!(back.inode, e.inode);
+        prop_assert_eq!(back.cgroup, e.cgroup);
         prop_assert_eq!(back.direction, e.direction, "direction kept");
         prop_assert_eq!(back.owner, e.owner, "owner pid and comm kept");
         prop_assert_eq!(back.hint, e.owner, "the owner becomes the next start's hint");
+    }
+}
+
+proptest! {
+    /// The table keeps entries packed: what goes in comes out, with its
+    /// holders (one, several, none) and whatever else is in the table.
+    #[test]
+    fn every_field_survives_the_table(
+        e in entry(),
+        others in proptest::collection::vec(entry(), 0..8),
+        holders in proptest::collection::vec((1u32..50, 0i32..9, comm()), 0..4),
+    ) {
+        let mut t = crate::table::SocketTable::new();
+        for o in &others {
+            t.insert(o.clone());
+        }
+        let mut e = e;
+        e.set_holders(
+            holders
+                .into_iter()
+                .map(|(pid, fd, comm)| crate::table::Holder { pid, fd, comm })
+                .collect(),
+        );
+        t.insert(e.clone());
+        prop_assert_eq!(t.get(e.cookie), Some(e.clone()));
+        // Taking the others out (each may have shared its values) changes
+        // nothing of it.
+        for o in &others {
+            if o.cookie != e.cookie {
+                t.remove(o.cookie);
+            }
+        }
+        prop_assert_eq!(t.remove(e.cookie), Some(e));
+        prop_assert!(t.is_empty());
     }
 }

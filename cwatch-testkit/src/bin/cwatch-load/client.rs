@@ -24,7 +24,7 @@ const CONNECT_RETRIES: u32 = 3;
 
 /// What the command line asked the client to do.
 pub struct Config {
-    pub comm: String,
+    pub comm: Vec<u8>,
     pub targets: Vec<(SocketAddr, usize)>,
     pub on_eof: OnEof,
     pub threads: usize,
@@ -60,9 +60,10 @@ fn share(count: usize, workers: usize, worker: usize) -> usize {
 }
 
 /// Set the calling thread's name (the process name on the main thread).
-fn set_thread_name(name: &str) -> Result<()> {
-    let cname = CString::new(name).map_err(|_| anyhow!("name {name:?} contains a NUL byte"))?;
-    rustix::thread::set_name(&cname).with_context(|| format!("prctl(PR_SET_NAME, {name:?})"))
+fn set_thread_name(name: &[u8]) -> Result<()> {
+    let shown = String::from_utf8_lossy(name).into_owned();
+    let cname = CString::new(name).map_err(|_| anyhow!("name {shown:?} contains a NUL byte"))?;
+    rustix::thread::set_name(&cname).with_context(|| format!("prctl(PR_SET_NAME, {shown:?})"))
 }
 
 /// Connect to `addr`, retrying a refused or timed-out connect.
@@ -86,7 +87,7 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// One worker: name itself, then make its share of every target's
 /// connections. Stops early once another worker failed.
 fn worker(index: usize, plan: Vec<(SocketAddr, usize)>, failed: &AtomicBool) -> Result<Vec<Conn>> {
-    set_thread_name(&format!("worker-{index}"))?;
+    set_thread_name(format!("worker-{index}").as_bytes())?;
     let mut conns = Vec::with_capacity(plan.iter().map(|(_, n)| n).sum());
     for (addr, n) in plan {
         for _ in 0..n {
@@ -270,7 +271,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Config {
-            comm: "test".to_string(),
+            comm: b"test".to_vec(),
             targets: vec![(addr, 7)],
             on_eof: OnEof::Leak,
             threads: 3,
@@ -287,7 +288,7 @@ mod tests {
             listener.local_addr().unwrap()
         };
         let config = Config {
-            comm: "test".to_string(),
+            comm: b"test".to_vec(),
             targets: vec![(addr, 2)],
             on_eof: OnEof::Leak,
             threads: 2,

@@ -46,9 +46,11 @@ struct ServerArgs {
 
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
-    /// Process name to set with prctl(PR_SET_NAME) (the kernel keeps 15 bytes).
-    #[arg(long, value_name = "NAME")]
-    comm: String,
+    /// Process name to set with prctl(PR_SET_NAME) (the kernel keeps 15
+    /// bytes); `\xNN` stands for the byte NN, so a name can hold any byte
+    /// but NUL (invalid UTF-8 included).
+    #[arg(long, value_name = "NAME", value_parser = parse_name_bytes)]
+    comm: NameBytes,
     /// Loopback target; repeatable, paired in order with --count.
     #[arg(long = "connect", value_name = "ADDR:PORT", required = true, value_parser = parse_loopback)]
     connect: Vec<SocketAddr>,
@@ -80,6 +82,34 @@ fn is_loopback(ip: IpAddr) -> bool {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
+}
+
+/// A name's bytes (a newtype: clap would take a `Vec` as many values).
+#[derive(Clone, Debug)]
+struct NameBytes(Vec<u8>);
+
+/// clap value parser: a name with `\xNN` escapes, as bytes.
+fn parse_name_bytes(text: &str) -> Result<NameBytes, String> {
+    let mut out = Vec::new();
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        match tail {
+            [b'x', h, l, more @ ..] if b == b'\\' => {
+                let hex = std::str::from_utf8(&[*h, *l])
+                    .map_err(|e| e.to_string())?
+                    .to_string();
+                out.push(
+                    u8::from_str_radix(&hex, 16).map_err(|_| format!("\\x{hex} is not a byte"))?,
+                );
+                rest = more;
+            }
+            _ => {
+                out.push(b);
+                rest = tail;
+            }
+        }
+    }
+    Ok(NameBytes(out))
 }
 
 /// clap value parser: a socket address that must be on loopback.
@@ -144,7 +174,7 @@ fn main() -> ExitCode {
                 }
             };
             let config = client::Config {
-                comm: args.comm,
+                comm: args.comm.0,
                 targets,
                 on_eof: args.on_eof,
                 threads: usize::from(args.threads),
@@ -201,6 +231,13 @@ mod tests {
         assert!(pair_targets(&[a, b], &[360]).is_err());
         assert!(pair_targets(&[a], &[1, 2]).is_err());
         assert!(pair_targets(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn names_take_any_byte_but_nul() {
+        assert_eq!(parse_name_bytes("a\nb").unwrap().0, b"a\nb");
+        assert_eq!(parse_name_bytes("x\\xff\\x1b").unwrap().0, b"x\xff\x1b");
+        assert!(parse_name_bytes("\\xzz").is_err());
     }
 
     #[test]
