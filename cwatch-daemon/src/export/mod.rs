@@ -3,8 +3,9 @@ From the socket table to what Prometheus and the journal read: [`series`]
 (filters applied, owner labels looked up, groups keyed by pid, comm or
 unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
 contract's families, rendered with the stages' telemetry),
-[`selfmetrics`] (what a scrape learns about cwatch itself) and [`fds`]
-(open fds and fd limits of the leaking processes).
+[`selfmetrics`] (what a scrape learns about cwatch itself), [`fds`]
+(open fds and fd limits of the leaking processes) and [`reaped`] (the
+sockets `cwatch reap` reported destroying, checked).
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
@@ -15,6 +16,7 @@ pub mod cardinality;
 pub mod fds;
 mod histogram;
 pub mod metrics;
+pub mod reaped;
 pub mod selfmetrics;
 pub mod series;
 
@@ -36,6 +38,8 @@ use crate::{
 pub struct Exporter {
     metrics: Metrics,
     fds: fds::FdGauges,
+    /// `cwatch_reaped_sockets_total` and the cookies it counted.
+    pub reaped: reaped::Reaped,
     labels: LabelCache,
     proc: ProcRoot,
 }
@@ -45,6 +49,7 @@ impl Exporter {
         Self {
             metrics: Metrics::new(),
             fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::new(proc.clone()),
             proc,
         }
@@ -56,6 +61,7 @@ impl Exporter {
         Self {
             metrics: Metrics::new(),
             fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::reading_through(proc.clone(), reader),
             proc,
         }
@@ -114,6 +120,7 @@ impl Exporter {
         );
         let holders = fds::holders(&families, config.max_process_series);
         body += &self.fds.render(&self.proc, &holders);
+        body += &self.reaped.render();
         self.metrics.own.scrape_took(started.elapsed());
         body
     }
