@@ -7,9 +7,11 @@ the counter stays true whoever posts:
 - the cookie is a socket the daemon saw in CLOSE_WAIT and judged leaked
   (older than leak-after) — in its table still, or among the dead sockets
   held (it left CLOSE_WAIT for CLOSE after it was leaked);
-- it is in CLOSE_WAIT no more: a socket the table still has (the event of
-  its end not applied yet) is asked about by exact 5-tuple and cookie
-  (sock_diag), and one the kernel still shows in CLOSE_WAIT is refused;
+- it left CLOSE_WAIT for CLOSE with its fd still held (what a destroy
+  leaves; the kernel's own event says so, not the report): a socket the
+  table still has in CLOSE_WAIT is looked for again for up to
+  [`SETTLE`], the time its event takes through the ring buffer, then
+  refused;
 - it is counted once, however often it is reported.
 
 A report about a socket in another network namespace than the daemon's is
@@ -21,10 +23,13 @@ use std::{collections::HashSet, sync::Mutex, time::Duration};
 use prometheus::{Encoder as _, IntCounter, Registry, TextEncoder};
 
 use crate::{
-    kernel_view::sockdiag,
-    table::{SockEntry, SocketTable, age, is_leaked},
+    table::{SocketTable, age, is_leaked},
     telemetry::register,
 };
+
+/// How long a report waits for the events of sockets still in CLOSE_WAIT
+/// in the table (the daemon drains the ring every 50 ms).
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// The counter, in a registry of its own, and the cookies it counted.
 pub struct Reaped {
@@ -38,8 +43,9 @@ pub struct Reaped {
 pub enum Known {
     /// Dead, held, and leaked before it left CLOSE_WAIT for CLOSE.
     Dead,
-    /// Still in the table's CLOSE_WAIT rows, leaked: ask the kernel.
-    Live(SockEntry),
+    /// Still in the table's CLOSE_WAIT rows, leaked: its end may be on
+    /// its way.
+    Live,
     /// Not countable, and why.
     Refused(&'static str),
 }
@@ -58,7 +64,9 @@ pub fn classify(
         .map(|&cookie| {
             let known = if let Some(dead) = table.dead_entry(cookie) {
                 let was_leaked = is_leaked(age(dead.left_ns, dead.sock.start_ns), leak_after);
-                if !was_leaked {
+                if Some(dead.sock.netns) != own_netns {
+                    Known::Refused("it is in another network namespace")
+                } else if !was_leaked {
                     Known::Refused("it was not leaked when it left CLOSE_WAIT")
                 } else if u32::from(dead.newstate) != cwatch_common::tcp_state::CLOSE {
                     Known::Refused("it left CLOSE_WAIT for LAST_ACK (closed by its program)")
@@ -71,7 +79,7 @@ pub fn classify(
                 } else if !is_leaked(age(now_ns, entry.start_ns), leak_after) {
                     Known::Refused("it is not leaked")
                 } else {
-                    Known::Live(entry)
+                    Known::Live
                 }
             } else {
                 Known::Refused("the daemon does not know it")
@@ -97,35 +105,40 @@ impl Reaped {
     }
 
     /// Counts the reported `cookies` that pass the checks; each verdict:
-    /// `Ok` counted (now or before), `Err` why not. Table lookups under its
-    /// lock, kernel questions after it is released.
+    /// `Ok` counted (now or before), `Err` why not. `classify` looks them
+    /// up in the table (under its lock); a socket still in the table's
+    /// CLOSE_WAIT rows is looked up again until `wait` has passed, so that
+    /// the event of its end, on its way through the ring buffer, can
+    /// arrive. `table_knows` says which counted cookies to remember.
     pub fn report(
         &self,
-        lock_table: impl FnOnce() -> Vec<(u64, Known)>,
+        cookies: &[u64],
+        classify: impl Fn(&[u64]) -> Vec<(u64, Known)>,
         table_knows: impl Fn(u64) -> bool,
+        wait: Duration,
     ) -> Vec<(u64, Result<(), &'static str>)> {
-        let classified = lock_table();
-        let verdicts: Vec<(u64, Result<(), &'static str>)> = classified
-            .into_iter()
-            .map(|(cookie, known)| {
-                let verdict = match known {
-                    Known::Dead => Ok(()),
-                    Known::Refused(why) => Err(why),
-                    Known::Live(entry) => {
-                        match sockdiag::lookup(entry.local, entry.peer, entry.cookie) {
-                            Ok(Some(s))
-                                if u32::from(s.state) == cwatch_common::tcp_state::CLOSE_WAIT =>
-                            {
-                                Err("the kernel still has it in CLOSE_WAIT")
-                            }
-                            Ok(_) => Ok(()),
-                            Err(_) => Err("the kernel could not be asked about it"),
-                        }
-                    }
-                };
-                (cookie, verdict)
-            })
-            .collect();
+        let deadline = std::time::Instant::now() + wait;
+        let mut verdicts = Vec::with_capacity(cookies.len());
+        let mut pending: Vec<u64> = cookies.to_vec();
+        loop {
+            let mut live = Vec::new();
+            for (cookie, known) in classify(&pending) {
+                match known {
+                    Known::Dead => verdicts.push((cookie, Ok(()))),
+                    Known::Refused(why) => verdicts.push((cookie, Err(why))),
+                    Known::Live => live.push(cookie),
+                }
+            }
+            if live.is_empty() || std::time::Instant::now() >= deadline {
+                verdicts.extend(
+                    live.into_iter()
+                        .map(|c| (c, Err("it is still in CLOSE_WAIT"))),
+                );
+                break;
+            }
+            pending = live;
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
         counted.retain(|c| table_knows(*c));
         for (cookie, verdict) in &verdicts {
@@ -134,6 +147,7 @@ impl Reaped {
                 tracing::info!(cookie, "a leaked socket was reaped (cwatch reap --yes)");
             }
         }
+        verdicts.sort_by_key(|(c, _)| cookies.iter().position(|x| x == c));
         verdicts
     }
 
@@ -159,7 +173,7 @@ impl Default for Reaped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{DeadEntry, tests::record};
+    use crate::table::{DeadEntry, SockEntry, tests::record};
 
     const S: u64 = 1_000_000_000;
 
@@ -189,7 +203,7 @@ mod tests {
             .iter()
             .map(|(_, k)| match k {
                 Known::Dead => "dead",
-                Known::Live(_) => "live",
+                Known::Live => "live",
                 Known::Refused(_) => "refused",
             })
             .collect();
@@ -200,15 +214,36 @@ mod tests {
             ]
         );
         let reaped = Reaped::new();
-        let dead_only: Vec<(u64, Known)> = known
-            .into_iter()
-            .filter(|(_, k)| !matches!(k, Known::Live(_)))
+        let all = [1, 2, 3, 4, 5, 6, 99];
+        let look = |c: &[u64]| classify(&table, c, 30 * S, leak_after, Some(7));
+        let verdicts = reaped.report(&all, look, |c| c == 1, Duration::ZERO);
+        let counted: Vec<u64> = verdicts
+            .iter()
+            .filter(|(_, v)| v.is_ok())
+            .map(|(c, _)| *c)
             .collect();
-        let verdicts = reaped.report(|| dead_only.clone(), |c| c == 1);
-        assert_eq!(verdicts.iter().filter(|(_, v)| v.is_ok()).count(), 1);
+        assert_eq!(counted, [1]);
+        assert_eq!(
+            verdicts.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            all,
+            "in order"
+        );
+        assert_eq!(verdicts[3].1, Err("it is still in CLOSE_WAIT"));
         assert_eq!(reaped.total(), 1);
-        reaped.report(|| dead_only.clone(), |c| c == 1);
+        reaped.report(&all, look, |c| c == 1, Duration::ZERO);
         assert_eq!(reaped.total(), 1, "counted once");
-        assert!(reaped.render().contains("cwatch_reaped_sockets_total 1"));
+        // A live socket whose end arrives while the report waits counts.
+        let mut later = SocketTable::new();
+        later.insert_dead(DeadEntry::left(entry(4, 0), 29 * S, 7));
+        let calls = std::cell::Cell::new(0);
+        let settle = |c: &[u64]| {
+            calls.set(calls.get() + 1);
+            let t = if calls.get() == 1 { &table } else { &later };
+            classify(t, c, 30 * S, leak_after, Some(7))
+        };
+        let verdicts = reaped.report(&[4], settle, |_| true, Duration::from_secs(5));
+        assert_eq!(verdicts, [(4, Ok(()))]);
+        assert_eq!((reaped.total(), calls.get()), (2, 2));
+        assert!(reaped.render().contains("cwatch_reaped_sockets_total 2"));
     }
 }

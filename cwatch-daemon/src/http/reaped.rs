@@ -48,14 +48,16 @@ fn count(app: &App, cookies: &[u64]) -> ReapedAnswer {
         .ok()
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32);
     let verdicts = app.exporter.reaped.report(
-        || {
+        cookies,
+        |pending| {
             let now = state.clock.now_ns();
-            reaped::classify(&state.lock_table(), cookies, now, leak_after, own_netns)
+            reaped::classify(&state.lock_table(), pending, now, leak_after, own_netns)
         },
         |cookie| {
             let table = state.lock_table();
             table.contains(cookie) || table.dead_entry(cookie).is_some()
         },
+        reaped::SETTLE,
     );
     let mut answer = ReapedAnswer::default();
     for (cookie, verdict) in verdicts {

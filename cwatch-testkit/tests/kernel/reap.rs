@@ -168,6 +168,24 @@ fn reap_destroys_exactly_the_selected_sockets() {
         Some(0.0)
     );
 
+    // Reports the daemon cannot check are refused and not counted: a
+    // leaked socket still in CLOSE_WAIT (Q's), a young one, an unknown
+    // cookie; and a body that is not a report is a 400.
+    let q_old = *ss_cookies(&[old_port], Some(q.pid), None).first().unwrap();
+    let young_one = *young.first().unwrap();
+    let forged = format!("{{\"cookies\":[{q_old},{young_one},1]}}");
+    let (status, body) = daemon.post("/api/v1/reaped", &forged).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["counted"], serde_json::json!([]), "{body}");
+    assert_eq!(answer["refused"].as_array().unwrap().len(), 3, "{body}");
+    assert!(body.contains("still in CLOSE_WAIT"), "{body}");
+    assert_eq!(daemon.post("/api/v1/reaped", "[1,2]").unwrap().0, 400);
+    assert_eq!(
+        metric(&daemon, "cwatch_reaped_sockets_total", &[]),
+        Some(0.0)
+    );
+
     // --yes: exactly those leave CLOSE_WAIT.
     let mut yes = args.to_vec();
     yes.push("--yes");
