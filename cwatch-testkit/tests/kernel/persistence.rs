@@ -8,7 +8,7 @@
 use std::{process::Command, time::Duration};
 
 use cwatch_testkit::{
-    daemon::{Daemon, free_port, private_pin_dir},
+    daemon::{Daemon, private_pin_dir},
     load::Load,
     wait_for,
 };

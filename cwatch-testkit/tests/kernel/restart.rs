@@ -6,7 +6,6 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use cwatch_testkit::{
     daemon::{Daemon, private_pin_dir},
-    load::Load,
     wait_for,
 };
 use rustix::process::Signal;
