@@ -76,6 +76,7 @@ pub fn run(args: &ReapArgs, older_than: Duration, target: SocketAddr) -> anyhow:
     // Each still there, exactly (it may have closed since the daemon answered).
     let mut present = Vec::new();
     let mut keepalive = HashMap::new();
+    let chosen = selected.len();
     for sock in selected {
         let Some((local, peer)) = ends(&sock) else {
             continue;
@@ -88,6 +89,15 @@ pub fn run(args: &ReapArgs, older_than: Duration, target: SocketAddr) -> anyhow:
             Ok(_) => {}
             Err(err) => return Err(err).context("asking the kernel about a socket (sock_diag)"),
         }
+    }
+    if present.len() < chosen {
+        // Closed since the daemon answered (or, for an IPv4-mapped address
+        // on an IPv6 socket, not found as IPv4): never destroyed.
+        writeln!(
+            out,
+            "skipping {} selected socket(s) the kernel no longer shows in CLOSE_WAIT",
+            chosen - present.len()
+        )?;
     }
     let what = describe(args, older_than);
     if present.is_empty() {
