@@ -2,8 +2,10 @@
 From the socket table to what Prometheus and the journal read: [`series`]
 (filters applied, owner labels looked up, groups keyed by pid, comm or
 unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
-contract's families, rendered with the stages' telemetry) and
-[`selfmetrics`] (what a scrape learns about cwatch itself).
+contract's families, rendered with the stages' telemetry),
+[`selfmetrics`] (what a scrape learns about cwatch itself), [`fds`]
+(open fds and fd limits of the leaking processes) and [`reaped`] (the
+sockets `cwatch reap` reported destroying, checked).
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
@@ -11,8 +13,10 @@ table's lock only to read the groups (no I/O under it), then looks up labels
 counters with the lock released.
 */
 pub mod cardinality;
+pub mod fds;
 mod histogram;
 pub mod metrics;
+pub mod reaped;
 pub mod selfmetrics;
 pub mod series;
 
@@ -33,6 +37,9 @@ use crate::{
 /// Renders `/metrics` and the families the leak notices read.
 pub struct Exporter {
     metrics: Metrics,
+    fds: fds::FdGauges,
+    /// `cwatch_reaped_sockets_total` and the cookies it counted.
+    pub reaped: reaped::Reaped,
     labels: LabelCache,
     proc: ProcRoot,
 }
@@ -41,6 +48,8 @@ impl Exporter {
     pub fn new(proc: ProcRoot) -> Self {
         Self {
             metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::new(proc.clone()),
             proc,
         }
@@ -51,6 +60,8 @@ impl Exporter {
     pub fn with_label_reader(proc: ProcRoot, reader: LabelLookups) -> Self {
         Self {
             metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::reading_through(proc.clone(), reader),
             proc,
         }
@@ -101,12 +112,15 @@ impl Exporter {
                 .own
                 .map_fill("close_wait", table_len, probes.close_wait_capacity());
         }
-        let body = self.metrics.render_families(
+        let mut body = self.metrics.render_families(
             &families,
             &config.labels.label_names(),
             kernel.as_ref(),
             &state.telemetry,
         );
+        let holders = fds::holders(&families, config.max_process_series);
+        body += &self.fds.render(&self.proc, &holders);
+        body += &self.reaped.render();
         self.metrics.own.scrape_took(started.elapsed());
         body
     }
