@@ -65,7 +65,7 @@ pub fn untrack_loopback() -> anyhow::Result<Option<Untracked>> {
         bail!("nft could not add the table {TABLE} ({status})");
     }
     eprintln!(
-        "bench: conntrack is active: loopback packets are not tracked during the run (nft table {TABLE}, removed at the end)"
+        "xtask: conntrack is active: loopback packets are not tracked during the run (nft table {TABLE}, removed at the end)"
     );
     Ok(Some(Untracked(())))
 }
