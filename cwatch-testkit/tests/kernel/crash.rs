@@ -201,8 +201,10 @@ fn kill_9_mid_churn_loses_nothing_counts_nothing_twice_and_keeps_ages() {
 
     let daemon = Daemon::start(&args).unwrap();
     grow(4);
-    let after = equal_to_ss(&daemon, port, &clients, &ips);
+    // The readings below come after this: at least this long after the
+    // one above, the downtime included.
     let elapsed = read_before.elapsed().as_secs_f64();
+    let after = equal_to_ss(&daemon, port, &clients, &ips);
     assert_eq!(after.len(), 5 * PER_STEP, "no socket lost");
     for (cookie, old) in &before {
         let new = after
@@ -223,8 +225,16 @@ fn kill_9_mid_churn_loses_nothing_counts_nothing_twice_and_keeps_ages() {
         assert_eq!(new["pid"], old["pid"]);
         assert_eq!(new["direction"], old["direction"]);
     }
+    let kept = before
+        .iter()
+        .map(|(c, old)| {
+            after[c]["age_seconds"].as_f64().unwrap() - old["age_seconds"].as_f64().unwrap()
+        })
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("{elapsed:.2} s between the readings, the least age gained {kept:.2} s");
     let churn_pid = churn.pid();
     let conns = churn.finish();
+    eprintln!("churn: {conns} connections in 20 s");
     assert!(conns > 5_000, "the churn ran: {conns} connections");
     grow(5);
     equal_to_ss(&daemon, port, &clients, &ips);
