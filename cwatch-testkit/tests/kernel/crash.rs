@@ -63,6 +63,25 @@ impl Drop for Churn {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Its clients' TIME_WAIT entries hold most ephemeral ports for a
+        // minute, which makes every connect() of the host slow (the next
+        // test's too): wait for them to go (bounded; cleanup, not a check).
+        let _ = wait_for(
+            "the churn's TIME_WAIT gone",
+            Duration::from_secs(90),
+            || {
+                let out = Command::new("ss")
+                    .args(["-tanH", "state", "time-wait", "dst", "127.77.0.0/24"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let n = out.stdout.iter().filter(|&&b| b == b'\n').count();
+                if n < 1000 {
+                    Ok(())
+                } else {
+                    Err(format!("{n}"))
+                }
+            },
+        );
     }
 }
 
@@ -235,7 +254,10 @@ fn kill_9_mid_churn_loses_nothing_counts_nothing_twice_and_keeps_ages() {
     let churn_pid = churn.pid();
     let conns = churn.finish();
     eprintln!("churn: {conns} connections in 20 s");
-    assert!(conns > 5_000, "the churn ran: {conns} connections");
+    assert!(
+        conns >= 20_000,
+        "thousands of connections a second: {conns} in 20 s"
+    );
     grow(5);
     equal_to_ss(&daemon, port, &clients, &ips);
     // The churn's own CLOSE_WAIT sockets were short: none is left counted.
