@@ -6,6 +6,7 @@
 
 mod events;
 mod kernel;
+mod log;
 mod maps;
 mod probes;
 
