@@ -17,13 +17,13 @@ path, each importing only those before it:
 | [`state`] | what the tasks share: config, clock, table, telemetry, probes, progress |
 | [`intake`] | the ring buffer's events applied to the table |
 | [`owners`] | fd holders from a proc root (injectable), their refresh, owner labels |
-| [`kernel_view`] | the kernel's own socket table through sock_diag, in every network namespace |
+| [`kernel_view`] | the kernel's own socket table through sock_diag, in every network namespace (and `SOCK_DESTROY`, for `cwatch reap` only) |
 | [`reconcile`] | the periodic diff of table and kernel maps against that view |
 | [`provenance`] | connect-time stack samples of leaked sockets taken from the kernel, unwound and symbolized on a thread of their own |
-| [`export`] | series, filters, series limits, /metrics rendering, self-metrics |
+| [`export`] | series, filters, series limits, /metrics rendering, self-metrics, fd gauges of leaking processes, the checked count of reaped sockets |
 | [`http`] | the endpoints, the accept loop, auth and TLS; [`http::wire`] is what the client reads |
 | [`daemon`] | running as a service: tasks and shutdown, SIGHUP, notices, sd_notify, capabilities per thread and where each kind of work runs, heap, logging |
-| [`cli`] | the command line on top: clap types, flags into config, `ls`, `doctor`, exit codes |
+| [`cli`] | the command line on top: clap types, flags into config, `ls`, `reap`, `doctor`, exit codes |
 
 The client (`cli`) depends on the daemon's wire types, never the reverse.
 Under test, `fuzz` feeds every parser of outside input hostile bytes.

@@ -31,7 +31,10 @@ pub fn submit(event: &Event) {
             // caught up with the ring).
             entry.submit(0);
         }
-        None => maps::count(counter::EVENTS_LOST),
+        None => {
+            maps::count(counter::EVENTS_LOST);
+            crate::log::event_lost(event.kind, event.rec.cookie);
+        }
     }
 }
 

@@ -240,7 +240,10 @@ impl Sock {
             let ino = socket
                 .add(off!(socket_inode) + off!(inode_ino))
                 .cast::<u64>();
-            Some(bpf_probe_read_kernel(ino).unwrap_or(0))
+            Some(bpf_probe_read_kernel(ino).unwrap_or_else(|err| {
+                crate::log::read_failed("the inode", self.cookie(), i64::from(err));
+                0
+            }))
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod events;
 mod kernel;
+mod log;
 mod maps;
 mod probes;
 mod stack;

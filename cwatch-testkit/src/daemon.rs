@@ -214,6 +214,17 @@ impl Daemon {
         Ok((status, body))
     }
 
+    /// POST `body` (JSON text) to `path`; returns the status and body.
+    pub fn post(&self, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let mut response = self
+            .agent
+            .post(&format!("http://{}{path}", self.addr))
+            .header("Content-Type", "application/json")
+            .send(body)?;
+        let status = response.status().as_u16();
+        Ok((status, response.body_mut().read_to_string()?))
+    }
+
     pub fn metrics(&self) -> anyhow::Result<Scrape> {
         let (status, body) = self.get("/metrics")?;
         if status != 200 {

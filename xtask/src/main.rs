@@ -1,6 +1,7 @@
 //! `cargo xtask`: the commands a developer and CI type. One file per command.
 mod bench;
 mod build;
+mod conntrack;
 mod container_tools;
 mod deploy_tools;
 mod image;

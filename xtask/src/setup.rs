@@ -24,6 +24,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),
     ("strace", "strace"),
+    // Loopback kept out of conntrack where it is active (crate::conntrack).
+    ("nft", "nftables"),
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -64,23 +66,35 @@ pub fn ensure_build_toolchain(check_only: bool) -> anyhow::Result<()> {
 }
 
 pub fn ensure_test_tools(check_only: bool) -> anyhow::Result<()> {
-    let mut packages: Vec<&str> = TEST_TOOLS
+    install_for(&missing(TEST_TOOLS), "the kernel tests", check_only)
+}
+
+/// The Debian packages of the `(tool, package)` pairs whose tool is not
+/// on PATH.
+fn missing(tools: &[(&str, &'static str)]) -> Vec<&'static str> {
+    let mut packages: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| which::which(tool).is_err())
         .map(|&(_, package)| package)
         .collect();
     packages.dedup();
+    packages
+}
+
+/// Installs `packages` (as root, unless `check_only`), which `who` needs;
+/// without them, one line saying how.
+fn install_for(packages: &[&str], who: &str, check_only: bool) -> anyhow::Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
     if check_only || !can_install() {
         bail!(
-            "the kernel tests need {}; install with: apt-get install -y {}",
+            "{who}: missing {}; install with: apt-get install -y {}",
             packages.join(", "),
             packages.join(" ")
         );
     }
-    apt_install(&packages)
+    apt_install(packages)
 }
 
 /// What the cwatch-stacks capture tests build their test programs with,
@@ -97,23 +111,11 @@ const STACKS_TOOLS: &[(&str, &str)] = &[
 
 /// Ensures the compilers and binutils of the cwatch-stacks tests are there.
 pub fn ensure_stacks_tools(check_only: bool) -> anyhow::Result<()> {
-    let mut packages: Vec<&str> = STACKS_TOOLS
-        .iter()
-        .filter(|(tool, _)| which::which(tool).is_err())
-        .map(|&(_, package)| package)
-        .collect();
-    packages.dedup();
-    if packages.is_empty() {
-        return Ok(());
-    }
-    if check_only || !can_install() {
-        bail!(
-            "the cwatch-stacks tests need {}; install with: apt-get install -y {}",
-            packages.join(", "),
-            packages.join(" ")
-        );
-    }
-    apt_install(&packages)
+    install_for(
+        &missing(STACKS_TOOLS),
+        "the cwatch-stacks tests",
+        check_only,
+    )
 }
 
 /// What `cargo xtask bench` runs beside cwatch, with its Debian package.
@@ -121,6 +123,7 @@ const BENCH_TOOLS: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("prometheus-node-exporter", "prometheus-node-exporter"),
     ("ss", "iproute2"),
+    ("nft", "nftables"),
 ];
 
 /// The chart's font, read by file (no font lookup).
@@ -131,25 +134,11 @@ const BENCH_FONT: (&str, &str) = (
 
 /// Ensures the tools and the font the bench needs are installed.
 pub fn ensure_bench_tools(check_only: bool) -> anyhow::Result<()> {
-    let mut packages: Vec<&str> = BENCH_TOOLS
-        .iter()
-        .filter(|(tool, _)| which::which(tool).is_err())
-        .map(|&(_, package)| package)
-        .collect();
+    let mut packages = missing(BENCH_TOOLS);
     if !std::path::Path::new(BENCH_FONT.0).is_file() {
         packages.push(BENCH_FONT.1);
     }
-    if packages.is_empty() {
-        return Ok(());
-    }
-    if check_only || !can_install() {
-        bail!(
-            "the bench needs {}; install with: apt-get install -y {}",
-            packages.join(", "),
-            packages.join(" ")
-        );
-    }
-    apt_install(&packages)
+    install_for(&packages, "the bench", check_only)
 }
 
 /// bpf-linker, built against Debian's LLVM 22 (no download of a prebuilt

@@ -3,12 +3,12 @@ What each subcommand does once the command line is parsed, and the exit code
 for each outcome: 0 done, 1 a runtime failure, 2 bad input (flag, value,
 config file, web config file) and kernel surprises (no BTF, a field or a
 tracepoint missing from it, bpf() refused, probes the kernel would not
-load). Input errors are checked before anything starts, and each is one
+load, a kernel that cannot destroy sockets for `cwatch reap`). Input errors are checked before anything starts, and each is one
 line on stderr.
 */
 use std::process::ExitCode;
 
-use super::{CheckConfigArgs, Cli, Command, DoctorArgs, RunArgs, doctor, ls, resolve};
+use super::{CheckConfigArgs, Cli, Command, DoctorArgs, RunArgs, doctor, ls, reap, resolve};
 use crate::{
     config,
     daemon::{self, heap, logging},
@@ -20,6 +20,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run_daemon(args),
         Command::Ls(args) => match resolve::ls_settings(&args) {
             Ok((target, leak_after)) => outcome(ls::run(&args, target, leak_after)),
+            Err(err) => usage_error(&err),
+        },
+        Command::Reap(args) => match resolve::reap_target(&args) {
+            Ok((target, older_than)) => match reap::run(&args, older_than, target) {
+                // The kernel cannot do it: told like bad input.
+                Err(err) if err.is::<reap::DestroyUnsupported>() => usage_error(&err),
+                result => outcome(result),
+            },
             Err(err) => usage_error(&err),
         },
         Command::CheckConfig(args) => check_config(&args),

@@ -1,7 +1,8 @@
 /*!
-How `cwatch ls` asks the daemon: `/api/v1/summary` for the counts, then
-`/api/v1/sockets` for the oldest rows (or all of them, read as a stream),
-the filters done by the daemon, with the basic auth credentials of
+How `cwatch ls` (and `cwatch reap`) ask the daemon: `/api/v1/summary` for
+the counts, then `/api/v1/sockets` for the oldest rows (or all of them, read
+as a stream), the filters done by the daemon; `cwatch reap --yes` reports
+what it destroyed to `POST /api/v1/reaped`. All with the basic auth credentials of
 [`AUTH_ENV`] when they are set. Only "nothing listens there" lets `ls` read
 the kernel itself instead; a daemon that refuses (401), or something that
 does not answer in plain HTTP, is an error of one line.
@@ -11,7 +12,7 @@ use std::{io::Read, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 
 use super::LsArgs;
-use crate::http::wire::ApiSummary;
+use crate::http::wire::{ApiSummary, ReapedAnswer, ReapedReport};
 
 /// The environment variable with the daemon's basic auth credentials.
 pub const AUTH_ENV: &str = "CWATCH_BASIC_AUTH";
@@ -75,13 +76,32 @@ impl Client {
         path: &str,
         query: Vec<(&'static str, String)>,
     ) -> Result<ureq::Body, FetchError> {
-        let target = self.target;
-        let url = format!("http://{target}{path}");
+        let url = format!("http://{}{path}", self.target);
         let mut request = self.agent.get(&url).query_pairs(query);
         if let Some(c) = &self.credentials {
             request = request.header("Authorization", basic_auth(c));
         }
-        let mut response = request.call().map_err(|err| match err {
+        self.answer(&url, request.call())
+    }
+
+    /// `body` as JSON to `path`, with the same credentials and errors.
+    fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<ureq::Body, FetchError> {
+        let url = format!("http://{}{path}", self.target);
+        let mut request = self.agent.post(&url);
+        if let Some(c) = &self.credentials {
+            request = request.header("Authorization", basic_auth(c));
+        }
+        self.answer(&url, request.send_json(body))
+    }
+
+    /// The body of a successful answer; every failure as one line.
+    fn answer(
+        &self,
+        url: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::Body, FetchError> {
+        let target = self.target;
+        let mut response = result.map_err(|err| match err {
             ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 FetchError::NoDaemon(e.to_string())
             }
@@ -90,7 +110,7 @@ impl Client {
             }
             ureq::Error::Io(e) => FetchError::Other(anyhow::anyhow!(
                 "something listens at {target} but did not answer in plain HTTP ({e}); \
-                 `cwatch ls` does not speak TLS"
+                 `cwatch ls` and `cwatch reap` do not speak TLS"
             )),
             other => FetchError::Other(anyhow::anyhow!("asking the daemon at {url}: {other}")),
         })?;
@@ -121,6 +141,18 @@ impl Client {
             .read_json()
             .context("the daemon sent something that is not a summary")?;
         Ok(summary)
+    }
+
+    /// Reports the cookies of the sockets `cwatch reap` destroyed; the
+    /// daemon answers which it counted.
+    pub(super) fn reaped(&self, cookies: Vec<u64>) -> anyhow::Result<ReapedAnswer> {
+        match self.post("/api/v1/reaped", &ReapedReport { cookies }) {
+            Ok(mut body) => body
+                .read_json()
+                .context("the daemon sent something that is not an answer to the report"),
+            Err(FetchError::NoDaemon(why)) => anyhow::bail!("the daemon went away: {why}"),
+            Err(FetchError::Other(e)) => Err(e),
+        }
     }
 
     /// The sockets' answer as a reader (`limit`: the oldest that many).

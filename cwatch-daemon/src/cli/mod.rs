@@ -1,9 +1,10 @@
 /*!
 The command line on top of the daemon: the clap types here (`cwatch run |
-ls | check-config | doctor`), flags merged into the configuration
+ls | reap | check-config | doctor`), flags merged into the configuration
 ([`resolve`]), what each subcommand does and its exit code ([`commands`]),
 the client `cwatch ls` ([`ls`], asking the daemon through [`ls_client`],
-with [`ls_direct`] reading the kernel itself) and the preflight ([`doctor`]).
+with [`ls_direct`] reading the kernel itself), the opt-in destroyer of
+leaked sockets ([`reap`]) and the preflight ([`doctor`]).
 
 Every `run` setting is a flag here and a key in the TOML file
 ([`crate::config`]); both go through the same value parsers
@@ -16,6 +17,7 @@ mod ls_client;
 mod ls_direct;
 mod ls_render;
 mod ls_stacks;
+pub mod reap;
 pub mod resolve;
 #[cfg(test)]
 mod tests;
@@ -45,6 +47,8 @@ Examples:
   cwatch run --exclude comm:sshd --include peer_cidr:10.0.0.0/8
   cwatch ls --leaked                          # leaked sockets, oldest first
   cwatch ls --peer 10.1.2.3:7000 --json
+  cwatch reap --older-than 1h --peer 10.1.2.3  # list what it would destroy
+  cwatch reap --older-than 1h --pid 4242 --yes # destroy them (like ss -K)
   cwatch check-config /etc/cwatch/cwatch.toml # validate, print effective config
   cwatch doctor                               # can this host run cwatch?
 
@@ -77,6 +81,15 @@ pub enum Command {
                             cwatch ls --peer 10.1.2.3 --json\n  cwatch ls --listen 127.0.0.1:9478"
     )]
     Ls(LsArgs),
+    /// Destroy leaked CLOSE_WAIT sockets (sock_diag SOCK_DESTROY, as `ss -K`):
+    /// lists them only, unless --yes.
+    #[command(after_help = "Examples:\n  cwatch reap --older-than 1h\n  \
+                            cwatch reap --older-than 30m --pid 4242 --peer 10.1.2.3:7000 --yes\n\n\
+                            Destroying frees the kernel's socket and the peer's resources, not the \
+                            process's fd:\nthe socket stays a dead socket held until the program \
+                            calls close().\nExit codes: 0 ok, 1 runtime failure, 2 bad flag or a \
+                            kernel that cannot destroy sockets.")]
+    Reap(ReapArgs),
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig(CheckConfigArgs),
     /// Check that this host can run cwatch: kernel, BTF, tracefs, bpffs, tracepoints, capabilities.
@@ -201,6 +214,29 @@ pub struct LsArgs {
     /// Only sockets to this peer: ADDR or ADDR:PORT ([v6]:PORT for IPv6).
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_peer)]
     pub peer: Option<String>,
+    /// Config file of the daemon to ask (for its listen address).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the daemon to ask [default: from the config, else 127.0.0.1:9478].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `cwatch reap`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ReapArgs {
+    /// Only leaked sockets in CLOSE_WAIT at least this long (e.g. 30m, 2h); required.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub older_than: Option<Duration>,
+    /// Only sockets held by this pid.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only sockets to this peer: ADDR or ADDR:PORT ([v6]:PORT for IPv6).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_peer)]
+    pub peer: Option<String>,
+    /// Destroy them; without it nothing is destroyed, only listed.
+    #[arg(long)]
+    pub yes: bool,
     /// Config file of the daemon to ask (for its listen address).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

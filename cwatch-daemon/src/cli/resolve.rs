@@ -1,11 +1,11 @@
 /*!
 The command line into the configuration: `cwatch run`'s flags over the
-config file (over the defaults), validated; and what `cwatch ls` takes from
-a config file (the daemon's address, leak-after).
+config file (over the defaults), validated; and what `cwatch ls` and
+`cwatch reap` take from a config file (the daemon's address, leak-after).
 */
 use std::{net::SocketAddr, time::Duration};
 
-use super::{LsArgs, RunArgs};
+use super::{LsArgs, ReapArgs, RunArgs};
 use crate::config::{Config, ConfigError, load_file, pin_dir_setting};
 
 /// Merges the config file (if any) under the flags and validates.
@@ -96,4 +96,23 @@ pub fn ls_settings(args: &LsArgs) -> Result<(SocketAddr, Duration), ConfigError>
         None => Config::default(),
     };
     Ok((args.listen.unwrap_or(file.listen), file.leak_after))
+}
+
+/// The daemon `cwatch reap` asks (`--listen`, else the config file's) and
+/// its `--older-than`, which it cannot do without.
+pub fn reap_target(args: &ReapArgs) -> Result<(SocketAddr, Duration), String> {
+    let Some(older_than) = args.older_than else {
+        return Err(
+            "`cwatch reap` needs --older-than DURATION (e.g. --older-than 1h): \
+                    how long a leaked socket must have been in CLOSE_WAIT to be destroyed"
+                .to_string(),
+        );
+    };
+    let settings = LsArgs {
+        config: args.config.clone(),
+        listen: args.listen,
+        ..Default::default()
+    };
+    let (target, _) = ls_settings(&settings).map_err(|e| e.to_string())?;
+    Ok((target, older_than))
 }

@@ -1,5 +1,6 @@
 //! The command line over the config file over the defaults: every key and
-//! flag, errors that name the file and the value, `cwatch ls`'s settings.
+//! flag, errors that name the file and the value, `cwatch ls`'s and
+//! `cwatch reap`'s settings and flags.
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser as _;
@@ -343,4 +344,63 @@ fn pin_dir_ring_size_and_holders_refresh() {
             .starts_with("config file f.toml: ring_buffer_size = \"5KiB\""),
         "{bad}"
     );
+}
+
+fn reap_args(argv: &[&str]) -> Result<super::ReapArgs, clap::Error> {
+    let mut full = vec!["cwatch", "reap"];
+    full.extend_from_slice(argv);
+    match Cli::try_parse_from(full)?.command {
+        Command::Reap(args) => Ok(args),
+        other => panic!("asked for reap, got {other:?}"),
+    }
+}
+
+#[test]
+fn reap_is_a_dry_run_unless_yes_and_asks_the_configured_daemon() {
+    let args = reap_args(&["--older-than", "1h", "--pid", "42", "--peer", "[::1]:7000"]).unwrap();
+    assert_eq!(args.older_than, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        (args.pid, args.peer.as_deref()),
+        (Some(42), Some("[::1]:7000"))
+    );
+    assert!(!args.yes, "a dry run by default");
+    assert!(reap_args(&["--older-than", "30m", "--yes"]).unwrap().yes);
+    let file = std::env::temp_dir().join(format!("cwatch-reap-{}.toml", std::process::id()));
+    std::fs::write(&file, "listen = \"127.0.0.3:9999\"\n").unwrap();
+    let args = reap_args(&["--older-than", "1m", "--config", file.to_str().unwrap()]).unwrap();
+    let target = super::resolve::reap_target(&args);
+    std::fs::remove_file(&file).unwrap();
+    let minute = Duration::from_secs(60);
+    assert_eq!(target.unwrap(), ("127.0.0.3:9999".parse().unwrap(), minute));
+    let args = reap_args(&["--older-than", "1m", "--listen", "127.0.0.4:1"]).unwrap();
+    assert_eq!(
+        super::resolve::reap_target(&args).unwrap(),
+        ("127.0.0.4:1".parse().unwrap(), minute)
+    );
+    // Without --older-than: one line naming it (checked before anything runs).
+    let missing = super::resolve::reap_target(&reap_args(&["--yes"]).unwrap()).unwrap_err();
+    assert!(
+        missing.contains("--older-than") && !missing.contains('\n'),
+        "{missing}"
+    );
+}
+
+#[test]
+fn bad_reap_flags_are_one_line_and_exit_2() {
+    for (argv, needle) in [
+        (&["--older-than", "soon"][..], "soon"),
+        (&["--older-than", "0s"][..], "0s"),
+        (&["--older-than", "1h", "--peer", "nohost"][..], "nohost"),
+        (&["--older-than", "1h", "--pid", "-3"][..], "-3"),
+        (
+            &["--older-than", "1h", "--listen", "localhost"][..],
+            "localhost",
+        ),
+        (&["--older-than", "1h", "--force"][..], "--force"),
+    ] {
+        let err = reap_args(argv).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{argv:?}");
+        let first = err.to_string().lines().next().unwrap().to_string();
+        assert!(first.contains(needle), "{argv:?}: {first}");
+    }
 }

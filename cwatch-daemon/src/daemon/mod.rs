@@ -43,7 +43,7 @@ use crate::{
     config::Config,
     export::Exporter,
     http::{self, server::Server, webconfig::WebSecurity},
-    intake::{Intake, young::Young},
+    intake::{Intake, kernel_log, young::Young},
     owners::{self, Attribution, ProcRoot, labels::LabelReader},
     probe::{
         self,
@@ -191,10 +191,14 @@ async fn start(
         young_entries: config.young_sockets,
         sample_entries: config.stack_samples,
         btf: config.kernel_btf.clone(),
+        log_level: kernel_log::kernel_level(tracing::level_filters::LevelFilter::current()),
     };
     let (probes, ring) = threads::run_on(Role::Start, move || probe::load(&options)).await??;
     let probes = Arc::new(probes);
     state.set_probes(Arc::clone(&probes));
+    if let Some(log) = kernel_log::start(&probes, state.telemetry.registry()) {
+        tasks.spawn(ok(log.run(cancel.clone())));
+    }
     let (attribution, owners) = Attribution::new(Arc::clone(state), proc.clone());
     let intake = Intake {
         ring,

@@ -2,9 +2,11 @@
 From the socket table to what Prometheus and the journal read: [`series`]
 (filters applied, owner labels looked up, groups keyed by pid, comm or
 unit), [`cardinality`] (folding to the series limits), [`metrics`] (the
-contract's families, rendered with the stages' telemetry) and
-[`selfmetrics`] (what a scrape learns about cwatch itself) and [`sites`]
-(leaked sockets by the code that opened them).
+contract's families, rendered with the stages' telemetry),
+[`selfmetrics`] (what a scrape learns about cwatch itself), [`fds`]
+(open fds and fd limits of the leaking processes), [`reaped`] (the
+sockets `cwatch reap` reported destroying, checked) and [`sites`] (leaked
+sockets by the code that opened them).
 
 The [`Exporter`] owns the registry and the label cache. A scrape takes the
 table's lock only to read the groups (no I/O under it), then looks up labels
@@ -12,8 +14,10 @@ table's lock only to read the groups (no I/O under it), then looks up labels
 counters with the lock released.
 */
 pub mod cardinality;
+pub mod fds;
 mod histogram;
 pub mod metrics;
+pub mod reaped;
 pub mod selfmetrics;
 pub mod series;
 pub mod sites;
@@ -35,6 +39,9 @@ use crate::{
 /// Renders `/metrics` and the families the leak notices read.
 pub struct Exporter {
     metrics: Metrics,
+    fds: fds::FdGauges,
+    /// `cwatch_reaped_sockets_total` and the cookies it counted.
+    pub reaped: reaped::Reaped,
     labels: LabelCache,
     proc: ProcRoot,
 }
@@ -43,6 +50,8 @@ impl Exporter {
     pub fn new(proc: ProcRoot) -> Self {
         Self {
             metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::new(proc.clone()),
             proc,
         }
@@ -53,6 +62,8 @@ impl Exporter {
     pub fn with_label_reader(proc: ProcRoot, reader: LabelLookups) -> Self {
         Self {
             metrics: Metrics::new(),
+            fds: fds::FdGauges::new(),
+            reaped: reaped::Reaped::new(),
             labels: LabelCache::reading_through(proc.clone(), reader),
             proc,
         }
@@ -109,6 +120,9 @@ impl Exporter {
             kernel.as_ref(),
             &state.telemetry,
         );
+        let holders = fds::holders(&families, config.max_process_series);
+        body += &self.fds.render(&self.proc, &holders);
+        body += &self.reaped.render();
         if config.stack_samples > 0 {
             let filter = self.filter(state, Arc::clone(&config));
             let now = state.clock.now_ns();

@@ -1,7 +1,9 @@
 /*!
-The HTTP endpoints: `/metrics`, `/healthz`, `/api/v1/sockets`; anything else
-is a 404. Handlers only read shared state; a bad request cannot reach the
-table or the probes. Every route sits behind basic auth when the web config
+The HTTP endpoints: `/metrics`, `/healthz`, `/api/v1/sockets`,
+`/api/v1/summary`, and `POST /api/v1/reaped` ([`reaped`]: the one that
+counts something, `cwatch_reaped_sockets_total`); anything else is a 404.
+Handlers only read shared state; a bad request cannot reach the table or
+the probes. Every route sits behind basic auth when the web config
 has users, answers gzip when asked, and gives up after the request timeout.
 The accept loop, TLS and the per-connection limits are in [`server`]; the
 types the client reads back are in [`wire`].
@@ -10,6 +12,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod query;
+mod reaped;
 pub mod server;
 mod stream;
 mod summary;
@@ -27,7 +30,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use tower_http::{compression::CompressionLayer, timeout::TimeoutLayer};
 
@@ -77,6 +80,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/sockets", get(sockets))
         .route("/api/v1/summary", get(summary))
+        .route("/api/v1/reaped", post(reaped::reaped))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth::require))
         .layer(CompressionLayer::new().gzip(true))

@@ -1,6 +1,7 @@
 /*!
-The wire types of `GET /api/v1/sockets` and `GET /api/v1/summary`, all that
-the client (`cwatch ls`) imports from the daemon: one [`ApiSocket`] per
+The wire types of `GET /api/v1/sockets`, `GET /api/v1/summary` and
+`POST /api/v1/reaped`, all that the clients (`cwatch ls`, `cwatch reap`)
+import from the daemon: one [`ApiSocket`] per
 socket with exactly the keys the contract lists, the counts per peer and per
 process ([`ApiSummary`]), and the filters both sides apply ([`Selection`]:
 leaked, pid, peer), so `cwatch ls` reading the kernel itself selects exactly
@@ -114,6 +115,28 @@ pub struct ProcessCount {
     pub comm: Option<String>,
     pub sockets: u64,
     pub leaked: u64,
+}
+
+/// `POST /api/v1/reaped`: the cookies of the sockets `cwatch reap --yes`
+/// destroyed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapedReport {
+    pub cookies: Vec<u64>,
+}
+
+/// The daemon's answer: the cookies it counted in
+/// `cwatch_reaped_sockets_total`, and those it did not, each with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapedAnswer {
+    pub counted: Vec<u64>,
+    pub refused: Vec<RefusedReap>,
+}
+
+/// A reported cookie the daemon did not count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReap {
+    pub cookie: u64,
+    pub why: String,
 }
 
 /// `peer=ADDR` or `peer=ADDR:PORT` (`[V6]:PORT`).

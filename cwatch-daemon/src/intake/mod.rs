@@ -10,6 +10,7 @@ record, and intake wakes the young scanner; reconciliation asks for a drain
 when it needs one.
 */
 mod apply;
+pub mod kernel_log;
 pub mod young;
 
 use std::sync::Arc;

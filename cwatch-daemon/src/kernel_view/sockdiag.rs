@@ -4,7 +4,9 @@ the ground truth reconciliation checks the event stream against, and how
 cwatch finds the sockets that were already in CLOSE_WAIT before it started.
 
 A sock_diag socket answers for the network namespace it was created in; see
-[`super::netns`] for reaching the others.
+[`super::netns`] for reaching the others. [`destroy`] is the one request
+that changes anything (`SOCK_DESTROY`, sent only by `cwatch reap --yes`,
+never by the daemon).
 */
 use std::{
     io,
@@ -13,10 +15,10 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
+    SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
@@ -75,6 +77,50 @@ pub fn close_wait() -> io::Result<Vec<DiagSocket>> {
 /// show of it, or `None` when there is none (or another socket has these
 /// ends now). Used for a few sockets at a time.
 pub fn lookup(local: SocketAddr, peer: SocketAddr, cookie: u64) -> io::Result<Option<DiagSocket>> {
+    let message = exact(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, local, peer, cookie)?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            Ok(Some(from_response(&response)))
+        }
+        NetlinkPayload::Error(err) => match err.to_io() {
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(None),
+            e => Err(e),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Destroys the one TCP socket with these ends and this cookie in this
+/// thread's network namespace (`SOCK_DESTROY`, what `ss -K` sends): the
+/// kernel aborts it (a RST to the peer, state CLOSE), whatever fd holds it
+/// stays open. `Ok(false)` when no such socket is there any more; the error
+/// `EOPNOTSUPP` when the kernel was built without
+/// `CONFIG_INET_DIAG_DESTROY`, `EPERM` without `CAP_NET_ADMIN`.
+pub fn destroy(local: SocketAddr, peer: SocketAddr, cookie: u64) -> io::Result<bool> {
+    let message = exact(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, local, peer, cookie)?;
+    match message.payload {
+        NetlinkPayload::Error(err) if err.code.is_none() => Ok(true),
+        NetlinkPayload::Error(err) => match err.to_io() {
+            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(false),
+            e => Err(e),
+        },
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer to SOCK_DESTROY: {other:?}"),
+        )),
+    }
+}
+
+/// One request of `kind` for exactly the socket with these ends and this
+/// cookie, and the kernel's one answer (the socket, or an error or ack;
+/// no end-of-dump message).
+fn exact(
+    kind: u16,
+    flags: u16,
+    local: SocketAddr,
+    peer: SocketAddr,
+    cookie: u64,
+) -> io::Result<NetlinkMessage<SockDiagMessage>> {
     let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
     let mut id = if family == AF_INET {
         SocketId::new_v4()
@@ -98,30 +144,21 @@ pub fn lookup(local: SocketAddr, peer: SocketAddr, cookie: u64) -> io::Result<Op
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
-    send(
-        &socket,
-        NLM_F_REQUEST,
+    let mut packet = message(
+        flags,
         family,
         StateFlags::all(),
         ExtensionFlags::empty(),
         id,
-    )?;
-    // An exact request gets one answer, the socket or an error, and no
-    // end-of-dump message.
+    );
+    packet.header.message_type = kind;
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket.send(&buf, 0)?;
     let mut buf = vec![0u8; 8 << 10];
     let size = socket.recv(&mut &mut buf[..], 0)?;
-    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..size])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    match message.payload {
-        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-            Ok(Some(from_response(&response)))
-        }
-        NetlinkPayload::Error(err) => match err.to_io() {
-            e if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => Ok(None),
-            e => Err(e),
-        },
-        _ => Ok(None),
-    }
+    NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..size.min(buf.len())])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 fn request(
@@ -153,6 +190,21 @@ fn send(
     extensions: ExtensionFlags,
     socket_id: SocketId,
 ) -> io::Result<()> {
+    let packet = message(flags, family, states, extensions, socket_id);
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf[..]);
+    socket.send(&buf, 0)?;
+    Ok(())
+}
+
+/// A finalized `SOCK_DIAG_BY_FAMILY` request for TCP.
+fn message(
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    socket_id: SocketId,
+) -> NetlinkMessage<SockDiagMessage> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     let mut packet = NetlinkMessage::new(
@@ -167,10 +219,7 @@ fn send(
         .into(),
     );
     packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf[..]);
-    socket.send(&buf, 0)?;
-    Ok(())
+    packet
 }
 
 fn receive(socket: &Socket, out: &mut Vec<DiagSocket>) -> io::Result<()> {

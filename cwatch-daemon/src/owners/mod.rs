@@ -50,7 +50,9 @@ pub const DEAD_GRACE: Duration = Duration::from_secs(1);
 /// holders (its candidates over their scan budget, or a walk to come).
 pub const TICK: Duration = Duration::from_millis(25);
 /// Scanning a candidate's family is allowed to take this share of the
-/// wall-clock time: after a scan that took `d`, the next waits `d / share`.
+/// wall-clock time: after a scan that cost `d` of CPU time (the worker
+/// thread's: a loaded host stretches the wall-clock time of a scan, not
+/// its work), the next waits `d / share`.
 /// A 25-fd process can be rescanned every tick; a server with 10,000 fds
 /// (a scan of ~10 ms) about once a second.
 pub const SCAN_BUDGET: u32 = 100;

@@ -250,6 +250,7 @@ pub fn port_range(text: &str) -> Option<(u16, u16)> {
     }
 }
 
+mod fds;
 #[cfg(test)]
 pub(crate) mod fixture;
 

@@ -59,6 +59,12 @@ pub(super) fn scan_again_at(started: Instant, took: Duration) -> Instant {
     started + took.saturating_mul(SCAN_BUDGET).max(TICK)
 }
 
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
+}
+
 /// One socket the worker has to look up.
 struct Pending {
     cookie: u64,
@@ -236,6 +242,7 @@ impl Worker {
             .collect();
         for c in candidates {
             let started = self.now();
+            let cpu = thread_cpu();
             let family: Vec<u32> = self
                 .proc
                 .family(c, FAMILY_LIMIT)
@@ -245,7 +252,9 @@ impl Worker {
             for (inode, holders) in self.scan(&family) {
                 found.entry(inode).or_default().extend(holders);
             }
-            let took = self.now() - started;
+            // What the scan cost is this thread's CPU time: a loaded host
+            // stretches the wall-clock time, not the work.
+            let took = (self.now() - started).min(thread_cpu().saturating_sub(cpu));
             self.next_scan.insert(c, scan_again_at(started, took));
         }
         // A socket its candidates do not hold may just have been closed

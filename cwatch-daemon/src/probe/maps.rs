@@ -125,6 +125,12 @@ impl Probes {
             .collect()
     }
 
+    /// The kernel's id of the attached program `name` (aya-log finds the
+    /// programs' log ring through it).
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        Some(self.ebpf.program(name)?.info().ok()?.id())
+    }
+
     /// Capacity of the `CLOSE_WAIT` map.
     pub fn close_wait_capacity(&self) -> u32 {
         self.close_wait_capacity

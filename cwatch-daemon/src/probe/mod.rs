@@ -57,6 +57,9 @@ pub struct LoadOptions {
     /// The kernel's BTF (`/sys/kernel/btf/vmlinux` unless the hidden
     /// `--kernel-btf` says otherwise).
     pub btf: PathBuf,
+    /// aya-log's `AYA_LOG_LEVEL` for the programs (0: off; see
+    /// `intake::kernel_log`): fixed at load.
+    pub log_level: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     loader
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
+        .override_global(aya_log::LEVEL, &options.log_level, false)
         .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
         .map_max_entries(names::MAP_YOUNG, options.young_entries)
         .map_max_entries(names::MAP_SAMPLES, options.sample_entries.max(1));

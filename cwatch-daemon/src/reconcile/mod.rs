@@ -12,6 +12,8 @@ map remembers keep their true start; the others get an estimated one
 (tcp_info's last ACK received, else now) and `age_estimated`. Differences
 found by the first pass are discovery, not drift, and are not counted.
 */
+pub mod limits;
+
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -21,6 +23,8 @@ use std::{
 use cwatch_common::{Event, SockRecord, control, counter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use limits::Limits;
 
 use crate::{
     kernel_view::{KernelView, entry_from_diag, kernel_view},
@@ -136,6 +140,7 @@ pub struct Suspects {
     cookies: HashSet<u64>,
     passes_since_full: u32,
     evidence: Option<u64>,
+    limits: Limits,
 }
 
 impl Default for Suspects {
@@ -145,6 +150,7 @@ impl Default for Suspects {
             cookies: HashSet::new(),
             passes_since_full: 0,
             evidence: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -160,14 +166,19 @@ impl Default for Suspects {
 pub const FULL_EVERY: u32 = 10;
 
 /// The kernel's counts of lost events and of records it could not store;
-/// `None` when unreadable (then every pass is full).
-fn drift_evidence(probes: &Probes) -> Option<u64> {
+/// `None` when unreadable (then every pass is full). What moved since the
+/// last pass is logged, in one line (see [`limits`]).
+fn drift_evidence(probes: &Probes, limits: &mut Limits, state: &State) -> Option<u64> {
     match probes.counter_totals() {
-        Ok(k) => Some(
-            k[counter::EVENTS_LOST as usize]
-                + k[counter::RECORDS_FULL as usize]
-                + k[counter::LINGER_FULL as usize],
-        ),
+        Ok(k) => {
+            let config = state.config();
+            limits.log(&k, config.ring_buffer_size, config.young_sockets);
+            Some(
+                k[counter::EVENTS_LOST as usize]
+                    + k[counter::RECORDS_FULL as usize]
+                    + k[counter::LINGER_FULL as usize],
+            )
+        }
         Err(err) => {
             warn!("reading kernel counters: {err}");
             None
@@ -211,7 +222,7 @@ impl Reconciler {
         let state = &*self.state;
         let suspects = &mut self.suspects;
         let initial = suspects.first_pass;
-        let evidence = drift_evidence(&self.probes);
+        let evidence = drift_evidence(&self.probes, &mut suspects.limits, state);
         suspects.passes_since_full += 1;
         let periodic = suspects.passes_since_full >= FULL_EVERY;
         if !initial
@@ -237,6 +248,7 @@ impl Reconciler {
         self.wait_for_drain(state.clock.now_ns());
         let map = self.probes.close_wait_snapshot()?;
         let young = self.probes.young_snapshot()?;
+        limits::wake_young_if_overdue(state, &young);
         let linger = if initial {
             Some(self.probes.linger_snapshot()?)
         } else {

@@ -35,6 +35,7 @@ use cwatch_common::{
 use crate::{
     events::{event, submit, wake},
     kernel::{self, Sock},
+    log,
     maps::{self, CLOSE_WAIT, LINGER, LISTENERS, YOUNG},
     stack,
 };
@@ -43,6 +44,7 @@ const STATE_CLOSE_WAIT: u32 = tcp_state::CLOSE_WAIT;
 const LISTEN: u32 = tcp_state::LISTEN;
 const SYN_SENT: u32 = tcp_state::SYN_SENT;
 const CLOSE: u32 = tcp_state::CLOSE;
+const LAST_ACK: u32 = tcp_state::LAST_ACK;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -92,7 +94,10 @@ fn remember_owner(sk: Sock) {
             (*owner).comm = kernel::leader_comm();
             stack::capture(sk, tgid, owner);
         },
-        None => maps::count(counter::OWNERS_FULL),
+        None => {
+            maps::count(counter::OWNERS_FULL);
+            log::map_full("OWNERS", sk.cookie());
+        }
     }
 }
 
@@ -116,6 +121,7 @@ fn listener(sk: Sock, listening: bool) {
         };
         if LISTENERS.insert(key, value, 0).is_err() {
             maps::count(counter::OWNERS_FULL);
+            log::map_full("LISTENERS", cookie);
         }
     // SAFETY: the value is only read, at once.
     } else if let Some(known) = unsafe { LISTENERS.get(key) }
@@ -152,6 +158,7 @@ fn enter(sk: Sock, old: u32, new: u32) {
     }
     if YOUNG.insert(cookie, rec, 0).is_err() {
         maps::count(counter::RECORDS_FULL);
+        log::map_full("YOUNG", cookie);
     }
     if maps::control(control::ARMED) == 0 {
         maps::set_control(control::ARMED, 1);
@@ -162,6 +169,9 @@ fn enter(sk: Sock, old: u32, new: u32) {
 fn leave(sk: Sock, old: u32, new: u32) {
     maps::count(counter::CLOSED);
     let cookie = sk.cookie();
+    if new != LAST_ACK && new != CLOSE {
+        log::unexpected_state(cookie, old, new);
+    }
     // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY (both lookups): the record is copied out before its delete.
@@ -203,7 +213,10 @@ fn leave(sk: Sock, old: u32, new: u32) {
             unsafe { (*owner).flags |= OWNER_LINGER };
             maps::set_control(control::LINGERING, 1);
         }
-        _ => maps::count(counter::LINGER_FULL),
+        _ => {
+            maps::count(counter::LINGER_FULL);
+            log::map_full("LINGER", cookie);
+        }
     }
     submit(&event);
 }

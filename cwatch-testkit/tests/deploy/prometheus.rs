@@ -4,7 +4,8 @@
 //! Prometheus must hold the right series with the values `ss` shows; the
 //! real alert rules (with `for:` shortened) must fire for the leaking process
 //! and the dead peer and not for the prompt one; and every query of the
-//! Grafana dashboard must run without error and return data. Then the
+//! Grafana dashboard must run without error and return data (the fd panel
+//! with the leaking process's fds and limit as /proc has them). Then the
 //! recorded series are replayed through promtool against the unmodified
 //! rules (replay.rs).
 use std::time::Duration;
@@ -234,6 +235,39 @@ fn prometheus_scrapes_a_leak_alerts_fire_and_dashboard_queries_answer() {
             && r["value"][1] == "360"),
         "{rows:?}"
     );
+
+    // The fd panel: the leaking process's open fds (its 720 sockets and
+    // more) under its soft limit, both as /proc has them.
+    let fd_panel: Vec<&String> = queries
+        .iter()
+        .filter(|(t, _)| t == "Open fds vs fd limit of leaking processes")
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(fd_panel.len(), 2, "open and limit");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .to_string();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let value_of = |expr: &str| {
+        prom.query(&substitute(expr))
+            .unwrap()
+            .into_iter()
+            .find(|r| r["metric"]["pid"] == pid.as_str() && r["metric"]["comm"] == "promleak")
+            .map(|r| r["value"][1].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        value_of(fd_panel[0]),
+        Some(open_fds.to_string()),
+        "open fds as /proc/{pid}/fd"
+    );
+    assert!(open_fds >= 2 * WIDTH, "{open_fds}");
+    assert_eq!(value_of(fd_panel[1]), Some(soft), "the soft RLIMIT_NOFILE");
 
     // The recorded series, replayed through promtool against the unmodified
     // rules (1 s scrapes as 1 m): the same alerts, with the real `for:`.

@@ -47,6 +47,29 @@ pub fn free_port_on(ips: &[&str]) -> u16 {
     panic!("no port free on all of {ips:?}")
 }
 
+/// A leak of `n` sockets of `comm` to a port of its own on `ip` (a
+/// loopback address), all in CLOSE_WAIT per `ss` before it returns:
+/// (server, client, port).
+pub fn leak_on(ip: &str, comm: &str, n: usize) -> (Load, Load, u16) {
+    let port = free_port_on(&[ip]);
+    let inst = format!("{ip}:{port}");
+    let mut server = Load::server(std::slice::from_ref(&inst)).unwrap();
+    let client = Load::client(comm, &[(inst.clone(), n)], "leak").unwrap();
+    server
+        .ask(&format!("wait-accepted {inst} {n}"), "accepted")
+        .unwrap();
+    server.ask(&format!("close {inst}"), "closed").unwrap();
+    cwatch_testkit::wait_for("leak in CLOSE_WAIT", Duration::from_secs(10), || {
+        if ss_to_port(port).len() == n {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .unwrap();
+    (server, client, port)
+}
+
 /// CLOSE_WAIT sockets (per `ss`) whose peer port is `port`.
 pub fn ss_to_port(port: u16) -> Vec<SsSocket> {
     ss::close_wait()

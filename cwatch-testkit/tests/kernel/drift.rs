@@ -74,9 +74,11 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     let port = free_port_on(&["127.0.7.1", "127.0.7.2"]);
     let (a_inst, b_inst) = (format!("127.0.7.1:{port}"), format!("127.0.7.2:{port}"));
     let mut server = Load::server(&[a_inst.clone(), b_inst.clone()]).unwrap();
-    let mut a = leak(&mut server, &a_inst, "cw-drift-a", 10);
+    // 100 sockets tracked (in the CLOSE_WAIT map): their leaves are ring
+    // records, more than a 4 KiB ring holds (about 32).
+    let mut a = leak(&mut server, &a_inst, "cw-drift-a", 100);
     server.ask(&format!("close {a_inst}"), "closed").unwrap();
-    gauge_matches_ss(&daemon, a.pid, "cw-drift-a", port, 10);
+    gauge_matches_ss(&daemon, a.pid, "cw-drift-a", port, 100);
 
     // Delete four records from the pinned kernel map.
     let map = pins.join("CLOSE_WAIT");
@@ -110,7 +112,7 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     .unwrap();
     assert_eq!(
         gauge(&daemon, a.pid, "cw-drift-a"),
-        Some(10.0),
+        Some(100.0),
         "the gauges never moved"
     );
     let passes = |kind: &str| {
@@ -126,7 +128,9 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     );
     let full0 = passes("full");
 
-    // Stop the daemon, overflow its 4 KiB ring: 100 new leaks, 10 closes.
+    // Stop the daemon, overflow its 4 KiB ring: 100 new leaks (recorded in
+    // YOUNG, no ring record: the young scanner finds them after the stop)
+    // and 100 closes of tracked sockets (a ring record each).
     let lost0 = daemon
         .metrics()
         .unwrap()
@@ -137,7 +141,7 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
     let b = leak(&mut server, &b_inst, "cw-drift-b", 100);
     server.ask(&format!("close {b_inst}"), "closed").unwrap();
     wait_for("b in CLOSE_WAIT", Duration::from_secs(10), || {
-        if ss_to_port(port).len() == 110 {
+        if ss_to_port(port).len() == 200 {
             Ok(())
         } else {
             Err("not yet".into())
@@ -158,13 +162,16 @@ fn deleted_records_and_dropped_events_are_corrected_and_counted() {
         passes("full") > full0,
         "lost events make the next pass a full one"
     );
+    // The leaves the ring had room for were applied; the lost ones were
+    // removed by the full pass (the gauges above equal ss).
     assert!(
-        correction(&daemon, "added") > added0,
-        "lost enters were added back"
-    );
-    assert!(
-        correction(&daemon, "removed") >= removed0 + 10.0,
+        correction(&daemon, "removed") > removed0,
         "lost leaves were removed"
+    );
+    assert_eq!(
+        correction(&daemon, "added"),
+        added0,
+        "nothing was added twice: the new leaks came through YOUNG"
     );
     drop(daemon);
 }

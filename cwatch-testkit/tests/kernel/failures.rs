@@ -101,12 +101,15 @@ fn proc_reads_refused_are_counted_and_the_socket_still_counts() {
     let _serial = serial();
     let port = crate::common::free_port_on(&["127.0.7.2"]);
     let inst = format!("127.0.7.2:{port}");
-    // The daemon first: the kernel names the client at connect(), so the
-    // socket keeps its owner when its fds cannot be read.
+    // The daemon first, watching every process (a process named in the
+    // config joins the list within seconds; this client connects at once):
+    // the kernel names a watched process at connect(), so the socket keeps
+    // its owner when its fds cannot be read.
     let caps = setpriv_exactly(&["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
     let wrapper: Vec<&str> = caps.iter().map(String::as_str).collect();
     let include = format!("peer_port:{port}");
-    let daemon = Daemon::spawn_wrapped(&wrapper, &["--include", &include]).unwrap();
+    let daemon =
+        Daemon::spawn_wrapped(&wrapper, &["--include", &include, "--watch", "all"]).unwrap();
     daemon.wait_ready(Duration::from_secs(60)).unwrap();
     let before = failures(&daemon.metrics().unwrap(), "procfs");
     let mut server = Load::server(std::slice::from_ref(&inst)).unwrap();

@@ -13,7 +13,7 @@ use cwatch_testkit::{
 };
 use rustix::process::Signal;
 
-use crate::common::{exits_2_with_one_line, serial, ss_to_port};
+use crate::common::{exits_2_with_one_line, leak_on, serial, ss_to_port};
 
 /// Programs named like cwatch's main one, host-wide.
 fn cwatch_programs() -> usize {
@@ -32,19 +32,6 @@ fn cwatch_programs() -> usize {
                 .is_some_and(|n| n.starts_with("inet_sock_set"))
         })
         .count()
-}
-
-/// A leak of `n` sockets to a port of its own: (server, client, port).
-fn leak(comm: &str, n: usize) -> (Load, Load, u16) {
-    let port = free_port().unwrap();
-    let inst = format!("127.0.0.1:{port}");
-    let mut server = Load::server(std::slice::from_ref(&inst)).unwrap();
-    let client = Load::client(comm, &[(inst.clone(), n)], "leak").unwrap();
-    server
-        .ask(&format!("wait-accepted {inst} {n}"), "accepted")
-        .unwrap();
-    server.ask(&format!("close {inst}"), "closed").unwrap();
-    (server, client, port)
 }
 
 fn gauge_is(daemon: &Daemon, client: &Load, comm: &str, want: usize) {
@@ -75,7 +62,7 @@ fn a_second_daemon_on_the_same_pins_refuses_naming_the_first() {
     let _serial = serial();
     let mut first = Daemon::start(&[]).unwrap();
     let pin_dir = first.pin_dir.take().expect("a private pin dir");
-    let (_server, client, port) = leak("twice", 30);
+    let (_server, client, port) = leak_on("127.0.0.1", "twice", 30);
     gauge_is(&first, &client, "twice", 30);
     let before = cwatch_programs();
 
@@ -127,7 +114,7 @@ fn without_pins_two_daemons_run_side_by_side() {
     let _serial = serial();
     let a = Daemon::start(&["--pin-dir", "none"]).unwrap();
     let b = Daemon::start(&["--pin-dir", "none"]).unwrap();
-    let (_server, client, _port) = leak("sidebyside", 12);
+    let (_server, client, _port) = leak_on("127.0.0.1", "sidebyside", 12);
     for d in [&a, &b] {
         gauge_is(d, &client, "sidebyside", 12);
         let m = d.metrics().unwrap();

@@ -8,27 +8,17 @@
 use std::{process::Command, time::Duration};
 
 use cwatch_testkit::{
-    daemon::{Daemon, free_port, private_pin_dir},
+    daemon::{Daemon, private_pin_dir},
     load::Load,
     wait_for,
 };
 
-use crate::{common::serial, lifecycle::pinned_map_id};
+use crate::{
+    common::{leak_on, serial},
+    lifecycle::pinned_map_id,
+};
 
 const OFF: &str = "running without persistence";
-
-/// A leak of `n` sockets of `comm` to a port of its own.
-fn leak(comm: &str, n: usize) -> (Load, Load, u16) {
-    let port = free_port().unwrap();
-    let inst = format!("127.0.0.1:{port}");
-    let mut server = Load::server(std::slice::from_ref(&inst)).unwrap();
-    let client = Load::client(comm, &[(inst.clone(), n)], "leak").unwrap();
-    server
-        .ask(&format!("wait-accepted {inst} {n}"), "accepted")
-        .unwrap();
-    server.ask(&format!("close {inst}"), "closed").unwrap();
-    (server, client, port)
-}
 
 /// The daemon runs without pins, says why once, and counts `client`'s
 /// `n` sockets; returns their API objects.
@@ -75,7 +65,7 @@ fn a_pin_dir_off_bpffs_means_no_persistence_and_estimated_ages_after_a_restart()
     let arg = dir.to_str().unwrap();
     let daemon = Daemon::start(&["--pin-dir", arg]).unwrap();
     // The leak starts under the daemon's eyes: its ages are exact.
-    let (_server, client, port) = leak("nopins", 10);
+    let (_server, client, port) = leak_on("127.0.0.1", "nopins", 10);
     let before = runs_without_pins(&daemon, "is not on a bpffs mount", &client, port, 10);
     assert!(!dir.exists(), "nothing created off bpffs");
     assert!(
@@ -113,7 +103,7 @@ fn in_mount_ns(script: &str, args: &[&str]) -> Daemon {
 #[test]
 fn a_read_only_or_unmountable_bpffs_means_no_persistence() {
     let _serial = serial();
-    let (_server, client, port) = leak("nopins", 8);
+    let (_server, client, port) = leak_on("127.0.0.1", "nopins", 8);
 
     // Read-only: the directory exists, nothing can be pinned in it.
     let dir = private_pin_dir();
@@ -188,7 +178,7 @@ fn pins_of_a_newer_cwatch_are_never_rebuilt_over() {
     let pins = ["CLOSE_WAIT", "LINGER", "OWNERS", "LISTENERS", "LAYOUT"];
     let ids: Vec<u64> = pins.iter().map(|p| pinned_map_id(&dir.join(p))).collect();
 
-    let (_server, client, port) = leak("nopins", 6);
+    let (_server, client, port) = leak_on("127.0.0.1", "nopins", 6);
     let daemon = Daemon::start(&["--pin-dir", dir.to_str().unwrap()]).unwrap();
     runs_without_pins(&daemon, "written by a newer cwatch", &client, port, 6);
     drop(daemon);

@@ -6,13 +6,12 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use cwatch_testkit::{
     daemon::{Daemon, private_pin_dir},
-    load::Load,
     wait_for,
 };
 use rustix::process::Signal;
 use serde_json::Value;
 
-use crate::common::{free_port_on, serial, ss_to_port};
+use crate::common::{leak_on, serial, ss_to_port};
 
 /// Removes a pin directory when dropped.
 struct Pins(PathBuf);
@@ -40,31 +39,10 @@ fn to_port(daemon: &Daemon, port: u16, n: usize) -> Vec<Value> {
     .unwrap()
 }
 
-/// A client with `n` sockets in CLOSE_WAIT to a fresh port (server kept).
-fn leak(ip: &str, comm: &str, n: usize) -> (u16, Load, Load) {
-    let port = free_port_on(&[ip]);
-    let inst = format!("{ip}:{port}");
-    let mut server = Load::server(std::slice::from_ref(&inst)).unwrap();
-    let client = Load::client(comm, &[(inst.clone(), n)], "leak").unwrap();
-    server
-        .ask(&format!("wait-accepted {inst} {n}"), "accepted")
-        .unwrap();
-    server.ask(&format!("close {inst}"), "closed").unwrap();
-    wait_for("leak in CLOSE_WAIT", Duration::from_secs(10), || {
-        if ss_to_port(port).len() == n {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
-    .unwrap();
-    (port, server, client)
-}
-
 #[test]
 fn sockets_leaked_before_start_are_found_with_estimated_ages() {
     let _serial = serial();
-    let (port, _server, mut client) = leak("127.0.6.1", "cw-before", 3);
+    let (_server, mut client, port) = leak_on("127.0.6.1", "cw-before", 3);
     std::thread::sleep(Duration::from_millis(1500));
     let daemon = Daemon::start(&["--leak-after", "1s"]).unwrap();
     // Ready means found: the first answer already has them.
@@ -117,13 +95,13 @@ fn restart_after_sigkill_keeps_true_ages() {
     let pins = Pins(private_pin_dir());
     let dir = pins.0.display().to_string();
     let daemon = Daemon::start(&["--pin-dir", &dir]).unwrap();
-    let (port, _s1, _c1) = leak("127.0.6.2", "cw-kept", 2);
+    let (_s1, _c1, port) = leak_on("127.0.6.2", "cw-kept", 2);
     let before = to_port(&daemon, port, 2);
     assert!(before.iter().all(|s| s["age_estimated"] == false));
     daemon.signal(Signal::KILL).unwrap();
     daemon.wait_exit(Duration::from_secs(10)).unwrap();
     // While no daemon runs, another leak starts.
-    let (port2, _s2, _c2) = leak("127.0.6.3", "cw-unseen", 1);
+    let (_s2, _c2, port2) = leak_on("127.0.6.3", "cw-unseen", 1);
     std::thread::sleep(Duration::from_millis(500));
     let daemon = Daemon::start(&["--pin-dir", &dir]).unwrap();
     let after = to_port(&daemon, port, 2);
@@ -176,7 +154,7 @@ fn pins_of_another_layout_are_rebuilt() {
         "log:\n{}",
         daemon.log()
     );
-    let (port, _s, _c) = leak("127.0.6.4", "cw-rebuilt", 2);
+    let (_s, _c, port) = leak_on("127.0.6.4", "cw-rebuilt", 2);
     to_port(&daemon, port, 2);
 }
 
@@ -190,7 +168,7 @@ fn found_sockets_stay_outbound_and_estimated_across_restarts() {
     let _serial = serial();
     let pins = Pins(private_pin_dir());
     let dir = pins.0.display().to_string();
-    let (port, _server, client) = leak("127.0.2.1", "cw-found", 50);
+    let (_server, client, port) = leak_on("127.0.2.1", "cw-found", 50);
     let check = |daemon: &Daemon, when: &str| -> Vec<Value> {
         let socks = to_port(daemon, port, 50);
         for s in &socks {

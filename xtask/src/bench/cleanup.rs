@@ -1,7 +1,8 @@
 //! What a run must undo however it ends. Guards undo their work when they
 //! drop; this covers the ends where nothing drops: SIGINT, SIGTERM or
 //! SIGHUP (a handler thread stops the processes the run started, by pid,
-//! restores the sysctls it changed and exits 130), and a run killed outright
+//! restores the sysctls it changed, removes the conntrack exemption and
+//! exits 130), and a run killed outright
 //! (every changed sysctl's old value is also written to a file under
 //! target/, and the next run restores what a killed one left before it
 //! starts).
@@ -45,6 +46,7 @@ fn restore_file() -> PathBuf {
 
 /// Restores what a killed run left behind, then installs the signal handler.
 pub fn install() -> anyhow::Result<()> {
+    crate::conntrack::remove();
     let file = restore_file();
     if let Ok(text) = fs::read_to_string(&file) {
         for line in text.lines() {
@@ -80,6 +82,7 @@ fn undo_all() {
         }
     }
     let _ = fs::remove_file(restore_file());
+    crate::conntrack::remove();
 }
 
 /// `pid` is stopped if the run is interrupted.

@@ -103,7 +103,13 @@ impl BenchDaemon {
             .get(&format!("http://{}{path}", self.addr))
             .call()?;
         let status = response.status().as_u16();
-        Ok((status, response.body_mut().read_to_string()?))
+        // No size limit: ureq's default (10 MiB) is about 40k sockets of JSON.
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()?;
+        Ok((status, body))
     }
 
     /// GET /metrics, failing on anything but 200.

@@ -16,6 +16,8 @@
 //! churn and a growing leak). Then the outputs: `targets`, `results`,
 //! `report`, `chart`; and what they stand on: `daemon`, `procs`, `system`,
 //! `cpu`, `stats`, `cleanup` (undoing what a run changed, however it ends).
+//! Loopback is kept out of connection tracking for the run
+//! ([`crate::conntrack`]).
 mod attribution;
 mod chart;
 mod cleanup;
@@ -43,7 +45,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util};
+use crate::{conntrack, setup, util};
 
 /// The sections, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -206,7 +208,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .unwrap_or_else(|| out_dir.join("results.json"));
     let before = results::read(&before_path);
 
-    let machine = system::machine();
+    let mut machine = system::machine();
+    let untracked = conntrack::untrack_loopback()?;
+    if untracked.is_some() {
+        machine.push((
+            "conntrack".into(),
+            "active on this host; loopback packets untracked during the run".into(),
+        ));
+    }
     let overhead = section(opts, Section::Overhead, "churn overhead", &mut t, || {
         overhead::run(&plan, &bins)
     })?;

@@ -1,7 +1,8 @@
 //! A `/proc` look-alike built by a test in a temporary directory: processes
 //! with a `comm`, a `stat` line (parent and start time), `task/<pid>/children`,
-//! socket fds as `socket:[inode]` links, a cgroup and an exe link. Enough for
-//! every read [`ProcRoot`](super::ProcRoot) makes, without root.
+//! socket fds as `socket:[inode]` links, other fds, a cgroup, an exe link and
+//! a `limits` file. Enough for every read [`ProcRoot`](super::ProcRoot)
+//! makes, without root.
 use std::{
     fs,
     os::unix::fs::symlink,
@@ -100,6 +101,20 @@ impl FakeProcess {
         self
     }
 
+    /// `fd` is a file that is no socket.
+    pub fn file(&mut self, fd: i32) -> &mut Self {
+        let link = self.dir.join(format!("fd/{fd}"));
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", link).unwrap();
+        self
+    }
+
+    /// The process's `limits`, with this soft and hard `RLIMIT_NOFILE`.
+    pub fn nofile(&mut self, soft: &str, hard: &str) -> &mut Self {
+        fs::write(self.dir.join("limits"), limits_text(soft, hard)).unwrap();
+        self
+    }
+
     /// The process's cgroup path.
     pub fn cgroup(&mut self, path: &str) -> &mut Self {
         fs::write(self.dir.join("cgroup"), format!("0::{path}\n")).unwrap();
@@ -123,4 +138,34 @@ fn stat_line(pid: u32, ppid: u32, comm: &str) -> String {
     fields[1] = ppid.to_string();
     fields[19] = (u64::from(pid) * 1000).to_string(); // starttime (field 22)
     format!("{pid} ({comm}) {}\n", fields.join(" "))
+}
+
+/// A `limits` file as the kernel writes it (Linux 6.18), with `soft` and
+/// `hard` open files.
+pub fn limits_text(soft: &str, hard: &str) -> String {
+    let row = |name: &str, soft: &str, hard: &str, unit: &str| {
+        format!("{name:<26}{soft:<21}{hard:<21}{unit:<10}\n")
+    };
+    let mut text = row("Limit", "Soft Limit", "Hard Limit", "Units");
+    for (name, s, h, unit) in [
+        ("Max cpu time", "unlimited", "unlimited", "seconds"),
+        ("Max file size", "unlimited", "unlimited", "bytes"),
+        ("Max data size", "unlimited", "unlimited", "bytes"),
+        ("Max stack size", "8388608", "unlimited", "bytes"),
+        ("Max core file size", "0", "unlimited", "bytes"),
+        ("Max resident set", "unlimited", "unlimited", "bytes"),
+        ("Max processes", "96363", "96363", "processes"),
+        ("Max open files", soft, hard, "files"),
+        ("Max locked memory", "8388608", "8388608", "bytes"),
+        ("Max address space", "unlimited", "unlimited", "bytes"),
+        ("Max file locks", "unlimited", "unlimited", "locks"),
+        ("Max pending signals", "96363", "96363", "signals"),
+        ("Max msgqueue size", "819200", "819200", "bytes"),
+        ("Max nice priority", "0", "0", ""),
+        ("Max realtime priority", "0", "0", ""),
+        ("Max realtime timeout", "unlimited", "unlimited", "us"),
+    ] {
+        text += &row(name, s, h, unit);
+    }
+    text
 }
