@@ -228,6 +228,8 @@ mod tests {
             age_seconds: age,
             age_estimated: false,
             leaked,
+            site: None,
+            stack: None,
         }
     }
 
