@@ -1,5 +1,5 @@
 //! The DaemonSet's resource requests and limits against what the bench
-//! measured (bench/RESULTS.md, section 3, written by `cargo xtask bench`):
+//! measured (bench/RESULTS.md, section "Scale", written by `cargo xtask bench`):
 //! the memory limit holds the largest RSS measured (an OOM kill would hide
 //! the very leak being counted), the memory request the RSS at the smallest
 //! size, the CPU request the idle CPU at the largest size, and no request
@@ -15,12 +15,17 @@ struct ScaleRow {
     idle_cpu_s_per_hour: f64,
 }
 
-/// The rows of the table under "## 3. Scale", found by its column titles.
+/// The rows of the table under "## N. Scale" (its number depends on the
+/// sections run), found by its column titles.
 fn scale_rows(results: &str) -> Vec<ScaleRow> {
     let section = results
         .split("\n## ")
-        .find(|s| s.starts_with("3. Scale"))
-        .expect("bench/RESULTS.md has no section \"3. Scale\"");
+        .find(|s| {
+            s.split_once(". ").is_some_and(|(n, title)| {
+                n.chars().all(|c| c.is_ascii_digit()) && title.starts_with("Scale\n")
+            })
+        })
+        .expect("bench/RESULTS.md has no section \"N. Scale\"");
     let mut lines = section.lines().filter(|l| l.starts_with('|'));
     let cells = |line: &str| -> Vec<String> {
         line.trim_matches('|')
@@ -52,7 +57,10 @@ fn scale_rows(results: &str) -> Vec<ScaleRow> {
             let row = cells(line);
             ScaleRow {
                 sockets: number(&row, sockets) as u64,
-                rss_mib: number(&row, rss).max(number(&row, rss_ls)),
+                // `cwatch ls` is not run at every size: then the RSS alone.
+                rss_mib: row[rss_ls]
+                    .parse::<f64>()
+                    .map_or(number(&row, rss), |after| after.max(number(&row, rss))),
                 idle_cpu_s_per_hour: number(&row, idle),
             }
         })
@@ -89,7 +97,7 @@ fn quantities_and_the_scale_table_parse() {
     assert_eq!(millicores("1"), 1000.0);
     let fixture = "# x\n\n## 3. Scale\n\ntext\n\n\
         | sockets | RSS (MiB) | RSS after ls (MiB) | idle CPU-s/h |\n|---|---|---|---|\n\
-        | 10 | 28.3 | 41.5 | 12.6 |\n| 20 | 498.0 | 497.8 | 107.0 |\n\n## 4. Next\n| a |\n";
+        | 10 | 28.3 | 41.5 | 12.6 |\n| 20 | 498.0 | not run | 107.0 |\n\n## 4. Next\n| a |\n";
     assert_eq!(
         scale_rows(fixture),
         [
