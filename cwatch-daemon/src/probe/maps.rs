@@ -169,6 +169,17 @@ impl Probes {
         snapshot(&self.close_wait.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Of `cookies`, those no longer in the `CLOSE_WAIT` map (the kernel
+    /// deletes a record when its socket leaves CLOSE_WAIT).
+    pub fn gone_from_close_wait(&self, cookies: &[u64]) -> Vec<u64> {
+        let map = self.close_wait.lock().unwrap_or_else(|e| e.into_inner());
+        cookies
+            .iter()
+            .copied()
+            .filter(|cookie| map.get(cookie, 0).is_err())
+            .collect()
+    }
+
     /// Every record of the `LINGER` map (sockets that left CLOSE_WAIT and
     /// are not destroyed yet).
     pub fn linger_snapshot(&self) -> io::Result<StdHashMap<u64, Event>> {

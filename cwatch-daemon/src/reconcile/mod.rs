@@ -255,8 +255,25 @@ impl Reconciler {
             None
         };
         let now_ns = state.clock.now_ns();
+        let mut map = map;
         let mut c = {
             let mut table = state.lock_table();
+            // A socket the dump and the map snapshot saw in CLOSE_WAIT that
+            // left since (its leave already applied to the table) is no
+            // drift: the kernel deleted its record, so ask the map again
+            // (not at start: the table is empty then, every record a candidate).
+            let recheck: Vec<u64> = view
+                .close_wait
+                .keys()
+                .filter(|_| !initial)
+                .filter(|c| {
+                    map.contains_key(c) && !young.contains_key(c) && table.get(**c).is_none()
+                })
+                .copied()
+                .collect();
+            for cookie in self.probes.gone_from_close_wait(&recheck) {
+                map.remove(&cookie);
+            }
             let c = sync(
                 &mut table,
                 &view,

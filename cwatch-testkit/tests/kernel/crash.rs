@@ -125,6 +125,12 @@ fn equal_to_ss(
                 cookies.len()
             ));
         }
+        // The API and the gauges are read one after the other: both must
+        // know every owner.
+        let unowned = api.values().filter(|s| !s["pid"].is_u64()).count();
+        if unowned > 0 {
+            return Err(format!("{unowned} sockets without an owner in the API"));
+        }
         let m = daemon.metrics().map_err(|e| e.to_string())?;
         for c in clients {
             let held = truth
