@@ -70,6 +70,24 @@ pub fn leak_on(ip: &str, comm: &str, n: usize) -> (Load, Load, u16) {
     (server, client, port)
 }
 
+/// `cwatch COMMAND --listen <daemon> ARGS…` (a client command: `ls`,
+/// `reap`), which must succeed; its stdout.
+pub fn client(daemon: &cwatch_testkit::daemon::Daemon, command: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(cwatch_testkit::daemon::cwatch_bin().unwrap())
+        .arg(command)
+        .arg("--listen")
+        .arg(daemon.addr.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cwatch {command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// CLOSE_WAIT sockets (per `ss`) whose peer port is `port`.
 pub fn ss_to_port(port: u16) -> Vec<SsSocket> {
     ss::close_wait()

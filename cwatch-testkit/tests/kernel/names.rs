@@ -172,21 +172,7 @@ fn hostile_names_keep_their_bytes_in_formats_and_are_escaped_for_people() {
     }
 
     // cwatch ls: one row per socket, the name escaped, no raw control byte.
-    let ls = |args: &[&str]| {
-        let out = Command::new(cwatch_bin().unwrap())
-            .arg("ls")
-            .arg("--listen")
-            .arg(daemon.addr.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
+    let ls = |args: &[&str]| crate::common::client(&daemon, "ls", args);
     let table = String::from_utf8(ls(&["--pid", &pid])).unwrap();
     let owner = format!("{pid}/{COMM_SHOWN}");
     assert_eq!(

@@ -14,19 +14,7 @@ use rustix::process::Signal;
 use crate::common::{api_to_port, serial, ss_to_port};
 
 fn ls(daemon: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(cwatch_bin().unwrap())
-        .arg("ls")
-        .arg("--listen")
-        .arg(daemon.addr.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cwatch ls {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(crate::common::client(daemon, "ls", args)).unwrap()
 }
 
 /// Table rows (not the header or the summaries) whose PEER column ends in `:port`.

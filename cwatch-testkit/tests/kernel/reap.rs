@@ -24,19 +24,7 @@ const OLDER_THAN: &str = "15s";
 const OLD_AGE: f64 = 18.0;
 
 fn reap(daemon: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(cwatch_bin().unwrap())
-        .arg("reap")
-        .arg("--listen")
-        .arg(daemon.addr.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cwatch reap {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(crate::common::client(daemon, "reap", args)).unwrap()
 }
 
 /// The cookies in the COOKIE column of `reap`'s table.
