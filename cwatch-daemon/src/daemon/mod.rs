@@ -44,7 +44,7 @@ use crate::{
     export::Exporter,
     http::{self, server::Server, webconfig::WebSecurity},
     intake::{Intake, kernel_log, young::Young},
-    owners::{self, Attribution, ProcRoot, labels::LabelReader},
+    owners::{Attribution, ProcRoot, labels::LabelReader},
     probe::{
         self,
         pindir::{self, Claim, InUse},
@@ -174,7 +174,10 @@ async fn run(
 
 /// Loads and attaches the probes, reconciles once, starts intake,
 /// attribution and reconciliation, gives up the main thread's capabilities
-/// and reports ready.
+/// and reports ready. The holders of the sockets found are looked up after:
+/// the first pass asks for a walk of `/proc`, which the attribution thread
+/// starts with (at a million sockets it takes seconds; until it is done
+/// their gauges count them under `pid=""`, `comm="[unknown]"`).
 async fn start(
     state: &Arc<State>,
     proc: &ProcRoot,
@@ -224,18 +227,17 @@ async fn start(
         proc: proc.clone(),
         suspects: Suspects::default(),
     };
-    let (reconciler, attribution) = threads::run_on(Role::Start, move || {
-        reconciler.pass()?;
-        reconciler.state.telemetry.reconciled(true);
-        owners::walk_now(&reconciler.state, &reconciler.proc);
-        // The walk just done answers the walk the first pass asked for.
-        attribution.discard_queued();
-        heap::trim();
-        anyhow::Ok((reconciler, attribution))
-    })
-    .await??;
+    // Attribution runs already: the walk the first pass asks for overlaps
+    // the rest of that pass.
     let stop = cancel.clone();
     privileged.push(threads::spawn(Role::Owners, move || attribution.run(stop))?);
+    let reconciler = threads::run_on(Role::Start, move || {
+        reconciler.pass()?;
+        reconciler.state.telemetry.reconciled(true);
+        heap::trim();
+        anyhow::Ok(reconciler)
+    })
+    .await??;
     privileged.push(threads::spawn_runtime(
         Role::Reconcile,
         reconciler.run(cancel.clone()),

@@ -16,6 +16,8 @@ use super::procfs::ProcRoot;
 pub struct Cgroups {
     /// The cgroup2 mount point, once found (`None`: none mounted).
     root: Option<Option<PathBuf>>,
+    /// The root cgroup's id, once read.
+    root_id: Option<u64>,
     paths: HashMap<u64, PathBuf>,
     /// Ids not found at the last walk: not looked for again until another
     /// unknown id makes a new walk.
@@ -58,7 +60,10 @@ impl Cgroups {
         let Some(root) = self.root(proc) else {
             return Vec::new();
         };
-        if fs::metadata(&root).is_ok_and(|m| m.ino() == id) {
+        if self.root_id.is_none() {
+            self.root_id = fs::metadata(&root).ok().map(|m| m.ino());
+        }
+        if self.root_id == Some(id) {
             return Vec::new();
         }
         if !self.paths.contains_key(&id) && !self.misses.contains(&id) {

@@ -13,10 +13,14 @@ event:
   workers, forked children), once per pass however many sockets it holds,
   and no more often than keeps those scans under 1 % of the time
   ([`SCAN_BUDGET`]);
-- only sockets found nowhere among their candidates (fds passed with
-  SCM_RIGHTS, sockets that predate cwatch) trigger a walk of every process,
-  at most once per [`WALK_MIN_GAP`]; reconciliation asks for one walk per
-  period, which also catches holders that appeared since;
+- a socket nothing points at (no owner stored at connect(), the root
+  cgroup), or that its candidates do not hold, is looked for among the
+  processes started since the last walk (a worker restarted, a new job);
+- only sockets found nowhere (fds passed with SCM_RIGHTS to an older
+  process, sockets that predate cwatch) trigger a walk of every process,
+  within a CPU budget ([`WALK_BUDGET`], at least [`WALK_MIN_GAP`] apart);
+  reconciliation asks for one walk per period, which also catches holders
+  that appeared since;
 - every `holders_refresh`, sockets held by several fds are re-checked with
   one `readlink` per holder, and new processes forked by a holder are
   scanned;
@@ -59,9 +63,20 @@ pub const SCAN_BUDGET: u32 = 100;
 /// A socket its candidates do not hold triggers a walk only once it has
 /// been missing this long.
 pub const MISS_PATIENCE: Duration = Duration::from_secs(1);
-/// Walks of all of `/proc` asked for by lookups that failed are at least
-/// this far apart.
-pub const WALK_MIN_GAP: Duration = Duration::from_secs(5);
+/// Walks of all of `/proc` asked for by lookups that failed take at most
+/// this share of the time: after a walk that cost `d` of the worker
+/// thread's CPU time, the next waits `d × WALK_BUDGET` (2 % of a core; a
+/// walk of a few hundred processes costs tens of milliseconds, one of a
+/// million sockets' fds seconds).
+pub const WALK_BUDGET: u32 = 50;
+/// Processes started since the last walk are scanned once each, when a
+/// socket nothing names is looked for (their cost follows the processes
+/// started, and these are where such leaks come from); scanning one again
+/// (it made the fd after its scan) takes at most this share of the time
+/// (10 %).
+pub const NEW_SCAN_BUDGET: u32 = 10;
+/// Walks asked for by lookups that failed are at least this far apart.
+pub const WALK_MIN_GAP: Duration = Duration::from_millis(500);
 /// At most this many processes of a candidate's family are scanned.
 pub const FAMILY_LIMIT: usize = 256;
 
@@ -73,12 +88,6 @@ pub enum Work {
     /// Sockets were added to the table (or left CLOSE_WAIT while held):
     /// look up their holders.
     Resolve,
-}
-
-/// Walks every process once, now, on the calling thread: start-up does it
-/// before reporting ready, so the first scrape already names the holders.
-pub fn walk_now(state: &Arc<State>, proc: &ProcRoot) {
-    Worker::new(Arc::clone(state), proc.clone()).walk();
 }
 
 /// The attribution worker: what it owns (the work queue, the proc root,
@@ -104,11 +113,6 @@ impl Attribution {
             refresh,
         };
         (task, Handle::new(tx))
-    }
-
-    /// Drops the work asked for so far (start-up walked already).
-    pub fn discard_queued(&self) {
-        while self.work.try_recv().is_ok() {}
     }
 
     /// Looks up holders when there is work (sockets added, a walk asked

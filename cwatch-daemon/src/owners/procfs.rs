@@ -79,19 +79,40 @@ impl ProcRoot {
     /// is gone or cannot be read yields an error; fds closed during the
     /// scan are skipped.
     pub fn socket_fds(&self, pid: u32) -> io::Result<Vec<(i32, u64)>> {
+        use rustix::fs::{CWD, Dir, Mode, OFlags, openat, readlinkat_raw};
+        let opened = openat(
+            CWD,
+            self.path(format!("{pid}/fd")),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        let mut dir = self.noted(opened.and_then(Dir::new).map_err(io::Error::from))?;
         let mut out = Vec::new();
-        for entry in self.noted(fs::read_dir(self.path(format!("{pid}/fd"))))? {
+        // Every link is read relative to the fd directory (one path
+        // component to look up, not four), into one buffer: a walk reads
+        // millions of them.
+        let mut link = [0u8; 64];
+        while let Some(entry) = dir.read() {
             let Ok(entry) = entry else { continue };
-            let Some(fd) = number::<i32>(entry.file_name().as_bytes()) else {
+            let Some(fd) = number::<i32>(entry.file_name().to_bytes()) else {
                 continue;
             };
-            if let Ok(target) = fs::read_link(entry.path())
-                && let Some(inode) = socket_inode(&target)
+            let Ok(fds) = dir.fd() else { break };
+            if let Ok(len) = readlinkat_raw(fds, entry.file_name(), &mut link[..])
+                && let Some(inode) = socket_inode_bytes(&link[..len.min(link.len())])
             {
                 out.push((fd, inode));
             }
         }
         Ok(out)
+    }
+
+    /// How many fds `pid` has open, from one `stat` of its fd directory
+    /// (Linux 6.2 reports it as the directory's size); `None` where the
+    /// kernel reports 0 (older kernels) or the process is gone.
+    pub fn fd_count(&self, pid: u32) -> Option<u64> {
+        let meta = fs::metadata(self.path(format!("{pid}/fd"))).ok()?;
+        Some(meta.len()).filter(|n| *n > 0)
     }
 
     /// Whether `pid`'s fd `fd` still is socket `inode`: one `readlink`.
@@ -225,7 +246,11 @@ pub fn stat_of(raw: &[u8]) -> Option<procfs_core::process::Stat> {
 
 /// `socket:[123]` → 123.
 pub fn socket_inode(target: &Path) -> Option<u64> {
-    let bytes = target.as_os_str().as_bytes();
+    socket_inode_bytes(target.as_os_str().as_bytes())
+}
+
+/// [`socket_inode`] of a link's bytes.
+fn socket_inode_bytes(bytes: &[u8]) -> Option<u64> {
     let inner = bytes.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(inner).ok()?.parse().ok()
 }

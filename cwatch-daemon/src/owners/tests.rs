@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{
-    DEAD_GRACE, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, WALK_MIN_GAP,
+    DEAD_GRACE, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK,
     procfs::fixture::FakeProc,
     worker::{Instant, Worker, scan_again_at},
 };
@@ -148,18 +148,46 @@ fn sockets_their_candidates_do_not_hold_get_a_walk_after_patience_and_gap() {
     w.resolve_pending();
     assert_eq!(holders(&state, 5), Some(vec![(41, 5)]));
     assert_eq!(state.telemetry.procfs_scan_counts().1, 1, "one walk");
-    // Another lost socket soon after: no second walk within WALK_MIN_GAP.
+    // Another lost socket soon after: its own patience, then a walk.
     enter(&state, 6, Some(40));
     clock.advance(GRACE.max(TICK));
     w.resolve_pending();
-    clock.advance(MISS_PATIENCE);
-    w.resolve_pending();
     assert_eq!(holders(&state, 6), None);
     assert_eq!(state.telemetry.procfs_scan_counts().1, 1);
-    clock.advance(WALK_MIN_GAP);
+    clock.advance(MISS_PATIENCE);
     w.resolve_pending();
     assert_eq!(holders(&state, 6), Some(vec![(41, 6)]));
     assert_eq!(state.telemetry.procfs_scan_counts().1, 2);
+}
+
+#[test]
+fn sockets_nothing_points_at_are_found_among_new_processes_without_a_walk() {
+    let mut proc = FakeProc::new();
+    // Running before the worker: covered by the start-up walk.
+    proc.process(60, 1, "old").socket(8, inode(8));
+    let (mut w, state, clock) = worker(&proc);
+    // Started since, in the root cgroup, not watched: no hint, no cgroup.
+    proc.process(61, 1, "new").socket(7, inode(7));
+    enter(&state, 7, None);
+    clock.advance(GRACE);
+    w.resolve_pending();
+    assert_eq!(
+        holders(&state, 7),
+        Some(vec![(61, 7)]),
+        "found among new processes"
+    );
+    assert_eq!(state.telemetry.procfs_scan_counts().1, 0, "without a walk");
+    // An older process's socket: neither the known holder nor the new
+    // processes hold it; after the patience, a walk does.
+    enter(&state, 8, None);
+    clock.advance(GRACE.max(TICK));
+    w.resolve_pending();
+    assert_eq!(holders(&state, 8), None);
+    assert_eq!(state.telemetry.procfs_scan_counts().1, 0);
+    clock.advance(MISS_PATIENCE);
+    w.resolve_pending();
+    assert_eq!(holders(&state, 8), Some(vec![(60, 8)]));
+    assert_eq!(state.telemetry.procfs_scan_counts().1, 1, "one walk");
 }
 
 #[test]

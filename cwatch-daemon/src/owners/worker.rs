@@ -16,8 +16,8 @@ use std::{
 use tracing::debug;
 
 use super::{
-    DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, WALK_MIN_GAP,
-    cgroups::Cgroups, procfs::ProcRoot,
+    DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, NEW_SCAN_BUDGET, SCAN_BUDGET, TICK,
+    WALK_BUDGET, WALK_MIN_GAP, cgroups::Cgroups, procfs::ProcRoot,
 };
 use crate::{
     state::State,
@@ -52,6 +52,9 @@ impl Sub for Instant {
     }
 }
 
+/// Holders a walk records per hold of the table's lock.
+const APPLY_CHUNK: usize = 8192;
+
 /// When a candidate's family scanned at `started`, for `took`, may be
 /// scanned again: scans take at most 1 / [`SCAN_BUDGET`] of the time, and
 /// never more often than every [`TICK`].
@@ -69,7 +72,12 @@ fn thread_cpu() -> Duration {
 struct Pending {
     cookie: u64,
     inode: u64,
+    /// When it entered CLOSE_WAIT (its fd is older, unless accepted since).
+    start_ns: u64,
     candidates: Vec<u32>,
+    /// No owner stored at connect(), no cgroup of its own: the candidates
+    /// are only the processes that leaked before.
+    unnamed: bool,
     dead: bool,
 }
 
@@ -78,7 +86,18 @@ pub(super) struct Worker {
     pub(super) state: Arc<State>,
     pub(super) proc: ProcRoot,
     pub(super) known_pids: HashSet<u32>,
-    last_walk: Option<Instant>,
+    /// The processes the last walk listed (at start: those running then,
+    /// which start-up's walk covers).
+    walked_pids: HashSet<u32>,
+    /// When a walk may run again (see [`WALK_BUDGET`]).
+    next_walk: Instant,
+    /// When the processes started since the last walk may be scanned again.
+    next_new_scan: Instant,
+    /// Those processes' socket fds, as inode → (pid, fd), and when each
+    /// was scanned; forgotten at the next walk.
+    new_fds: HashMap<u64, (u32, i32)>,
+    /// (when, how many fds it had then, where the kernel says).
+    new_scanned: HashMap<u32, (Instant, Option<u64>)>,
     comms: HashMap<u32, Option<Comm>>,
     /// When each candidate's family may be scanned again.
     next_scan: HashMap<u32, Instant>,
@@ -96,9 +115,13 @@ impl Worker {
     pub(super) fn new(state: Arc<State>, proc: ProcRoot) -> Self {
         Self {
             known_pids: proc.pids().into_iter().collect(),
+            walked_pids: proc.pids().into_iter().collect(),
             state,
             proc,
-            last_walk: None,
+            next_walk: Instant(0),
+            next_new_scan: Instant(0),
+            new_fds: HashMap::new(),
+            new_scanned: HashMap::new(),
             comms: HashMap::new(),
             next_scan: HashMap::new(),
             missed: HashMap::new(),
@@ -140,45 +163,61 @@ impl Worker {
         self.comm(pid).map(|comm| Holder { pid, fd, comm })
     }
 
-    /// Where the holder of a socket with owner hint `hint` and cgroup
-    /// `cgroup` is likely to be: the process the kernel named, else its
-    /// cgroup's processes, else the processes known to hold tracked sockets.
-    /// Empty: nothing points anywhere, only a walk can tell.
-    fn candidates(&mut self, hint: Option<u32>, cgroup: u64) -> Vec<u32> {
-        if let Some(pid) = hint {
-            return vec![pid];
-        }
-        let members = self.cgroups.processes(&self.proc, cgroup);
-        if !members.is_empty() {
-            return members;
-        }
-        self.holder_pids.iter().copied().collect()
-    }
-
     /// Sockets past their grace that still need holders, and dead sockets
-    /// past their grace that still need a verdict.
+    /// past their grace that still need a verdict. A live socket's
+    /// candidates: the process the kernel named, else its cgroup's
+    /// processes; none (`unnamed`) leaves it to the processes started
+    /// since the last walk, then to those that leaked before (see
+    /// [`Self::resolve_pending`]), then to a walk.
     fn pending(&mut self) -> Vec<Pending> {
         let now = self.state.clock.now_ns();
         let grace = GRACE.as_nanos() as u64;
         let mut out = Vec::new();
         let mut unaccepted = Vec::new();
-        let live: Vec<(u64, u64, Option<u32>, u64)> = {
+        let live: Vec<(u64, u64, u64, Option<u32>, u64)> = {
             let table = self.state.lock_table();
             table
                 .unresolved()
                 .filter(|e| now.saturating_sub(e.start_ns) >= grace)
-                .map(|e| (e.cookie, e.inode, e.hint.map(|h| h.pid), e.cgroup))
+                .map(|e| {
+                    (
+                        e.cookie,
+                        e.inode,
+                        e.start_ns,
+                        e.hint.map(|h| h.pid),
+                        e.cgroup,
+                    )
+                })
                 .collect()
         };
-        for (cookie, inode, hint, cgroup) in live {
+        // One listing per cgroup per pass, however many sockets it holds.
+        let mut members: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (cookie, inode, start_ns, hint, cgroup) in live {
             if inode == 0 {
                 unaccepted.push(cookie);
                 continue;
             }
+            let (candidates, unnamed) = match hint {
+                Some(pid) => (vec![pid], false),
+                None => {
+                    let m = match members.get(&cgroup) {
+                        Some(m) => m.clone(),
+                        None => {
+                            let m = self.cgroups.processes(&self.proc, cgroup);
+                            members.insert(cgroup, m.clone());
+                            m
+                        }
+                    };
+                    let unnamed = m.is_empty();
+                    (m, unnamed)
+                }
+            };
             out.push(Pending {
                 cookie,
                 inode,
-                candidates: self.candidates(hint, cgroup),
+                start_ns,
+                candidates,
+                unnamed,
                 dead: false,
             });
         }
@@ -202,26 +241,48 @@ impl Worker {
             out.push(Pending {
                 cookie: dead.sock.cookie,
                 inode: dead.sock.inode,
+                start_ns: dead.sock.start_ns,
                 candidates,
+                unnamed: false,
                 dead: true,
             });
         }
         out
     }
 
-    /// Looks up pending sockets among their candidates' families; falls back
-    /// to one walk for those found nowhere.
+    /// Looks up pending sockets among their candidates' families; those
+    /// found nowhere (or with no candidate at all) among the processes
+    /// started since the last walk; falls back to one walk for what is
+    /// still missing.
     pub(super) fn resolve_pending(&mut self) {
         let now = self.now();
         self.next_scan.retain(|_, t| *t > now);
+        // Sockets nothing names are looked for among the processes started
+        // since the last walk first (cheap: each is scanned once), before
+        // the processes that leaked before.
+        let (unnamed, mut pending): (Vec<Pending>, Vec<Pending>) =
+            self.pending().into_iter().partition(|p| p.unnamed);
+        if !unnamed.is_empty() {
+            let found = self.scan_new_processes(&unnamed.iter().collect::<Vec<_>>());
+            let (hit, rest): (Vec<Pending>, Vec<Pending>) = unnamed
+                .into_iter()
+                .partition(|p| found.contains_key(&p.inode));
+            if !hit.is_empty() {
+                self.apply(&hit, &found, false);
+            }
+            let known: Vec<u32> = self.holder_pids.iter().copied().collect();
+            pending.extend(rest.into_iter().map(|p| Pending {
+                candidates: known.clone(),
+                ..p
+            }));
+        }
         // Candidates over their scan budget wait for a later pass; sockets
         // nothing points at wait for a walk.
-        let (orphans, pending): (Vec<Pending>, Vec<Pending>) = self
-            .pending()
+        let (orphans, pending): (Vec<Pending>, Vec<Pending>) = pending
             .into_iter()
             .filter(|p| !p.candidates.iter().any(|c| self.next_scan.contains_key(c)))
             .partition(|p| p.candidates.is_empty());
-        let walk_due = self.last_walk.is_none_or(|t| now - t >= WALK_MIN_GAP);
+        let walk_due = now >= self.next_walk;
         if !orphans.is_empty() && walk_due {
             debug!(
                 sockets = orphans.len(),
@@ -234,29 +295,7 @@ impl Worker {
             return;
         }
         tracing::trace!(pending = pending.len(), "looking up holders");
-        let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
-        let mut scanned = HashSet::new();
-        let candidates: HashSet<u32> = pending
-            .iter()
-            .flat_map(|p| p.candidates.iter().copied())
-            .collect();
-        for c in candidates {
-            let started = self.now();
-            let cpu = thread_cpu();
-            let family: Vec<u32> = self
-                .proc
-                .family(c, FAMILY_LIMIT)
-                .into_iter()
-                .filter(|pid| scanned.insert(*pid))
-                .collect();
-            for (inode, holders) in self.scan(&family) {
-                found.entry(inode).or_default().extend(holders);
-            }
-            // What the scan cost is this thread's CPU time: a loaded host
-            // stretches the wall-clock time, not the work.
-            let took = (self.now() - started).min(thread_cpu().saturating_sub(cpu));
-            self.next_scan.insert(c, scan_again_at(started, took));
-        }
+        let found = self.scan_candidates(&pending);
         // A socket its candidates do not hold may just have been closed
         // (its leave event not applied yet): only one still missing after
         // MISS_PATIENCE is worth a walk.
@@ -283,10 +322,139 @@ impl Worker {
         self.apply(&pending, &found, missing > 0);
     }
 
+    /// The families of `pending`'s candidates, each scanned once and then
+    /// left alone for its scan budget.
+    fn scan_candidates(&mut self, pending: &[Pending]) -> HashMap<u64, Vec<Holder>> {
+        let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
+        let mut scanned = HashSet::new();
+        let candidates: HashSet<u32> = pending
+            .iter()
+            .flat_map(|p| p.candidates.iter().copied())
+            .collect();
+        for c in candidates {
+            let started = self.now();
+            let cpu = thread_cpu();
+            let family: Vec<u32> = self
+                .proc
+                .family(c, FAMILY_LIMIT)
+                .into_iter()
+                .filter(|pid| scanned.insert(*pid))
+                .collect();
+            for (inode, holders) in self.scan(&family) {
+                found.entry(inode).or_default().extend(holders);
+            }
+            // What the scan cost is this thread's CPU time: a loaded host
+            // stretches the wall-clock time, not the work.
+            let took = (self.now() - started).min(thread_cpu().saturating_sub(cpu));
+            self.next_scan.insert(c, scan_again_at(started, took));
+        }
+        found
+    }
+
+    /// The processes the last walk did not see (started since): a socket
+    /// nothing points at most often belongs to one (a worker restarted, a
+    /// new job). Each is scanned once and its socket fds kept until the
+    /// next walk; `pending` is looked up there first, then among the ones
+    /// not scanned yet, and only then are scans older than a socket still
+    /// missing done again (an fd made after a scan is not in it). Within a
+    /// budget: after scans that cost `d`, the next wait `d` ×
+    /// [`NEW_SCAN_BUDGET`] (at least a [`TICK`]).
+    fn scan_new_processes(&mut self, pending: &[&Pending]) -> HashMap<u64, Vec<Holder>> {
+        let mut found = HashMap::new();
+        let rest = self.look_up_new(pending, &mut found);
+        if rest.is_empty() {
+            return found;
+        }
+        let pids = self.proc.pids();
+        let listed: HashSet<u32> = pids.iter().copied().collect();
+        self.new_scanned.retain(|pid, _| listed.contains(pid));
+        let new: Vec<u32> = pids
+            .into_iter()
+            .filter(|p| !self.walked_pids.contains(p))
+            .collect();
+        let unscanned: Vec<u32> = new
+            .iter()
+            .copied()
+            .filter(|p| !self.new_scanned.contains_key(p))
+            .collect();
+        let first = self.scan_new(&unscanned);
+        let rest = self.look_up_new(&rest, &mut found);
+        let started = self.now();
+        let Some(newest_ns) = rest.iter().map(|p| p.start_ns).max() else {
+            return found;
+        };
+        if started < self.next_new_scan {
+            return found;
+        }
+        // Scanned before that socket entered CLOSE_WAIT, and its fds
+        // changed since (where the kernel says how many it has).
+        let cpu = thread_cpu();
+        let stale: Vec<u32> = new
+            .into_iter()
+            .filter(|p| {
+                self.new_scanned.get(p).is_some_and(|(at, fds)| {
+                    at.0 < newest_ns && (fds.is_none() || self.proc.fd_count(*p) != *fds)
+                })
+            })
+            .collect();
+        let again = self.scan_new(&stale);
+        self.look_up_new(&rest, &mut found);
+        let took = (self.now() - started).min(thread_cpu().saturating_sub(cpu));
+        self.next_new_scan = started + took.saturating_mul(NEW_SCAN_BUDGET).max(TICK);
+        debug!(
+            first,
+            again,
+            looked_for = pending.len(),
+            found = found.len(),
+            "scanned processes started since the last walk"
+        );
+        found
+    }
+
+    /// Scans `pids` into the new processes' fds; how many.
+    fn scan_new(&mut self, pids: &[u32]) -> usize {
+        let at = self.now();
+        for pid in pids {
+            let count = self.proc.fd_count(*pid);
+            let fds = self.proc.socket_fds(*pid).unwrap_or_default();
+            self.new_fds
+                .extend(fds.into_iter().map(|(fd, inode)| (inode, (*pid, fd))));
+            self.new_scanned.insert(*pid, (at, count));
+        }
+        if !pids.is_empty() {
+            self.state.telemetry.procfs_scans(pids.len() as u64, 0);
+        }
+        pids.len()
+    }
+
+    /// Looks `pending` up in the new processes' fds (each hit checked with
+    /// one readlink: the fd may be another file since); what is not found.
+    fn look_up_new<'a>(
+        &mut self,
+        pending: &[&'a Pending],
+        found: &mut HashMap<u64, Vec<Holder>>,
+    ) -> Vec<&'a Pending> {
+        let mut rest = Vec::new();
+        for p in pending {
+            let hit = self.new_fds.get(&p.inode).copied();
+            match hit {
+                Some((pid, fd)) if self.proc.holds(pid, fd, p.inode) => {
+                    if let Some(h) = self.holder(pid, fd) {
+                        found.insert(p.inode, vec![h]);
+                        continue;
+                    }
+                    rest.push(*p);
+                }
+                _ => rest.push(*p),
+            }
+        }
+        rest
+    }
+
     /// Records holders found for `pending`. Sockets not found stay
     /// unresolved when `retry` (a walk will come), dead ones not held are
     /// dropped.
-    fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+    fn set_holders(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
         self.epoch += 1;
         let now = self.state.clock.now_ns();
         let mut latencies = Vec::new();
@@ -313,20 +481,35 @@ impl Worker {
                 table.set_holders(p.cookie, holders);
             }
         }
-        // Younger sockets whose holders the scans just saw are resolved too:
-        // the fd tables were read anyway.
-        if !found.is_empty() {
-            let seen: Vec<(u64, Vec<Holder>)> = table
-                .unresolved()
-                .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
-                .collect();
-            for (cookie, holders) in seen {
-                self.holder_pids.extend(holders.iter().map(|h| h.pid));
-                if let Some(entry) = table.get(cookie) {
-                    observe(&entry);
-                }
-                table.set_holders(cookie, holders);
+        drop(table);
+        for l in latencies {
+            self.state.telemetry.observe_attribution(l);
+        }
+    }
+
+    /// [`Self::set_holders`], then the younger sockets whose holders the
+    /// scans just saw are resolved too: the fd tables were read anyway.
+    fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+        self.set_holders(pending, found, retry);
+        if found.is_empty() {
+            return;
+        }
+        let now = self.state.clock.now_ns();
+        let mut latencies = Vec::new();
+        let mut table = self.state.lock_table();
+        let seen: Vec<(u64, Vec<Holder>)> = table
+            .unresolved()
+            .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
+            .collect();
+        for (cookie, holders) in seen {
+            self.holder_pids.extend(holders.iter().map(|h| h.pid));
+            if let Some(entry) = table.get(cookie)
+                && !entry.resolved
+                && !entry.age_estimated
+            {
+                latencies.push(Duration::from_nanos(now.saturating_sub(entry.start_ns)));
             }
+            table.set_holders(cookie, holders);
         }
         drop(table);
         for l in latencies {
@@ -336,12 +519,25 @@ impl Worker {
 
     /// Socket fds of `pids`, as inode → holders.
     pub(super) fn scan(&mut self, pids: &[u32]) -> HashMap<u64, Vec<Holder>> {
+        self.scan_for(pids, None)
+    }
+
+    /// [`Self::scan`], keeping only the inodes in `wanted` (when given): a
+    /// walk sees every socket of the host, most of them not tracked.
+    fn scan_for(
+        &mut self,
+        pids: &[u32],
+        wanted: Option<&HashSet<u64>>,
+    ) -> HashMap<u64, Vec<Holder>> {
         let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
         for &pid in pids {
             let Ok(fds) = self.proc.socket_fds(pid) else {
                 continue;
             };
             for (fd, inode) in fds {
+                if wanted.is_some_and(|w| !w.contains(&inode)) {
+                    continue;
+                }
                 if let Some(h) = self.holder(pid, fd) {
                     out.entry(inode).or_default().push(h);
                 }
@@ -353,13 +549,7 @@ impl Worker {
 
     /// Scans every process and sets the holders of every tracked socket.
     pub(super) fn walk(&mut self) {
-        let pids = self.proc.pids();
-        // Learned afresh from what the walk finds: exited processes go.
-        self.holder_pids.clear();
-        self.known_pids = pids.iter().copied().collect();
-        let found = self.scan(&pids);
-        self.last_walk = Some(self.now());
-        self.state.telemetry.procfs_scans(0, 1);
+        let started = std::time::Instant::now();
         // Young dead sockets may just be closing: leave them to their grace.
         let now = self.state.clock.now_ns();
         let grace = DEAD_GRACE.as_nanos() as u64;
@@ -368,7 +558,9 @@ impl Worker {
             let live = table.iter().map(|e| Pending {
                 cookie: e.cookie,
                 inode: e.inode,
+                start_ns: e.start_ns,
                 candidates: Vec::new(),
+                unnamed: false,
                 dead: false,
             });
             let dead = table
@@ -377,11 +569,47 @@ impl Worker {
                 .map(|d| Pending {
                     cookie: d.sock.cookie,
                     inode: d.sock.inode,
+                    start_ns: d.sock.start_ns,
                     candidates: Vec::new(),
+                    unnamed: false,
                     dead: true,
                 });
             live.chain(dead).filter(|p| p.inode != 0).collect()
         };
-        self.apply(&pending, &found, false);
+        // Sockets tracked from now on are looked for too (the unresolved
+        // ones the scan happens to see); others are not kept.
+        let cpu = thread_cpu();
+        let pids = self.proc.pids();
+        // Learned afresh from what the walk finds: exited processes go.
+        self.holder_pids.clear();
+        self.known_pids = pids.iter().copied().collect();
+        self.walked_pids = pids.iter().copied().collect();
+        self.new_fds = HashMap::new();
+        self.new_scanned = HashMap::new();
+        let mut wanted: HashSet<u64> = pending.iter().map(|p| p.inode).collect();
+        wanted.extend(self.state.lock_table().unresolved().map(|e| e.inode));
+        let found = self.scan_for(&pids, Some(&wanted));
+        drop(wanted);
+        // The next walk waits for the budget: a walk that cost `d` of this
+        // thread's CPU time is followed by no other for `d` × WALK_BUDGET.
+        let walked = self.now();
+        let took = thread_cpu().saturating_sub(cpu);
+        self.next_walk = walked + took.saturating_mul(WALK_BUDGET).max(WALK_MIN_GAP);
+        self.state.telemetry.procfs_scans(0, 1);
+        let scanned = started.elapsed();
+        // In chunks, the table's lock taken for each: scrapes and intake
+        // go on while a million holders are recorded.
+        for chunk in pending.chunks(APPLY_CHUNK) {
+            self.set_holders(chunk, &found, false);
+        }
+        self.apply(&[], &found, false);
+        debug!(
+            processes = pids.len(),
+            sockets = pending.len(),
+            found = found.len(),
+            scan_ms = scanned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "walked /proc"
+        );
     }
 }

@@ -11,7 +11,10 @@ calls on them.
 */
 use std::{collections::HashMap as StdHashMap, io, sync::Mutex};
 
-use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
+use aya::{
+    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray},
+    sys::SyscallError,
+};
 use cwatch_common::{
     Event, Listener, ListenerKey, SockRecord, StackSample, control, counter, hist, names,
 };
@@ -189,13 +192,32 @@ impl Probes {
     /// Inserts `add` into the `CLOSE_WAIT` map and deletes `remove`.
     pub fn update_close_wait(&self, add: &[SockRecord], remove: &[u64]) -> Result<(), ProbeError> {
         let mut map = self.close_wait.lock().unwrap_or_else(|e| e.into_inner());
-        for rec in add {
+        let keys: Vec<u64> = add.iter().map(|r| r.cookie).collect();
+        let mut written = 0;
+        match batch::write_all(map.map(), &keys, add) {
+            Ok(()) => written = add.len(),
+            Err((done, e)) if no_batch(&e) && done == 0 => {
+                tracing::debug!("no batch map update ({e}): writing entry by entry");
+            }
+            Err((_, io_error)) => {
+                return Err(ProbeError::Map {
+                    name: names::MAP_CLOSE_WAIT,
+                    source: MapError::SyscallError(SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    }),
+                });
+            }
+        }
+        for rec in &add[written..] {
             map.insert(rec.cookie, *rec, 0)
                 .map_err(map_error(names::MAP_CLOSE_WAIT))?;
         }
-        for cookie in remove {
-            // Gone already (the kernel raced us) is fine.
-            let _ = map.remove(cookie);
+        // Gone already (the kernel raced us) is fine.
+        if batch::delete_all(map.map(), remove).is_err() {
+            for cookie in remove {
+                let _ = map.remove(cookie);
+            }
         }
         Ok(())
     }
@@ -260,16 +282,20 @@ impl Probes {
 /// a map type without batch operations.
 const ENOTSUPP: i32 = 524;
 
+/// Whether `e` says the kernel has no batch operations on the map (before
+/// 5.6).
+fn no_batch(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
+    )
+}
+
 /// Every entry of `map`: in batches, or one by one where the kernel has no
 /// batch lookup (before 5.6).
 fn snapshot<V: aya::Pod>(map: &HashMap<MapData, u64, V>) -> io::Result<StdHashMap<u64, V>> {
     match batch::read_all(map.map()) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
-            ) =>
-        {
+        Err(e) if no_batch(&e) => {
             tracing::debug!("no batch map lookup ({e}): reading entry by entry");
             map.iter().map(|r| r.map_err(io::Error::other)).collect()
         }

@@ -241,6 +241,7 @@ impl Reconciler {
         // Unknown sockets are added with an estimated start on the first
         // pass, or when a suspect is seen again: only then is tcp_info worth
         // its bytes.
+        let started = std::time::Instant::now();
         let view = kernel_view(&self.proc, initial || !suspects.cookies.is_empty());
         view.failures
             .iter()
@@ -288,20 +289,25 @@ impl Reconciler {
             }
             c
         };
+        // Asked for before the map is written back: the walk and the
+        // write-back overlap (start-up's walk of a million sockets' fds
+        // takes seconds).
+        let walk = initial || periodic || needs_walk(&state.lock_table());
+        if walk {
+            self.owners.request(Work::Walk);
+        }
         let (map_added, map_removed) = self.sync_map(&view, &map, dump_start_ns)?;
         c.map_added = map_added;
         c.map_removed = map_removed;
         self.prune_linger(&view, now_ns)?;
         self.prune_young(&view, &young, dump_start_ns);
-        if initial || periodic || needs_walk(&state.lock_table()) {
-            self.owners.request(Work::Walk);
-        }
         // Counted once done, so a reader of the counter knows the pass is over.
         state.telemetry.reconcile_pass(true);
         if initial {
             info!(
                 sockets = view.close_wait.len(),
                 namespaces = view.covered.len(),
+                took_ms = started.elapsed().as_millis() as u64,
                 "start-up reconciliation: found the sockets already in CLOSE_WAIT"
             );
             return Ok(Corrections::default());

@@ -57,6 +57,17 @@ struct Seen {
     fd: (f64, Option<f64>),
 }
 
+/// The fields of an API socket the poll reads (the rest is skipped
+/// unparsed: the poll runs beside the daemon it measures).
+#[derive(serde::Deserialize)]
+struct Polled {
+    cookie: u64,
+    age_seconds: f64,
+    peer_addr: String,
+    pid: Option<u32>,
+    fd: Option<i32>,
+}
+
 /// Polls the API every half second while the holders start, until every
 /// one of the `target` sockets has its pid and fd known, or a minute after
 /// the last holder started.
@@ -75,24 +86,19 @@ fn poll(
         if status != 200 {
             bail!("/api/v1/sockets answered {status}");
         }
-        let sockets: Vec<serde_json::Value> =
+        let sockets: Vec<Polled> =
             serde_json::from_str(&body).context("decoding /api/v1/sockets")?;
         polls.push(t.elapsed().as_secs_f64() * 1000.0);
         for s in &sockets {
-            let ours = s["peer_addr"]
-                .as_str()
-                .is_some_and(|a| a.starts_with(&prefix));
-            let (Some(cookie), Some(age), true) =
-                (s["cookie"].as_u64(), s["age_seconds"].as_f64(), ours)
-            else {
+            if !s.peer_addr.starts_with(&prefix) {
                 continue;
-            };
-            let e = seen.entry(cookie).or_default();
-            for (field, slot) in [("pid", &mut e.pid), ("fd", &mut e.fd)] {
-                match (s[field].is_null(), slot.1) {
-                    (true, _) => slot.0 = age,
-                    (false, None) => slot.1 = Some(age),
-                    (false, Some(_)) => {}
+            }
+            let e = seen.entry(s.cookie).or_default();
+            for (known, slot) in [(s.pid.is_some(), &mut e.pid), (s.fd.is_some(), &mut e.fd)] {
+                match (known, slot.1) {
+                    (false, _) => slot.0 = s.age_seconds,
+                    (true, None) => slot.1 = Some(s.age_seconds),
+                    (true, Some(_)) => {}
                 }
             }
         }

@@ -29,7 +29,9 @@ impl BenchDaemon {
     pub fn start(bin: &Path, args: &[&str]) -> anyhow::Result<BenchDaemon> {
         let port = cwatch_testkit::daemon::free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("cwatch-bench-{}.log", std::process::id()));
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("cwatch-bench-{}-{n}.log", std::process::id()));
         let log_file = File::create(&log)?;
         let started = Instant::now();
         let child = Command::new(bin)
@@ -37,7 +39,10 @@ impl BenchDaemon {
             // from scratch), and no two daemons share state.
             .args(["run", "--listen", &addr, "--pin-dir", "none"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -53,6 +53,9 @@ pub struct Level {
     /// daemon serialize every socket as JSON).
     pub rss_mib: f64,
     pub rss_after_ls_mib: f64,
+    /// The most resident memory the daemon had (VmHWM: start-up's passes
+    /// over every socket), read after the `cwatch ls` calls.
+    pub peak_rss_mib: f64,
     pub cpu_s_per_hour: f64,
     /// CPU seconds of one full reconciliation pass (see `idle`).
     pub full_pass_s: f64,
@@ -181,6 +184,7 @@ fn measure(
             .push(procs::time_shell("ss -tn state close-wait | wc -l")?);
     }
     level.rss_after_ls_mib = system::rss_mib(daemon.pid)?;
+    level.peak_rss_mib = system::peak_rss_mib(daemon.pid)?;
     let idle = idle::measure(&daemon, plan.quick.then_some(plan.idle_secs))?;
     level.cpu_s_per_hour = idle.per_hour();
     level.full_pass_s = idle.full_pass_s;
@@ -242,13 +246,13 @@ pub fn render(sc: &Scale, s: &mut String) {
          skipped unless the kernel counted a lost event), each measured on its own (the \
          bench daemon reconciles every 6 s to have one in reach; a window starts once the \
          daemon is quiet again after a pass and the walk it asked for).\n\n\
-         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | `ls --all --json` | RSS (MiB) | RSS after ls (MiB) | idle CPU-s/h | one full pass (CPU-s) | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | `ls --all --json` | RSS (MiB) | RSS after ls (MiB) | peak RSS (MiB) | idle CPU-s/h | one full pass (CPU-s) | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &sc.levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {} | {:.0} |",
             l.sockets,
             l.held,
             l.ss_count,
@@ -261,6 +265,7 @@ pub fn render(sc: &Scale, s: &mut String) {
             l.ls_all_json_ms.median(),
             l.rss_mib,
             l.rss_after_ls_mib,
+            l.peak_rss_mib,
             l.cpu_s_per_hour,
             l.full_pass_s,
             l.ss_wc_ms.median(),

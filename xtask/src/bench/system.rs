@@ -94,12 +94,22 @@ pub fn load_average() -> String {
 
 /// Resident memory of `pid` in MiB.
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The most resident memory `pid` had so far (VmHWM), in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// The `/proc/PID/status` line `key` (in kB), in MiB.
+fn status_mib(pid: u32, key: &str) -> anyhow::Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
     Ok(kib / 1024.0)
 }
 

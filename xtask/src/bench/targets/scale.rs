@@ -34,7 +34,10 @@ pub(super) fn scale(r: &Results, t: &mut Rows) {
             |l| {
                 (
                     l.rss_mib,
-                    format!("{:.1} MiB ({:.1} after ls)", l.rss_mib, l.rss_after_ls_mib),
+                    format!(
+                        "{:.1} MiB ({:.1} after ls; peak {:.0})",
+                        l.rss_mib, l.rss_after_ls_mib, l.peak_rss_mib
+                    ),
                 )
             },
             |v| v <= 100.0,
