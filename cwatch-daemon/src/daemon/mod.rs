@@ -111,6 +111,7 @@ async fn run(
     let cancel = CancellationToken::new();
     let mut privileged: Vec<JoinHandle<()>> = Vec::new();
     let (label_reader, labels) = LabelReader::new(proc.clone());
+    let label_waker = label_reader.waker();
     let stop = cancel.clone();
     privileged.push(threads::spawn(Role::Labels, move || {
         label_reader.run(&stop)
@@ -121,6 +122,13 @@ async fn run(
         web: Arc::new(http::Web::new(web)),
     };
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // The label reader blocks until a request comes: woken once to see the
+    // cancel.
+    let woken = cancel.clone();
+    tasks.spawn(ok(async move {
+        woken.cancelled().await;
+        label_waker.wake();
+    }));
     let server = Server {
         listener,
         app: app.clone(),
@@ -242,10 +250,18 @@ async fn start(
         Role::Reconcile,
         reconciler.run(cancel.clone()),
     )?);
+    // Dropped at the cancel: the thread's wait between passes ends at once.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let dropped = cancel.clone();
+    tasks.spawn(ok(async move {
+        dropped.cancelled().await;
+        drop(stop_tx);
+    }));
     let provenance = crate::provenance::Task {
         state: Arc::clone(state),
         probes: Arc::clone(&watch.probes),
         proc: proc.path(""),
+        stop: stop_rx,
     };
     let stop = cancel.clone();
     privileged.push(threads::spawn(Role::Owners, move || provenance.run(stop))?);

@@ -106,6 +106,23 @@ struct Request {
 pub struct LabelReader {
     proc: ProcRoot,
     requests: mpsc::Receiver<Request>,
+    /// Sends the empty request that wakes [`Self::run`] to see a cancel.
+    wake: mpsc::Sender<Request>,
+}
+
+/// Wakes a [`LabelReader`] blocked waiting for requests (to see that it
+/// was cancelled).
+#[derive(Debug)]
+pub struct LabelWaker(mpsc::Sender<Request>);
+
+impl LabelWaker {
+    pub fn wake(&self) {
+        let (reply, _) = mpsc::sync_channel(1);
+        let _ = self.0.send(Request {
+            pids: Vec::new(),
+            reply,
+        });
+    }
 }
 
 /// Asks the [`LabelReader`] for labels.
@@ -116,13 +133,25 @@ impl LabelReader {
     /// The reader and the handle that asks it.
     pub fn new(proc: ProcRoot) -> (Self, LabelLookups) {
         let (tx, rx) = mpsc::channel();
-        (Self { proc, requests: rx }, LabelLookups(tx))
+        let reader = Self {
+            proc,
+            requests: rx,
+            wake: tx.clone(),
+        };
+        (reader, LabelLookups(tx))
     }
 
-    /// Answers requests until `cancel` (or until every handle is gone).
+    /// What wakes [`Self::run`] once `cancel` fired (it sleeps until a
+    /// request comes: no timer wakes it on a quiet host).
+    pub fn waker(&self) -> LabelWaker {
+        LabelWaker(self.wake.clone())
+    }
+
+    /// Answers requests until `cancel` (seen at the next request, or when
+    /// the [`LabelWaker`] wakes it).
     pub fn run(self, cancel: &CancellationToken) {
         while !cancel.is_cancelled() {
-            match self.requests.recv_timeout(Duration::from_millis(100)) {
+            match self.requests.recv() {
                 Ok(request) => {
                     let infos = request
                         .pids
@@ -131,8 +160,7 @@ impl LabelReader {
                         .collect();
                     let _ = request.reply.send(infos);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvError) => return,
             }
         }
     }
@@ -311,6 +339,7 @@ mod tests {
         proc.process(40, 1, "svc").exe("/usr/bin/svc");
         proc.process(41, 1, "other").exe("/usr/bin/other");
         let (reader, lookups) = LabelReader::new(proc.root());
+        let waker = reader.waker();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let thread = std::thread::spawn(move || reader.run(&stop));
@@ -318,7 +347,9 @@ mod tests {
         let info = cache.lookup([40, 41, 40]);
         assert_eq!(info[&40].get(OwnerLabel::Exe), "/usr/bin/svc");
         assert_eq!(info[&41].get(OwnerLabel::Exe), "/usr/bin/other");
+        // It sleeps until asked: the waker lets it see the cancel.
         cancel.cancel();
+        waker.wake();
         thread.join().unwrap();
         // Cached: answered without the (now stopped) reader.
         assert_eq!(cache.lookup([40])[&40].get(OwnerLabel::Exe), "/usr/bin/svc");

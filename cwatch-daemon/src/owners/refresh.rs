@@ -16,6 +16,8 @@ use crate::table::{Holder, SockEntry};
 
 /// Refreshes between two looks at the whole table, at most.
 const REBUILD_EVERY: u32 = 12;
+/// Sockets looked at per hold of the table's lock.
+const REBUILD_CHUNK: usize = 8192;
 
 /// The refresh, with the shared sockets and holding processes of the table
 /// as last seen.
@@ -110,23 +112,26 @@ impl Refresh {
     }
 
     fn rebuild_if_stale(&mut self, w: &Worker) {
-        let table = w.state.lock_table();
-        let stamp = (table.len(), table.dead_len(), w.epoch);
-        self.since += 1;
-        if self.stamp == Some(stamp) && self.since < REBUILD_EVERY {
-            return;
-        }
-        self.stamp = Some(stamp);
-        self.since = 0;
+        let (cookies, dead) = {
+            let table = w.state.lock_table();
+            let stamp = (table.len(), table.dead_len(), w.epoch);
+            self.since += 1;
+            if self.stamp == Some(stamp) && self.since < REBUILD_EVERY {
+                return;
+            }
+            self.stamp = Some(stamp);
+            self.since = 0;
+            let dead: Vec<SockEntry> = table
+                .dead()
+                .filter(|d| d.verified)
+                .map(|d| d.sock.clone())
+                .collect();
+            (table.cookies().collect::<Vec<u64>>(), dead)
+        };
         self.shared_socks.clear();
         self.holder_pids.clear();
-        let dead: Vec<SockEntry> = table
-            .dead()
-            .filter(|d| d.verified)
-            .map(|d| d.sock.clone())
-            .collect();
         let mut last = None;
-        for entry in table.iter().chain(dead) {
+        let mut look = |entry: &SockEntry| {
             for h in &entry.holders {
                 // Sockets of one process tend to come in runs: skip the set.
                 if last != Some(h.pid) {
@@ -138,6 +143,15 @@ impl Refresh {
                 self.shared_socks
                     .push((entry.cookie, entry.inode, entry.holders.clone()));
             }
+        };
+        // The table's lock is taken per chunk: at a million sockets a look
+        // at all of them takes long enough to hold up scrapes.
+        for chunk in cookies.chunks(REBUILD_CHUNK) {
+            let table = w.state.lock_table();
+            for entry in chunk.iter().filter_map(|c| table.get(*c)) {
+                look(&entry);
+            }
         }
+        dead.iter().for_each(look);
     }
 }

@@ -41,6 +41,8 @@ pub struct Task {
     pub probes: Arc<Probes>,
     /// The proc root processes are read under (`/proc`).
     pub proc: PathBuf,
+    /// Disconnected when the daemon stops: ends the wait between passes.
+    pub stop: std::sync::mpsc::Receiver<()>,
 }
 
 /// The sample as `cwatch_stacks` takes it: registers and the bytes copied.
@@ -108,11 +110,12 @@ impl Task {
             if want == 1 {
                 self.pass(&mut queue, &mut stacks, &mut interned, config.leak_after);
             }
-            // Sleep in short steps so shutdown is not held up.
-            let mut slept = Duration::ZERO;
-            while slept < EVERY && !cancel.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(100));
-                slept += Duration::from_millis(100);
+            // Until the next pass, or at once when the daemon stops (the
+            // sender is dropped then).
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                self.stop.recv_timeout(EVERY)
+            {
+                return;
             }
         }
     }
