@@ -31,8 +31,10 @@ event:
 mod cgroups;
 mod handle;
 pub mod labels;
+mod newprocs;
 pub mod procfs;
 mod refresh;
+mod walk;
 mod worker;
 
 use std::{sync::Arc, time::Duration};

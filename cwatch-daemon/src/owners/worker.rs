@@ -16,8 +16,8 @@ use std::{
 use tracing::debug;
 
 use super::{
-    DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, NEW_SCAN_BUDGET, SCAN_BUDGET, TICK,
-    WALK_BUDGET, WALK_MIN_GAP, cgroups::Cgroups, procfs::ProcRoot,
+    DEAD_GRACE, FAMILY_LIMIT, GRACE, MISS_PATIENCE, SCAN_BUDGET, TICK, cgroups::Cgroups,
+    procfs::ProcRoot,
 };
 use crate::{
     state::State,
@@ -28,10 +28,14 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Instant(u64);
 
-#[cfg(test)]
 impl Instant {
     pub(super) fn at(ns: u64) -> Self {
         Self(ns)
+    }
+
+    /// Nanoseconds on the state's clock.
+    pub(super) fn ns(self) -> u64 {
+        self.0
     }
 }
 
@@ -52,9 +56,6 @@ impl Sub for Instant {
     }
 }
 
-/// Holders a walk records per hold of the table's lock.
-const APPLY_CHUNK: usize = 8192;
-
 /// When a candidate's family scanned at `started`, for `took`, may be
 /// scanned again: scans take at most 1 / [`SCAN_BUDGET`] of the time, and
 /// never more often than every [`TICK`].
@@ -63,22 +64,49 @@ pub(super) fn scan_again_at(started: Instant, took: Duration) -> Instant {
 }
 
 /// The CPU time this thread has used.
-fn thread_cpu() -> Duration {
+pub(super) fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 /// One socket the worker has to look up.
-struct Pending {
-    cookie: u64,
-    inode: u64,
+pub(super) struct Pending {
+    pub(super) cookie: u64,
+    pub(super) inode: u64,
     /// When it entered CLOSE_WAIT (its fd is older, unless accepted since).
-    start_ns: u64,
-    candidates: Vec<u32>,
+    pub(super) start_ns: u64,
+    pub(super) candidates: Vec<u32>,
     /// No owner stored at connect(), no cgroup of its own: the candidates
     /// are only the processes that leaked before.
-    unnamed: bool,
-    dead: bool,
+    pub(super) unnamed: bool,
+    pub(super) dead: bool,
+}
+
+/// What the worker knows of the processes started since the last walk
+/// (looked through in `newprocs`).
+pub(super) struct NewProcesses {
+    /// The processes the last walk listed (at start: those running then,
+    /// which start-up's walk covers).
+    pub(super) walked: HashSet<u32>,
+    /// When a process may be scanned again.
+    pub(super) next_rescan: Instant,
+    /// Their socket fds, as inode → (pid, fd).
+    pub(super) fds: HashMap<u64, (u32, i32)>,
+    /// When each was scanned, and how many fds it had then (where the
+    /// kernel says).
+    pub(super) scanned: HashMap<u32, (Instant, Option<u64>)>,
+}
+
+impl NewProcesses {
+    /// None yet: every process but `walked` counts as new.
+    pub(super) fn since(walked: Vec<u32>) -> Self {
+        Self {
+            walked: walked.into_iter().collect(),
+            next_rescan: Instant::at(0),
+            fds: HashMap::new(),
+            scanned: HashMap::new(),
+        }
+    }
 }
 
 /// The worker thread's state.
@@ -86,18 +114,10 @@ pub(super) struct Worker {
     pub(super) state: Arc<State>,
     pub(super) proc: ProcRoot,
     pub(super) known_pids: HashSet<u32>,
-    /// The processes the last walk listed (at start: those running then,
-    /// which start-up's walk covers).
-    walked_pids: HashSet<u32>,
     /// When a walk may run again (see [`WALK_BUDGET`]).
-    next_walk: Instant,
-    /// When the processes started since the last walk may be scanned again.
-    next_new_scan: Instant,
-    /// Those processes' socket fds, as inode → (pid, fd), and when each
-    /// was scanned; forgotten at the next walk.
-    new_fds: HashMap<u64, (u32, i32)>,
-    /// (when, how many fds it had then, where the kernel says).
-    new_scanned: HashMap<u32, (Instant, Option<u64>)>,
+    pub(super) next_walk: Instant,
+    /// The processes started since the last walk, and what their scans saw.
+    pub(super) new: NewProcesses,
     comms: HashMap<u32, Option<Comm>>,
     /// When each candidate's family may be scanned again.
     next_scan: HashMap<u32, Instant>,
@@ -107,7 +127,7 @@ pub(super) struct Worker {
     pub(super) epoch: u64,
     /// Processes seen holding tracked sockets: the candidates of a socket
     /// nothing else points at (a leaking process leaks again).
-    holder_pids: HashSet<u32>,
+    pub(super) holder_pids: HashSet<u32>,
     cgroups: Cgroups,
 }
 
@@ -115,13 +135,10 @@ impl Worker {
     pub(super) fn new(state: Arc<State>, proc: ProcRoot) -> Self {
         Self {
             known_pids: proc.pids().into_iter().collect(),
-            walked_pids: proc.pids().into_iter().collect(),
+            new: NewProcesses::since(proc.pids()),
             state,
             proc,
-            next_walk: Instant(0),
-            next_new_scan: Instant(0),
-            new_fds: HashMap::new(),
-            new_scanned: HashMap::new(),
+            next_walk: Instant::at(0),
             comms: HashMap::new(),
             next_scan: HashMap::new(),
             missed: HashMap::new(),
@@ -159,7 +176,7 @@ impl Worker {
         *self.comms.entry(pid).or_insert_with(|| proc.comm(pid))
     }
 
-    fn holder(&mut self, pid: u32, fd: i32) -> Option<Holder> {
+    pub(super) fn holder(&mut self, pid: u32, fd: i32) -> Option<Holder> {
         self.comm(pid).map(|comm| Holder { pid, fd, comm })
     }
 
@@ -351,110 +368,15 @@ impl Worker {
         found
     }
 
-    /// The processes the last walk did not see (started since): a socket
-    /// nothing points at most often belongs to one (a worker restarted, a
-    /// new job). Each is scanned once and its socket fds kept until the
-    /// next walk; `pending` is looked up there first, then among the ones
-    /// not scanned yet, and only then are scans older than a socket still
-    /// missing done again (an fd made after a scan is not in it). Within a
-    /// budget: after scans that cost `d`, the next wait `d` ×
-    /// [`NEW_SCAN_BUDGET`] (at least a [`TICK`]).
-    fn scan_new_processes(&mut self, pending: &[&Pending]) -> HashMap<u64, Vec<Holder>> {
-        let mut found = HashMap::new();
-        let rest = self.look_up_new(pending, &mut found);
-        if rest.is_empty() {
-            return found;
-        }
-        let pids = self.proc.pids();
-        let listed: HashSet<u32> = pids.iter().copied().collect();
-        self.new_scanned.retain(|pid, _| listed.contains(pid));
-        let new: Vec<u32> = pids
-            .into_iter()
-            .filter(|p| !self.walked_pids.contains(p))
-            .collect();
-        let unscanned: Vec<u32> = new
-            .iter()
-            .copied()
-            .filter(|p| !self.new_scanned.contains_key(p))
-            .collect();
-        let first = self.scan_new(&unscanned);
-        let rest = self.look_up_new(&rest, &mut found);
-        let started = self.now();
-        let Some(newest_ns) = rest.iter().map(|p| p.start_ns).max() else {
-            return found;
-        };
-        if started < self.next_new_scan {
-            return found;
-        }
-        // Scanned before that socket entered CLOSE_WAIT, and its fds
-        // changed since (where the kernel says how many it has).
-        let cpu = thread_cpu();
-        let stale: Vec<u32> = new
-            .into_iter()
-            .filter(|p| {
-                self.new_scanned.get(p).is_some_and(|(at, fds)| {
-                    at.0 < newest_ns && (fds.is_none() || self.proc.fd_count(*p) != *fds)
-                })
-            })
-            .collect();
-        let again = self.scan_new(&stale);
-        self.look_up_new(&rest, &mut found);
-        let took = (self.now() - started).min(thread_cpu().saturating_sub(cpu));
-        self.next_new_scan = started + took.saturating_mul(NEW_SCAN_BUDGET).max(TICK);
-        debug!(
-            first,
-            again,
-            looked_for = pending.len(),
-            found = found.len(),
-            "scanned processes started since the last walk"
-        );
-        found
-    }
-
-    /// Scans `pids` into the new processes' fds; how many.
-    fn scan_new(&mut self, pids: &[u32]) -> usize {
-        let at = self.now();
-        for pid in pids {
-            let count = self.proc.fd_count(*pid);
-            let fds = self.proc.socket_fds(*pid).unwrap_or_default();
-            self.new_fds
-                .extend(fds.into_iter().map(|(fd, inode)| (inode, (*pid, fd))));
-            self.new_scanned.insert(*pid, (at, count));
-        }
-        if !pids.is_empty() {
-            self.state.telemetry.procfs_scans(pids.len() as u64, 0);
-        }
-        pids.len()
-    }
-
-    /// Looks `pending` up in the new processes' fds (each hit checked with
-    /// one readlink: the fd may be another file since); what is not found.
-    fn look_up_new<'a>(
-        &mut self,
-        pending: &[&'a Pending],
-        found: &mut HashMap<u64, Vec<Holder>>,
-    ) -> Vec<&'a Pending> {
-        let mut rest = Vec::new();
-        for p in pending {
-            let hit = self.new_fds.get(&p.inode).copied();
-            match hit {
-                Some((pid, fd)) if self.proc.holds(pid, fd, p.inode) => {
-                    if let Some(h) = self.holder(pid, fd) {
-                        found.insert(p.inode, vec![h]);
-                        continue;
-                    }
-                    rest.push(*p);
-                }
-                _ => rest.push(*p),
-            }
-        }
-        rest
-    }
-
     /// Records holders found for `pending`. Sockets not found stay
     /// unresolved when `retry` (a walk will come), dead ones not held are
     /// dropped.
-    fn set_holders(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+    pub(super) fn set_holders(
+        &mut self,
+        pending: &[Pending],
+        found: &HashMap<u64, Vec<Holder>>,
+        retry: bool,
+    ) {
         self.epoch += 1;
         let now = self.state.clock.now_ns();
         let mut latencies = Vec::new();
@@ -489,7 +411,12 @@ impl Worker {
 
     /// [`Self::set_holders`], then the younger sockets whose holders the
     /// scans just saw are resolved too: the fd tables were read anyway.
-    fn apply(&mut self, pending: &[Pending], found: &HashMap<u64, Vec<Holder>>, retry: bool) {
+    pub(super) fn apply(
+        &mut self,
+        pending: &[Pending],
+        found: &HashMap<u64, Vec<Holder>>,
+        retry: bool,
+    ) {
         self.set_holders(pending, found, retry);
         if found.is_empty() {
             return;
@@ -520,96 +447,5 @@ impl Worker {
     /// Socket fds of `pids`, as inode → holders.
     pub(super) fn scan(&mut self, pids: &[u32]) -> HashMap<u64, Vec<Holder>> {
         self.scan_for(pids, None)
-    }
-
-    /// [`Self::scan`], keeping only the inodes in `wanted` (when given): a
-    /// walk sees every socket of the host, most of them not tracked.
-    fn scan_for(
-        &mut self,
-        pids: &[u32],
-        wanted: Option<&HashSet<u64>>,
-    ) -> HashMap<u64, Vec<Holder>> {
-        let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
-        for &pid in pids {
-            let Ok(fds) = self.proc.socket_fds(pid) else {
-                continue;
-            };
-            for (fd, inode) in fds {
-                if wanted.is_some_and(|w| !w.contains(&inode)) {
-                    continue;
-                }
-                if let Some(h) = self.holder(pid, fd) {
-                    out.entry(inode).or_default().push(h);
-                }
-            }
-        }
-        self.state.telemetry.procfs_scans(pids.len() as u64, 0);
-        out
-    }
-
-    /// Scans every process and sets the holders of every tracked socket.
-    pub(super) fn walk(&mut self) {
-        let started = std::time::Instant::now();
-        // Young dead sockets may just be closing: leave them to their grace.
-        let now = self.state.clock.now_ns();
-        let grace = DEAD_GRACE.as_nanos() as u64;
-        let pending: Vec<Pending> = {
-            let table = self.state.lock_table();
-            let live = table.iter().map(|e| Pending {
-                cookie: e.cookie,
-                inode: e.inode,
-                start_ns: e.start_ns,
-                candidates: Vec::new(),
-                unnamed: false,
-                dead: false,
-            });
-            let dead = table
-                .dead()
-                .filter(|d| now.saturating_sub(d.left_ns) >= grace)
-                .map(|d| Pending {
-                    cookie: d.sock.cookie,
-                    inode: d.sock.inode,
-                    start_ns: d.sock.start_ns,
-                    candidates: Vec::new(),
-                    unnamed: false,
-                    dead: true,
-                });
-            live.chain(dead).filter(|p| p.inode != 0).collect()
-        };
-        // Sockets tracked from now on are looked for too (the unresolved
-        // ones the scan happens to see); others are not kept.
-        let cpu = thread_cpu();
-        let pids = self.proc.pids();
-        // Learned afresh from what the walk finds: exited processes go.
-        self.holder_pids.clear();
-        self.known_pids = pids.iter().copied().collect();
-        self.walked_pids = pids.iter().copied().collect();
-        self.new_fds = HashMap::new();
-        self.new_scanned = HashMap::new();
-        let mut wanted: HashSet<u64> = pending.iter().map(|p| p.inode).collect();
-        wanted.extend(self.state.lock_table().unresolved().map(|e| e.inode));
-        let found = self.scan_for(&pids, Some(&wanted));
-        drop(wanted);
-        // The next walk waits for the budget: a walk that cost `d` of this
-        // thread's CPU time is followed by no other for `d` × WALK_BUDGET.
-        let walked = self.now();
-        let took = thread_cpu().saturating_sub(cpu);
-        self.next_walk = walked + took.saturating_mul(WALK_BUDGET).max(WALK_MIN_GAP);
-        self.state.telemetry.procfs_scans(0, 1);
-        let scanned = started.elapsed();
-        // In chunks, the table's lock taken for each: scrapes and intake
-        // go on while a million holders are recorded.
-        for chunk in pending.chunks(APPLY_CHUNK) {
-            self.set_holders(chunk, &found, false);
-        }
-        self.apply(&[], &found, false);
-        debug!(
-            processes = pids.len(),
-            sockets = pending.len(),
-            found = found.len(),
-            scan_ms = scanned.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "walked /proc"
-        );
     }
 }

@@ -1,0 +1,112 @@
+/*!
+A walk of every process's fd table: the last resort of attribution (a
+socket found nowhere else), the answer to start-up's first pass and
+reconciliation's periodic one. It keeps only the inodes of tracked sockets
+(a walk sees every socket of the host), records the holders in chunks of
+the table's lock, and sets when the next walk may run: after a walk that
+cost `d` of the thread's CPU time, `d` × [`WALK_BUDGET`] later at the
+earliest.
+*/
+use std::collections::{HashMap, HashSet};
+
+use tracing::debug;
+
+use super::{
+    DEAD_GRACE, WALK_BUDGET, WALK_MIN_GAP,
+    worker::{NewProcesses, Pending, Worker, thread_cpu},
+};
+use crate::table::Holder;
+
+/// Holders a walk records per hold of the table's lock.
+const APPLY_CHUNK: usize = 8192;
+
+impl Worker {
+    /// [`Self::scan`], keeping only the inodes in `wanted` (when given): a
+    /// walk sees every socket of the host, most of them not tracked.
+    pub(super) fn scan_for(
+        &mut self,
+        pids: &[u32],
+        wanted: Option<&HashSet<u64>>,
+    ) -> HashMap<u64, Vec<Holder>> {
+        let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
+        for &pid in pids {
+            let Ok(fds) = self.proc.socket_fds(pid) else {
+                continue;
+            };
+            for (fd, inode) in fds {
+                if wanted.is_some_and(|w| !w.contains(&inode)) {
+                    continue;
+                }
+                if let Some(h) = self.holder(pid, fd) {
+                    out.entry(inode).or_default().push(h);
+                }
+            }
+        }
+        self.state.telemetry.procfs_scans(pids.len() as u64, 0);
+        out
+    }
+
+    /// Scans every process and sets the holders of every tracked socket.
+    pub(super) fn walk(&mut self) {
+        let started = std::time::Instant::now();
+        // Young dead sockets may just be closing: leave them to their grace.
+        let now = self.state.clock.now_ns();
+        let grace = DEAD_GRACE.as_nanos() as u64;
+        let pending: Vec<Pending> = {
+            let table = self.state.lock_table();
+            let live = table.iter().map(|e| Pending {
+                cookie: e.cookie,
+                inode: e.inode,
+                start_ns: e.start_ns,
+                candidates: Vec::new(),
+                unnamed: false,
+                dead: false,
+            });
+            let dead = table
+                .dead()
+                .filter(|d| now.saturating_sub(d.left_ns) >= grace)
+                .map(|d| Pending {
+                    cookie: d.sock.cookie,
+                    inode: d.sock.inode,
+                    start_ns: d.sock.start_ns,
+                    candidates: Vec::new(),
+                    unnamed: false,
+                    dead: true,
+                });
+            live.chain(dead).filter(|p| p.inode != 0).collect()
+        };
+        // Sockets tracked from now on are looked for too (the unresolved
+        // ones the scan happens to see); others are not kept.
+        let cpu = thread_cpu();
+        let pids = self.proc.pids();
+        // Learned afresh from what the walk finds: exited processes go.
+        self.holder_pids.clear();
+        self.known_pids = pids.iter().copied().collect();
+        self.new = NewProcesses::since(pids.clone());
+        let mut wanted: HashSet<u64> = pending.iter().map(|p| p.inode).collect();
+        wanted.extend(self.state.lock_table().unresolved().map(|e| e.inode));
+        let found = self.scan_for(&pids, Some(&wanted));
+        drop(wanted);
+        // The next walk waits for the budget: a walk that cost `d` of this
+        // thread's CPU time is followed by no other for `d` × WALK_BUDGET.
+        let walked = self.now();
+        let took = thread_cpu().saturating_sub(cpu);
+        self.next_walk = walked + took.saturating_mul(WALK_BUDGET).max(WALK_MIN_GAP);
+        self.state.telemetry.procfs_scans(0, 1);
+        let scanned = started.elapsed();
+        // In chunks, the table's lock taken for each: scrapes and intake
+        // go on while a million holders are recorded.
+        for chunk in pending.chunks(APPLY_CHUNK) {
+            self.set_holders(chunk, &found, false);
+        }
+        self.apply(&[], &found, false);
+        debug!(
+            processes = pids.len(),
+            sockets = pending.len(),
+            found = found.len(),
+            scan_ms = scanned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "walked /proc"
+        );
+    }
+}
