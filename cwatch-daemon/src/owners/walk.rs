@@ -46,8 +46,20 @@ impl Worker {
         out
     }
 
-    /// Scans every process and sets the holders of every tracked socket.
+    /// Scans every process and sets the holders of every tracked socket:
+    /// a walk asked for (start-up, reconciliation) — the next lookup that
+    /// finds a socket nowhere may walk at once.
     pub(super) fn walk(&mut self) {
+        self.walk_within_budget(false);
+    }
+
+    /// [`Self::walk`] for a lookup that found a socket nowhere: the next
+    /// such walk waits for the budget.
+    pub(super) fn walk_for_lookup(&mut self) {
+        self.walk_within_budget(true);
+    }
+
+    fn walk_within_budget(&mut self, budgeted: bool) {
         let started = std::time::Instant::now();
         // Young dead sockets may just be closing: leave them to their grace.
         let now = self.state.clock.now_ns();
@@ -87,11 +99,13 @@ impl Worker {
         wanted.extend(self.state.lock_table().unresolved().map(|e| e.inode));
         let found = self.scan_for(&pids, Some(&wanted));
         drop(wanted);
-        // The next walk waits for the budget: a walk that cost `d` of this
-        // thread's CPU time is followed by no other for `d` × WALK_BUDGET.
+        // A lookup's walk that cost `d` of this thread's CPU time is
+        // followed by no other for `d` × WALK_BUDGET.
         let walked = self.now();
         let took = thread_cpu().saturating_sub(cpu);
-        self.next_walk = walked + took.saturating_mul(WALK_BUDGET).max(WALK_MIN_GAP);
+        if budgeted {
+            self.next_walk = walked + took.saturating_mul(WALK_BUDGET).max(WALK_MIN_GAP);
+        }
         self.state.telemetry.procfs_scans(0, 1);
         let scanned = started.elapsed();
         // In chunks, the table's lock taken for each: scrapes and intake

@@ -305,7 +305,7 @@ impl Worker {
                 sockets = orphans.len(),
                 "sockets no process points at: walking /proc"
             );
-            self.walk();
+            self.walk_for_lookup();
             return;
         }
         if pending.is_empty() {
@@ -333,7 +333,7 @@ impl Worker {
                 missing,
                 "sockets not held by their candidates: walking /proc"
             );
-            self.walk();
+            self.walk_for_lookup();
             return;
         }
         self.apply(&pending, &found, missing > 0);

@@ -50,14 +50,22 @@ fn every_field_matches_ss_and_proc() {
         }
     })
     .unwrap();
-    let api = wait_for("the API shows them all", Duration::from_secs(1), || {
-        let a = api_to_port(&daemon.sockets().map_err(|e| e.to_string())?, port);
-        if a.len() == 3 * N {
-            Ok(a)
-        } else {
-            Err(format!("{}", a.len()))
-        }
-    })
+    // Each shows up once tracked (`--track-after`), its owner once looked
+    // up: wait for both (the latency of either is the bench's to measure,
+    // and a VM under emulation is slow), then compare every field.
+    let api = wait_for(
+        "the API shows them all, owners known",
+        Duration::from_secs(5),
+        || {
+            let a = api_to_port(&daemon.sockets().map_err(|e| e.to_string())?, port);
+            let owned = a.iter().filter(|e| !e["pid"].is_null()).count();
+            if a.len() == 3 * N && owned == a.len() {
+                Ok(a)
+            } else {
+                Err(format!("{} shown, {owned} with a pid", a.len()))
+            }
+        },
+    )
     .unwrap();
     let netns = netns_inode(client.pid);
     for truth in &truth {
