@@ -272,3 +272,22 @@ fn refresh_follows_shared_sockets_and_forked_children() {
     super::refresh::Refresh::default().run(&mut w);
     assert_eq!(holders(&state, 10), Some(vec![(70, 3), (72, 5)]));
 }
+
+#[test]
+fn a_walk_asked_for_leaves_the_next_lookup_free_to_walk() {
+    let mut proc = FakeProc::new();
+    let (mut w, state, clock) = worker(&proc);
+    // Started after the worker, listed by the walk start-up asked for
+    // (which now runs after ready), its socket not tracked yet.
+    proc.process(70, 1, "early").socket(3, inode(3));
+    w.walk();
+    enter(&state, 3, None);
+    clock.advance(GRACE);
+    w.resolve_pending();
+    assert_eq!(
+        holders(&state, 3),
+        Some(vec![(70, 3)]),
+        "walked for at once"
+    );
+    assert_eq!(state.telemetry.procfs_scan_counts().1, 2);
+}
