@@ -61,7 +61,8 @@ impl Worker {
             .into_iter()
             .filter(|p| {
                 self.new.scanned.get(p).is_some_and(|(at, fds)| {
-                    at.ns() < newest_ns && (fds.is_none() || self.proc.fd_count(*p) != *fds)
+                    at.ns() < newest_ns
+                        && (fds.is_none() || self.proc.fd_count(*p).ok().flatten() != *fds)
                 })
             })
             .collect();
@@ -83,7 +84,7 @@ impl Worker {
     fn scan_new(&mut self, pids: &[u32]) -> usize {
         let at = self.now();
         for pid in pids {
-            let count = self.proc.fd_count(*pid);
+            let count = self.proc.fd_count(*pid).ok().flatten();
             let fds = self.proc.socket_fds(*pid).unwrap_or_default();
             self.new
                 .fds

@@ -107,14 +107,6 @@ impl ProcRoot {
         Ok(out)
     }
 
-    /// How many fds `pid` has open, from one `stat` of its fd directory
-    /// (Linux 6.2 reports it as the directory's size); `None` where the
-    /// kernel reports 0 (older kernels) or the process is gone.
-    pub fn fd_count(&self, pid: u32) -> Option<u64> {
-        let meta = fs::metadata(self.path(format!("{pid}/fd"))).ok()?;
-        Some(meta.len()).filter(|n| *n > 0)
-    }
-
     /// Whether `pid`'s fd `fd` still is socket `inode`: one `readlink`.
     pub fn holds(&self, pid: u32, fd: i32, inode: u64) -> bool {
         fs::read_link(self.path(format!("{pid}/fd/{fd}")))

@@ -133,9 +133,10 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(state: Arc<State>, proc: ProcRoot) -> Self {
+        let pids = proc.pids();
         Self {
-            known_pids: proc.pids().into_iter().collect(),
-            new: NewProcesses::since(proc.pids()),
+            known_pids: pids.iter().copied().collect(),
+            new: NewProcesses::since(pids),
             state,
             proc,
             next_walk: Instant::at(0),
@@ -214,21 +215,17 @@ impl Worker {
                 unaccepted.push(cookie);
                 continue;
             }
-            let (candidates, unnamed) = match hint {
-                Some(pid) => (vec![pid], false),
+            let candidates = match hint {
+                Some(pid) => vec![pid],
                 None => {
-                    let m = match members.get(&cgroup) {
-                        Some(m) => m.clone(),
-                        None => {
-                            let m = self.cgroups.processes(&self.proc, cgroup);
-                            members.insert(cgroup, m.clone());
-                            m
-                        }
-                    };
-                    let unnamed = m.is_empty();
-                    (m, unnamed)
+                    let (cgroups, proc) = (&mut self.cgroups, &self.proc);
+                    members
+                        .entry(cgroup)
+                        .or_insert_with(|| cgroups.processes(proc, cgroup))
+                        .clone()
                 }
             };
+            let unnamed = candidates.is_empty();
             out.push(Pending {
                 cookie,
                 inode,
@@ -267,10 +264,10 @@ impl Worker {
         out
     }
 
-    /// Looks up pending sockets among their candidates' families; those
-    /// found nowhere (or with no candidate at all) among the processes
-    /// started since the last walk; falls back to one walk for what is
-    /// still missing.
+    /// Looks up pending sockets: those nothing names first among the
+    /// processes started since the last walk, then every one among its
+    /// candidates' families (the known leakers for those nothing names);
+    /// falls back to one walk for what is still missing.
     pub(super) fn resolve_pending(&mut self) {
         let now = self.now();
         self.next_scan.retain(|_, t| *t > now);

@@ -16,10 +16,7 @@ use std::{
 };
 
 use cwatch_stacks::testing::{self, Recipe};
-use cwatch_testkit::{
-    daemon::{Daemon, cwatch_bin},
-    wait_for,
-};
+use cwatch_testkit::{daemon::Daemon, wait_for};
 use serde_json::Value;
 
 use crate::common::serial;
@@ -111,17 +108,12 @@ fn leaked_socket(daemon: &Daemon, port: u16, pid: u32, wait_site: bool) -> Value
 }
 
 fn ls_stacks(daemon: &Daemon) -> String {
-    let out = Command::new(cwatch_bin().unwrap())
-        .args(["ls", "--stacks", "--leaked", "--listen"])
-        .arg(daemon.addr.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cwatch ls --stacks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(crate::common::client(
+        daemon,
+        "ls",
+        &["--stacks", "--leaked"],
+    ))
+    .unwrap()
 }
 
 /// `cwatch_leak_site_sockets{site}` for `site`, once the family sums to the

@@ -17,18 +17,26 @@ impl ProcRoot {
     /// count); otherwise the directory is listed (getdents, about 0.5 µs per
     /// fd) without reading any link.
     pub fn open_fds(&self, pid: u32) -> io::Result<u64> {
-        let dir = self.path(format!("{pid}/fd"));
-        let size = self.noted(fs::metadata(&dir))?.len();
-        let on_procfs =
-            rustix::fs::statfs(&dir).is_ok_and(|s| s.f_type == rustix::fs::PROC_SUPER_MAGIC);
-        if size > 0 && on_procfs {
+        if let Some(size) = self.fd_count(pid)? {
             return Ok(size);
         }
+        let dir = self.path(format!("{pid}/fd"));
         let mut count = 0;
         for entry in self.noted(fs::read_dir(&dir))?.flatten() {
             count += u64::from(number::<i32>(entry.file_name().as_bytes()).is_some());
         }
         Ok(count)
+    }
+
+    /// How many fds `pid` has open as procfs says it in the size of
+    /// `/proc/<pid>/fd` (Linux 6.2 and later: one `stat`); `None` where it
+    /// does not (an older kernel, or not procfs).
+    pub fn fd_count(&self, pid: u32) -> io::Result<Option<u64>> {
+        let dir = self.path(format!("{pid}/fd"));
+        let size = self.noted(fs::metadata(&dir))?.len();
+        let on_procfs =
+            rustix::fs::statfs(&dir).is_ok_and(|s| s.f_type == rustix::fs::PROC_SUPER_MAGIC);
+        Ok((size > 0 && on_procfs).then_some(size))
     }
 
     /// The soft `RLIMIT_NOFILE` of `pid` (`Max open files` in
