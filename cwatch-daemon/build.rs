@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     if let Some(value) = toolchain.rustc_bootstrap() {
         // aya-build passes its environment to the nested cargo. Scoped to the
-        // aya_ebpf crate: nothing else gets unstable features.
+        // two crates built for BPF (aya_ebpf, and cwatch_ebpf's inline
+        // assembly): nothing else gets unstable features.
         // SAFETY: single-threaded, as above.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", value) };
     }

@@ -7,8 +7,9 @@ Two toolchains work (see DEVELOPERS.md):
 - **rustup nightly with rust-src**: the usual aya path, `-Z build-std=core`.
 - **Debian's rustc-web** (`/usr/bin/rustc`, `/usr/bin/cargo`) with
   `libstd-rust-web-dev-bpf`, which ships a prebuilt `core` for the BPF
-  targets. It is a stable compiler, so aya-ebpf's unstable features are
-  allowed for that one crate with `RUSTC_BOOTSTRAP=aya_ebpf`.
+  targets. It is a stable compiler, so the unstable features of aya-ebpf
+  and cwatch-ebpf (inline BPF assembly) are allowed for those two crates
+  with `RUSTC_BOOTSTRAP=aya_ebpf,cwatch_ebpf`.
 
 Both need `bpf-linker` on PATH. Used by `cwatch-daemon/build.rs` (to build)
 and by `xtask` (to check and install).
@@ -38,7 +39,7 @@ pub enum Toolchain {
     /// `-Z build-std=core`.
     Rustup(String),
     /// A prefix (e.g. `/usr`) with `bin/cargo` and a prebuilt `core` for
-    /// `bpfel-unknown-none`: build on stable with `RUSTC_BOOTSTRAP=aya_ebpf`.
+    /// `bpfel-unknown-none`: build on stable with `RUSTC_BOOTSTRAP=aya_ebpf,cwatch_ebpf`.
     System(PathBuf),
 }
 
@@ -55,7 +56,7 @@ impl Toolchain {
     pub fn rustc_bootstrap(&self) -> Option<&'static str> {
         match self {
             Toolchain::Rustup(_) => None,
-            Toolchain::System(_) => Some("aya_ebpf"),
+            Toolchain::System(_) => Some("aya_ebpf,cwatch_ebpf"),
         }
     }
 }
@@ -239,10 +240,10 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_is_scoped_to_aya_ebpf_on_the_system_path_only() {
+    fn bootstrap_is_scoped_to_the_ebpf_crates_on_the_system_path_only() {
         assert_eq!(
             Toolchain::System("/usr".into()).rustc_bootstrap(),
-            Some("aya_ebpf")
+            Some("aya_ebpf,cwatch_ebpf")
         );
         assert_eq!(Toolchain::Rustup("nightly".into()).rustc_bootstrap(), None);
         assert_eq!(Toolchain::System("/usr".into()).rustup_arg(), "/usr");

@@ -146,12 +146,39 @@ pub mod hist {
 /// whenever `SockRecord`, `Event` or `Owner` change meaning, even at the
 /// same size: a daemon that finds another version in the pin directory
 /// rebuilds the maps.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
+
+/// How `--young-sockets` (`young`, at least 2) is shared between the
+/// `NURSERY` array, where a socket entering CLOSE_WAIT gets its record
+/// first (slot `cookie % slots`: cookies are handed out in sequence, so live
+/// sockets rarely share one), and the `YOUNG` hash map, for sockets whose
+/// slot was taken: the largest power of two up to half for the slots, the
+/// rest for the map. Returns `(slots, map entries)`.
+pub const fn young_split(young: u32) -> (u32, u32) {
+    let half = if young < 2 { 1 } else { young / 2 };
+    let slots = 1 << (31 - half.leading_zeros());
+    let rest = young.saturating_sub(slots);
+    (slots, if rest == 0 { 1 } else { rest })
+}
+
+/// `SockRecord::cookie` of a `NURSERY` slot being written (claimed, not
+/// published yet); 0 is a free slot.
+pub const SLOT_BUSY: u64 = u64::MAX;
+
+/// The `NURSERY` slot of `cookie`, `mask` being the slot count less one.
+pub const fn nursery_slot(cookie: u64, mask: u64) -> u32 {
+    (cookie & mask) as u32
+}
+
+/// `BPF_F_MMAPABLE`: the daemon maps `NURSERY` into its memory and takes
+/// slots with the same atomic compare-and-swap as the programs.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Names of the maps and programs in the object, shared so both sides agree.
 pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_YOUNG: &str = "YOUNG";
+    pub const MAP_NURSERY: &str = "NURSERY";
     pub const MAP_CLOSE_WAIT: &str = "CLOSE_WAIT";
     pub const MAP_WATCHED: &str = "WATCHED";
     pub const MAP_CONTROL: &str = "CONTROL";
@@ -163,6 +190,34 @@ pub mod names {
     pub const MAP_LAYOUT: &str = "LAYOUT";
     pub const MAP_SAMPLES: &str = "SAMPLES";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+    /// The `NURSERY` slot count less one (a `u64` in .rodata).
+    pub const GLOBAL_NURSERY_MASK: &str = "NURSERY_MASK";
     pub const PROG_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_DESTROY: &str = "tcp_destroy_sock";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn young_sockets_are_shared_between_slots_and_the_map() {
+        assert_eq!(young_split(64), (32, 32));
+        assert_eq!(young_split(100), (32, 68));
+        assert_eq!(young_split(16_384), (8192, 8192));
+        assert_eq!(young_split(1 << 20), (1 << 19, 1 << 19));
+        assert_eq!(young_split(2), (1, 1));
+        assert_eq!(young_split(0), (1, 1));
+        for young in [64, 65, 1000, 12_345, 1 << 20] {
+            let (slots, map) = young_split(young);
+            assert!(slots.is_power_of_two());
+            assert_eq!(slots + map, young, "{young}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_has_one_slot() {
+        assert_eq!(nursery_slot(0x1_0005, 7), 5);
+        assert_eq!(nursery_slot(u64::MAX, 8191), 8191);
+    }
 }

@@ -70,14 +70,20 @@ unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { core::ptr::read(base.add(offset).cast::<T>()) }
 }
 
-/// An IPv6 address field (`struct in6_addr`, 4-byte aligned).
+/// An IPv6 address field (`struct in6_addr`, 4-byte aligned), read as four
+/// words: volatile, so the compiler cannot turn the copy into a `memmove`
+/// call from the socket (the verifier rejects one instruction reading from
+/// both kernel and map memory).
 ///
 /// # Safety
 /// As for [`load`].
 #[inline(always)]
 unsafe fn load_in6(base: *const u8, offset: usize) -> [u8; 16] {
-    // SAFETY: the caller's contract.
-    let words: [u32; 4] = unsafe { load(base, offset) };
+    let word = |i: usize| -> u32 {
+        // SAFETY: the caller's contract, for each word of the field.
+        unsafe { core::ptr::read_volatile(base.add(offset + 4 * i).cast::<u32>()) }
+    };
+    let words = [word(0), word(1), word(2), word(3)];
     // SAFETY: same size, any bit pattern is valid.
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
@@ -146,23 +152,29 @@ impl Sock {
         }
     }
 
-    /// Fills family, addresses, ports and network namespace of `rec`.
+    /// Fills family, addresses, ports and network namespace of `rec`, every
+    /// byte of the addresses (a record may be written over an older one).
     #[inline(always)]
     pub fn fill_endpoints(self, rec: &mut SockRecord) {
         let sk = self.base();
+        let v4 = |word: u32| -> [u8; 16] {
+            // SAFETY: same size, any bit pattern is valid.
+            unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([word, 0, 0, 0]) }
+        };
         // SAFETY: fields of the BTF-typed socket at OFFSETS; the IPv6 ones
         // only where the kernel has them (`has_ipv6`).
         unsafe {
             rec.family = load::<u16>(sk, off!(sk_family));
             rec.peer_port = u16::from_be(load::<u16>(sk, off!(sk_dport)));
             if rec.family == AF_INET {
-                let local: [u8; 4] = load::<u32>(sk, off!(sk_rcv_saddr)).to_ne_bytes();
-                let peer: [u8; 4] = load::<u32>(sk, off!(sk_daddr)).to_ne_bytes();
-                rec.local_addr[..4].copy_from_slice(&local);
-                rec.peer_addr[..4].copy_from_slice(&peer);
+                rec.local_addr = v4(load::<u32>(sk, off!(sk_rcv_saddr)));
+                rec.peer_addr = v4(load::<u32>(sk, off!(sk_daddr)));
             } else if rec.family == AF_INET6 && off!(has_ipv6) != 0 {
                 rec.local_addr = load_in6(sk, off!(sk_v6_rcv_saddr));
                 rec.peer_addr = load_in6(sk, off!(sk_v6_daddr));
+            } else {
+                rec.local_addr = v4(0);
+                rec.peer_addr = v4(0);
             }
         }
         rec.local_port = self.local_port();

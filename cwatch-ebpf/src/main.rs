@@ -4,6 +4,9 @@
 //! connect-time stack capture in `stack.rs`.
 #![no_std]
 #![no_main]
+// Inline assembly for the atomic compare-and-swap Rust's BPF target lacks
+// (`maps.rs`); the build enables this one unstable feature for this crate.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod events;
 mod kernel;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use cwatch_common::{
-    Event, Listener, ListenerKey, Owner, SockRecord, WATCH_ALL, WATCH_NONE, WATCHED_WORDS, control,
-    counter, hist,
+    BPF_F_MMAPABLE, Event, Listener, ListenerKey, Owner, SLOT_BUSY, SockRecord, WATCH_ALL,
+    WATCH_NONE, WATCHED_WORDS, control, counter, hist, nursery_slot,
 };
 
 use crate::kernel::Sock;
@@ -23,11 +23,34 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Every socket as it enters CLOSE_WAIT, by cookie, until it leaves or the
-/// daemon reports it (moves it to `CLOSE_WAIT`). Preallocated: the insert
-/// and delete of the common short CLOSE_WAIT allocate nothing. The daemon
-/// sizes it before load; when full, the socket is counted
-/// (`RECORDS_FULL`) and left to reconciliation. Pinned.
+/// Young sockets, first stop: slot `cookie % slots` holds the
+/// record of a socket that entered CLOSE_WAIT, written in place. Taking a
+/// slot is one compare-and-swap on its cookie, by the programs (enter:
+/// 0 → `SLOT_BUSY` → cookie; leave: cookie → 0) and by the daemon (report:
+/// cookie → 0, through its mapping of the array): whoever swaps the cookie
+/// out owns the record. No lock, no allocation, no hashing on the path
+/// every connection takes. Sized by the daemon before load
+/// (`young_split`), with `NURSERY_MASK`. Pinned.
+#[map]
+pub static NURSERY: Array<SockRecord> = Array::with_max_entries(1 << 13, BPF_F_MMAPABLE);
+
+/// The `NURSERY` slot count less one, set by the daemon before load (in
+/// .rodata: the verifier sees a constant).
+#[unsafe(no_mangle)]
+static NURSERY_MASK: u64 = (1 << 13) - 1;
+
+#[inline(always)]
+fn slot_of(cookie: u64) -> u32 {
+    // SAFETY: a reference to a static; volatile so the compiler cannot
+    // fold the default above.
+    nursery_slot(cookie, unsafe { core::ptr::read_volatile(&NURSERY_MASK) })
+}
+
+/// Young sockets whose `NURSERY` slot was taken, by cookie, until they
+/// leave or the daemon reports them (moves them to `CLOSE_WAIT`).
+/// Preallocated: its insert and delete allocate nothing. The daemon sizes
+/// it before load; when full, the socket is counted (`RECORDS_FULL`) and
+/// left to reconciliation. Pinned, as `NURSERY`.
 #[map]
 pub static YOUNG: HashMap<u64, SockRecord> = HashMap::with_max_entries(1 << 14, 0);
 
@@ -166,4 +189,109 @@ pub fn owner_of(sk: Sock, create: bool) -> Option<*mut Owner> {
     // socket-storage map's definition.
     let ptr = unsafe { bpf_sk_storage_get(map, sk.as_ptr(), core::ptr::null_mut(), flags) };
     (!ptr.is_null()).then_some(ptr.cast::<Owner>())
+}
+
+/// `*word`, atomically replaced by `new` when it is `old` (`BPF_CMPXCHG`,
+/// Linux 5.12); returns what it was. Inline assembly: Rust's BPF target has
+/// no atomic read-modify-write operations.
+///
+/// # Safety
+/// `word` must be a valid, 8-byte aligned pointer into a map value.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn cmpxchg(word: *mut u64, old: u64, new: u64) -> u64 {
+    let prev: u64;
+    // SAFETY: the caller's contract; the instruction reads and writes only
+    // `*word`, and r0.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({word} + 0, r0, {new})",
+            word = in(reg) word,
+            new = in(reg) new,
+            inout("r0") old => prev,
+            options(nostack),
+        );
+    }
+    prev
+}
+
+/// `*word = new`, atomically and as a full barrier (`BPF_XCHG`).
+///
+/// # Safety
+/// As for [`cmpxchg`].
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn xchg(word: *mut u64, new: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "{new} = xchg_64({word} + 0, {new})",
+            word = in(reg) word,
+            new = inout(reg) new => _,
+            options(nostack),
+        );
+    }
+}
+
+/// The same operations where the crate is only checked (clippy on the
+/// host), with the host's atomics.
+///
+/// # Safety
+/// As for the BPF ones.
+#[cfg(not(target_arch = "bpf"))]
+unsafe fn cmpxchg(word: *mut u64, old: u64, new: u64) -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    // SAFETY: the caller's contract.
+    let word = unsafe { AtomicU64::from_ptr(word) };
+    word.compare_exchange(old, new, SeqCst, SeqCst)
+        .unwrap_or_else(|prev| prev)
+}
+
+/// # Safety
+/// As for the BPF one.
+#[cfg(not(target_arch = "bpf"))]
+unsafe fn xchg(word: *mut u64, new: u64) {
+    use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    // SAFETY: the caller's contract.
+    unsafe { AtomicU64::from_ptr(word) }.swap(new, SeqCst);
+}
+
+/// The cookie word of a `NURSERY` slot (its record's first field).
+#[inline(always)]
+fn cookie_word(slot: *mut SockRecord) -> *mut u64 {
+    slot.cast::<u64>()
+}
+
+/// Claims `cookie`'s slot for writing (free → `SLOT_BUSY`); `None` when
+/// another socket holds it. Every field must be written before
+/// [`publish`].
+#[inline(always)]
+pub fn claim(cookie: u64) -> Option<*mut SockRecord> {
+    let slot = NURSERY.get_ptr_mut(slot_of(cookie))?;
+    // SAFETY: a pointer into NURSERY (map values are 8-byte aligned).
+    (unsafe { cmpxchg(cookie_word(slot), 0, SLOT_BUSY) } == 0).then_some(slot)
+}
+
+/// Makes a claimed slot's record visible under `cookie`.
+#[inline(always)]
+pub fn publish(slot: *mut SockRecord, cookie: u64) {
+    // SAFETY: `slot` came from `claim`. An exchange, not a store: a full
+    // barrier, so the fields written before are seen with the cookie.
+    unsafe { xchg(cookie_word(slot), cookie) };
+}
+
+/// `cookie`'s slot, when it holds `cookie`'s record.
+#[inline(always)]
+pub fn nursery_of(cookie: u64) -> Option<*mut SockRecord> {
+    let slot = NURSERY.get_ptr_mut(slot_of(cookie))?;
+    // SAFETY: a pointer into NURSERY.
+    (unsafe { core::ptr::read_volatile(cookie_word(slot)) } == cookie).then_some(slot)
+}
+
+/// Frees `cookie`'s slot; `false` when the daemon took it first (then the
+/// record is in `CLOSE_WAIT`).
+#[inline(always)]
+pub fn release(slot: *mut SockRecord, cookie: u64) -> bool {
+    // SAFETY: `slot` came from `nursery_of`.
+    unsafe { cmpxchg(cookie_word(slot), cookie, 0) == cookie }
 }

@@ -129,7 +129,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_track_after)]
     pub track_after: Option<Duration>,
     /// Most sockets in CLOSE_WAIT for less than track-after at once (the
-    /// kernel's preallocated YOUNG map); beyond, reconciliation finds them
+    /// kernel's NURSERY slots and preallocated YOUNG map); beyond,
+    /// reconciliation finds them
     /// [default: 16384].
     #[arg(long, value_name = "N", value_parser = parse_young_sockets)]
     pub young_sockets: Option<u32>,

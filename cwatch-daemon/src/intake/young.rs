@@ -1,13 +1,14 @@
 /*!
 Reporting the sockets that stay: every socket entering CLOSE_WAIT gets a
-record in the kernel's `YOUNG` map and nothing more; the programs send one
-wake-up event when the first one arrives after the daemon last looked. This
-task then waits until the oldest young socket is `track_after` old, reads
-`YOUNG`, and reports every socket that is: it starts tracking it (the
-table, the gauges, the API) and moves its record into `CLOSE_WAIT`, where
-the kernel looks for it when it leaves. The ones that left meanwhile never
-cost the daemon anything. When `YOUNG` has nothing left to wait for, the
-task clears the kernel's `ARMED` word and sleeps until the next wake-up.
+record in the kernel's `NURSERY` slots (or, its slot taken, the `YOUNG` map)
+and nothing more; the programs send one wake-up event when the first one
+arrives after the daemon last looked. This task then waits until the oldest
+young socket is `track_after` old, reads both, and reports every socket that
+is: it starts tracking it (the table, the gauges, the API) and moves its
+record into `CLOSE_WAIT`, where the kernel looks for it when it leaves. The
+ones that left meanwhile never cost the daemon anything. When nothing young
+is left to wait for, the task clears the kernel's `ARMED` word and sleeps
+until the next wake-up.
 
 What the kernel could not tell at the transition (who owns an accepted
 socket, which way a connection goes when no watched process connected it)
@@ -70,7 +71,7 @@ impl Young {
             match tokio::task::spawn_blocking(move || scanner.scan()).await {
                 Ok(Ok(scan)) => due = scan.next_due_ns,
                 Ok(Err(err)) => {
-                    warn!("reading the kernel's YOUNG map: {err:#}");
+                    warn!("reading the kernel's young sockets: {err:#}");
                     due = Some(this.state.clock.now_ns() + 1_000_000_000);
                 }
                 Err(err) => warn!("young scanner task failed: {err}"),

@@ -19,7 +19,7 @@ use cwatch_common::{
     Event, Listener, ListenerKey, SockRecord, StackSample, control, counter, hist, names,
 };
 
-use super::{PROGRAMS, ProbeError, batch};
+use super::{PROGRAMS, ProbeError, batch, nursery::Nursery};
 
 /// Kernel counter totals, indexed by `cwatch_common::counter`.
 pub type KernelCounters = [u64; counter::LEN as usize];
@@ -39,6 +39,7 @@ pub struct ProgramStats {
 /// The maps as the loader hands them over.
 pub(super) struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
+    pub nursery: Nursery,
     pub young: HashMap<MapData, u64, SockRecord>,
     pub close_wait: HashMap<MapData, u64, SockRecord>,
     pub linger: HashMap<MapData, u64, Event>,
@@ -56,6 +57,7 @@ pub struct Probes {
     ebpf: aya::Ebpf,
     counters: PerCpuArray<MapData, u64>,
     hist: PerCpuArray<MapData, u64>,
+    nursery: Nursery,
     young: Mutex<HashMap<MapData, u64, SockRecord>>,
     close_wait: Mutex<HashMap<MapData, u64, SockRecord>>,
     close_wait_capacity: u32,
@@ -91,6 +93,7 @@ impl Probes {
             ebpf,
             counters: maps.counters,
             hist: maps.hist,
+            nursery: maps.nursery,
             young: Mutex::new(maps.young),
             close_wait: Mutex::new(maps.close_wait),
             close_wait_capacity,
@@ -139,9 +142,24 @@ impl Probes {
         self.close_wait_capacity
     }
 
-    /// Every record of `YOUNG`: sockets in CLOSE_WAIT not reported yet.
+    /// Every young record (`NURSERY`'s slots and `YOUNG`): sockets in
+    /// CLOSE_WAIT not reported yet.
     pub fn young_snapshot(&self) -> io::Result<StdHashMap<u64, SockRecord>> {
-        snapshot(&self.young.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut young = snapshot(&self.young.lock().unwrap_or_else(|e| e.into_inner()))?;
+        young.extend(self.nursery.records().into_iter().map(|r| (r.cookie, r)));
+        Ok(young)
+    }
+
+    /// Takes `cookie`'s young record from wherever it is (its slot, else
+    /// `YOUNG`); `false` when neither holds it any more.
+    fn take_young(&self, cookie: u64) -> bool {
+        self.nursery.take(cookie)
+            || self
+                .young
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&cookie)
+                .is_ok()
     }
 
     /// Reports `rec` (a socket that stayed in CLOSE_WAIT past the grace):
@@ -153,15 +171,10 @@ impl Probes {
         close_wait
             .insert(rec.cookie, *rec, 0)
             .map_err(map_error(names::MAP_CLOSE_WAIT))?;
-        let moved = self
-            .young
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&rec.cookie)
-            .is_ok();
+        let moved = self.take_young(rec.cookie);
         if !moved {
-            // It left between our read and now; the kernel found it in
-            // `YOUNG` and did not look in `CLOSE_WAIT`.
+            // It left between our read and now; the kernel took its young
+            // record and did not look in `CLOSE_WAIT`.
             let _ = close_wait.remove(&rec.cookie);
         }
         Ok(moved)
@@ -222,11 +235,10 @@ impl Probes {
         Ok(())
     }
 
-    /// Deletes `cookies` from `YOUNG`.
+    /// Deletes the young records of `cookies`.
     pub fn forget_young(&self, cookies: &[u64]) {
-        let mut map = self.young.lock().unwrap_or_else(|e| e.into_inner());
-        for cookie in cookies {
-            let _ = map.remove(cookie);
+        for &cookie in cookies {
+            self.take_young(cookie);
         }
     }
 

@@ -10,6 +10,7 @@ the next start keeps every socket's history.
 mod batch;
 mod maps;
 pub mod mounts;
+mod nursery;
 pub mod offsets;
 pub mod pindir;
 pub mod pins;
@@ -26,7 +27,7 @@ use aya::{
     maps::{Array, MapData, RingBuf},
     programs::BtfTracePoint,
 };
-use cwatch_common::names;
+use cwatch_common::{names, young_split};
 pub use maps::{KernelCounters, KernelHistogram, Probes, ProgramStats};
 use tracing::info;
 
@@ -118,13 +119,17 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
         }
         None => Vec::new(),
     };
+    let (slots, overflow) = young_split(options.young_entries);
+    let mask = u64::from(slots - 1);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
         .override_global(names::GLOBAL_OFFSETS, &kernel_offsets, true)
         .override_global(aya_log::LEVEL, &options.log_level, false)
         .map_max_entries(names::MAP_EVENTS, options.ring_bytes)
-        .map_max_entries(names::MAP_YOUNG, options.young_entries)
+        .override_global(names::GLOBAL_NURSERY_MASK, &mask, true)
+        .map_max_entries(names::MAP_NURSERY, slots)
+        .map_max_entries(names::MAP_YOUNG, overflow)
         .map_max_entries(names::MAP_SAMPLES, options.sample_entries.max(1));
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
@@ -152,6 +157,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     }
     let maps = maps::Maps {
         counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+        nursery: take_nursery(&mut ebpf, slots)?,
         young: take_map(&mut ebpf, names::MAP_YOUNG)?,
         close_wait: take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?,
         linger: take_map(&mut ebpf, names::MAP_LINGER)?,
@@ -164,6 +170,27 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
     rollback.keep();
     Ok((Probes::new(ebpf, maps), events))
+}
+
+/// `NURSERY`, mapped into memory.
+fn take_nursery(ebpf: &mut Ebpf, slots: u32) -> Result<nursery::Nursery, ProbeError> {
+    let name = names::MAP_NURSERY;
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => {
+            nursery::Nursery::map(data, slots).map_err(|io_error| ProbeError::Map {
+                name,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "mmap",
+                    io_error,
+                }),
+            })
+        }
+        Some(_) => Err(ProbeError::Map {
+            name,
+            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+        }),
+        None => Err(ProbeError::Missing { what: "map", name }),
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

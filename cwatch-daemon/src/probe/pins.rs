@@ -1,5 +1,5 @@
 /*!
-Pinned maps: the records that must outlive the daemon (`YOUNG`,
+Pinned maps: the records that must outlive the daemon (`NURSERY`, `YOUNG`,
 `CLOSE_WAIT`, `LINGER`, the `OWNERS` socket storage, `LISTENERS`) are pinned under the pin directory
 (default `/sys/fs/bpf/cwatch`), so a restart, even after SIGKILL, finds every
 socket's true CLOSE_WAIT start instead of estimating it.
@@ -21,7 +21,10 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapInfo, MapType};
-use cwatch_common::{Event, LAYOUT_VERSION, Listener, ListenerKey, Owner, SockRecord, names};
+use cwatch_common::{
+    BPF_F_MMAPABLE, Event, LAYOUT_VERSION, Listener, ListenerKey, Owner, SockRecord, names,
+    young_split,
+};
 use tracing::{info, warn};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -37,16 +40,25 @@ pub struct Spec {
     pub flags: u32,
 }
 
-/// The maps cwatch pins, as the eBPF object defines them (`young`: the
-/// configured size of `YOUNG`).
-pub fn specs(young: u32) -> [Spec; 6] {
+/// The maps cwatch pins, as the eBPF object defines them (`young`:
+/// `--young-sockets`, shared between `NURSERY` and `YOUNG`).
+pub fn specs(young: u32) -> [Spec; 7] {
+    let (slots, overflow) = young_split(young);
     [
+        Spec {
+            name: names::MAP_NURSERY,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<SockRecord>() as u32,
+            max_entries: slots,
+            flags: BPF_F_MMAPABLE,
+        },
         Spec {
             name: names::MAP_YOUNG,
             map_type: MapType::Hash,
             key_size: 8,
             value_size: size_of::<SockRecord>() as u32,
-            max_entries: young,
+            max_entries: overflow,
             flags: 0,
         },
         Spec {

@@ -3,13 +3,14 @@
 //! program does on its common paths, so they do as little as they can:
 //!
 //! - into CLOSE_WAIT: the peer sent FIN (softirq context; the current task is
-//!   not the owner). Count it and put a record in `YOUNG` (preallocated: no
-//!   allocation); no event. Only the first socket after the daemon last
+//!   not the owner). Count it and write its record in place into its
+//!   `NURSERY` slot (one compare-and-swap; `YOUNG`, preallocated, when the
+//!   slot is taken); no event. Only the first socket after the daemon last
 //!   looked sends one, a wake-up: the daemon then reports, after its grace,
-//!   the sockets still in `YOUNG`.
+//!   the young sockets still there.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
 //!   kernel reset it (CLOSE). Count it, add its duration to the histogram,
-//!   delete its record. A socket still young (the daemon never reported it)
+//!   free its slot (or delete its record). A socket still young (the daemon never reported it)
 //!   that left by its last close() ends there, silently: the healthy path.
 //!   The daemon is told only about sockets it reported, sockets it never saw
 //!   enter, and sockets left without their file being released (reset,
@@ -22,7 +23,7 @@
 //! - into LISTEN: we are in listen(); remember the listener's owner by port
 //!   in `LISTENERS` (LISTEN → CLOSE: forget it).
 //!
-//! Every other transition returns after two loads and four compares.
+//! Every other transition returns after two loads and one test of a mask.
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
@@ -46,10 +47,19 @@ const SYN_SENT: u32 = tcp_state::SYN_SENT;
 const CLOSE: u32 = tcp_state::CLOSE;
 const LAST_ACK: u32 = tcp_state::LAST_ACK;
 
+/// New states worth a look: entering CLOSE_WAIT, listen(), connect().
+const NEW_STATES: u32 = 1 << STATE_CLOSE_WAIT | 1 << LISTEN | 1 << SYN_SENT;
+/// Old states worth a look: leaving CLOSE_WAIT, a listener closing.
+const OLD_STATES: u32 = 1 << STATE_CLOSE_WAIT | 1 << LISTEN;
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old = ctx.arg::<i32>(1) as u32;
     let new = ctx.arg::<i32>(2) as u32;
+    // The common path: one test, no branch per state.
+    if (1u32.wrapping_shl(new) & NEW_STATES) | (1u32.wrapping_shl(old) & OLD_STATES) == 0 {
+        return 0;
+    }
     let entering = new == STATE_CLOSE_WAIT && old != STATE_CLOSE_WAIT;
     let leaving = old == STATE_CLOSE_WAIT && new != STATE_CLOSE_WAIT;
     // A listener leaves LISTEN only for CLOSE (close, shutdown, disconnect).
@@ -134,16 +144,45 @@ fn listener(sk: Sock, listening: bool) {
 fn enter(sk: Sock, old: u32, new: u32) {
     maps::count(counter::TRANSITIONS);
     let cookie = sk.cookie();
-    let mut rec = SockRecord::zeroed();
-    rec.cookie = cookie;
     // SAFETY: a helper without arguments.
-    rec.start_ns = unsafe { bpf_ktime_get_boot_ns() };
-    sk.fill_endpoints(&mut rec);
+    let start_ns = unsafe { bpf_ktime_get_boot_ns() };
+    match maps::claim(cookie) {
+        Some(slot) => {
+            // SAFETY: a claimed slot: nothing else writes or keeps it until
+            // it is published.
+            fill(sk, unsafe { &mut *slot }, start_ns);
+            maps::publish(slot, cookie);
+        }
+        None => {
+            let mut rec = SockRecord::zeroed();
+            rec.cookie = cookie;
+            fill(sk, &mut rec, start_ns);
+            if YOUNG.insert(cookie, rec, 0).is_err() {
+                maps::count(counter::RECORDS_FULL);
+                log::map_full("YOUNG", cookie);
+            }
+        }
+    }
+    if maps::control(control::ARMED) == 0 {
+        maps::set_control(control::ARMED, 1);
+        wake(old, new, start_ns);
+    }
+}
+
+/// Every field of `rec` but the cookie (a slot may hold an older socket's).
+#[inline(always)]
+fn fill(sk: Sock, rec: &mut SockRecord, start_ns: u64) {
+    rec.start_ns = start_ns;
+    sk.fill_endpoints(rec);
     rec.cgroup = sk.cgroup_id();
+    rec.flags = 0;
+    rec.inode = 0;
     match sk.socket_inode() {
         Some(inode) => rec.inode = inode,
         None => rec.flags |= REC_UNACCEPTED,
     }
+    rec.owner_tgid = 0;
+    rec.owner_comm = [0; 16];
     // Only a watched process's connect() left an owner.
     if maps::control(control::WATCHING) != 0
         && let Some(owner) = maps::owner_of(sk, false)
@@ -156,14 +195,6 @@ fn enter(sk: Sock, old: u32, new: u32) {
             rec.flags |= REC_OUTBOUND;
         }
     }
-    if YOUNG.insert(cookie, rec, 0).is_err() {
-        maps::count(counter::RECORDS_FULL);
-        log::map_full("YOUNG", cookie);
-    }
-    if maps::control(control::ARMED) == 0 {
-        maps::set_control(control::ARMED, 1);
-        wake(old, new, rec.start_ns);
-    }
 }
 
 fn leave(sk: Sock, old: u32, new: u32) {
@@ -174,33 +205,94 @@ fn leave(sk: Sock, old: u32, new: u32) {
     }
     // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
-    // SAFETY (both lookups): the record is copied out before its delete.
-    let (rec, reported) = if let Some(rec) = unsafe { YOUNG.get(cookie) } {
-        let rec = *rec;
-        let _ = YOUNG.remove(cookie);
-        maps::observe(ts.saturating_sub(rec.start_ns));
-        (rec, false)
-    } else if let Some(rec) = unsafe { CLOSE_WAIT.get(cookie) } {
+    let released = sk.fd_released();
+    let mut rec = match young(cookie, ts, released) {
+        Young::Healthy => return, // closed within the grace
+        Young::Left(rec) => rec,
+        Young::Reported => reported_record(cookie, ts),
+    };
+    if released {
+        rec.flags |= REC_RELEASED;
+    }
+    finish(sk, old, new, ts, rec, released);
+}
+
+/// What a socket leaving CLOSE_WAIT was.
+enum Young {
+    /// Young, closed by its last close(): the healthy path, nothing to say.
+    Healthy,
+    /// Young, left without its file being released (its record).
+    Left(SockRecord),
+    /// Not young: reported, or never seen entering.
+    Reported,
+}
+
+/// Takes `cookie`'s young record, from its `NURSERY` slot (the common
+/// path) or from `YOUNG`, adding its time in CLOSE_WAIT to the histogram.
+/// The slot's record is read before the slot is freed and only kept if
+/// freeing it succeeds: the cookie never changed meanwhile, so neither did
+/// the record.
+#[inline(always)]
+fn young(cookie: u64, ts: u64, released: bool) -> Young {
+    if let Some(slot) = maps::nursery_of(cookie) {
+        // SAFETY: a NURSERY value, valid for this program run.
+        let start_ns = unsafe { (*slot).start_ns };
+        let taken = if released {
+            maps::release(slot, cookie).then_some(None)
+        } else {
+            // SAFETY: as above; the copy is dropped unless the slot was ours.
+            let rec = unsafe { *slot };
+            maps::release(slot, cookie).then_some(Some(rec))
+        };
+        if let Some(rec) = taken {
+            maps::observe(ts.saturating_sub(start_ns));
+            return rec.map_or(Young::Healthy, Young::Left);
+        }
+        // The daemon took it first: its record is in CLOSE_WAIT.
+        return Young::Reported;
+    }
+    // SAFETY: the record is copied out before its delete.
+    match unsafe { YOUNG.get(cookie) }.copied() {
+        // A failed delete: the daemon reported it meanwhile.
+        Some(rec) if YOUNG.remove(cookie).is_ok() => {
+            maps::observe(ts.saturating_sub(rec.start_ns));
+            if released {
+                Young::Healthy
+            } else {
+                Young::Left(rec)
+            }
+        }
+        _ => Young::Reported,
+    }
+}
+
+/// The record of a socket the daemon knows (from `CLOSE_WAIT`, deleted),
+/// or a bare one: never seen entering (before cwatch, or `YOUNG` was full),
+/// the daemon may know it from reconciliation.
+#[inline(always)]
+fn reported_record(cookie: u64, ts: u64) -> SockRecord {
+    // SAFETY: the record is copied out before its delete.
+    if let Some(rec) = unsafe { CLOSE_WAIT.get(cookie) } {
         let rec = *rec;
         let _ = CLOSE_WAIT.remove(cookie);
         if rec.start_ns != 0 && rec.flags & REC_ESTIMATED == 0 {
             maps::observe(ts.saturating_sub(rec.start_ns));
         }
-        (rec, true)
-    } else {
-        // Never seen entering (before cwatch, or `YOUNG` was full): the
-        // daemon may know it from reconciliation.
-        let mut rec = SockRecord::zeroed();
-        rec.cookie = cookie;
-        (rec, true)
-    };
-    let released = sk.fd_released();
-    if released && !reported {
-        return; // closed within the grace: the healthy path
+        return rec;
     }
-    let mut event = event(EVENT_LEAVE, old, new, ts, rec);
+    let mut rec = SockRecord::zeroed();
+    rec.cookie = cookie;
+    rec
+}
+
+/// Tells the daemon about a socket that left: at once when its file was
+/// released, else it waits in `LINGER` for `tcp_destroy_sock` (an fd may
+/// still hold it) and the event says so.
+#[inline(always)]
+fn finish(sk: Sock, old: u32, new: u32, ts: u64, rec: SockRecord, released: bool) {
+    let cookie = rec.cookie;
+    let event = event(EVENT_LEAVE, old, new, ts, rec);
     if released {
-        event.rec.flags |= REC_RELEASED;
         submit(&event);
         return;
     }

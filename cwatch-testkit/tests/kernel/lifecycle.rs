@@ -99,6 +99,7 @@ fn stop_and_kill_leave_nothing_behind() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         for name in [
+            "NURSERY",
             "YOUNG",
             "CLOSE_WAIT",
             "LINGER",
