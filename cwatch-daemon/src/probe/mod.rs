@@ -157,7 +157,7 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
     }
     let maps = maps::Maps {
         counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
-        nursery: take_nursery(&mut ebpf, slots)?,
+        nursery: take_nursery(&mut ebpf)?,
         young: take_map(&mut ebpf, names::MAP_YOUNG)?,
         close_wait: take_map(&mut ebpf, names::MAP_CLOSE_WAIT)?,
         linger: take_map(&mut ebpf, names::MAP_LINGER)?,
@@ -173,24 +173,15 @@ pub fn load(options: &LoadOptions) -> Result<(Probes, RingBuf<MapData>), ProbeEr
 }
 
 /// `NURSERY`, mapped into memory.
-fn take_nursery(ebpf: &mut Ebpf, slots: u32) -> Result<nursery::Nursery, ProbeError> {
+fn take_nursery(ebpf: &mut Ebpf) -> Result<nursery::Nursery, ProbeError> {
     let name = names::MAP_NURSERY;
-    match ebpf.take_map(name) {
-        Some(aya::maps::Map::Array(data)) => {
-            nursery::Nursery::map(data, slots).map_err(|io_error| ProbeError::Map {
-                name,
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "mmap",
-                    io_error,
-                }),
-            })
-        }
-        Some(_) => Err(ProbeError::Map {
-            name,
-            source: aya::maps::MapError::InvalidMapType { map_type: 0 },
+    nursery::Nursery::map(take_map(ebpf, name)?).map_err(|io_error| ProbeError::Map {
+        name,
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "mmap",
+            io_error,
         }),
-        None => Err(ProbeError::Missing { what: "map", name }),
-    }
+    })
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>

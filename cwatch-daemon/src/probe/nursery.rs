@@ -15,21 +15,21 @@ record did not change in between.
 */
 use std::{
     io,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering, fence},
 };
 
-use aya::maps::MapData;
+use aya::maps::{Array, IterableMap as _, MapData};
 use cwatch_common::{SLOT_BUSY, SockRecord, nursery_slot};
 
-/// `NURSERY`, mapped shared and writable; the map's fd is kept with it.
+/// `NURSERY`, mapped shared and writable; the map is kept with it.
 pub struct Nursery {
     base: NonNull<SockRecord>,
     slots: u32,
     len: usize,
     /// `None` for the anonymous memory of tests.
-    _map: Option<MapData>,
+    _map: Option<Array<MapData, SockRecord>>,
 }
 
 // SAFETY: the mapping is plain shared memory; every access goes through
@@ -39,50 +39,34 @@ unsafe impl Send for Nursery {}
 unsafe impl Sync for Nursery {}
 
 impl Nursery {
-    /// Maps the array behind `map` (created `BPF_F_MMAPABLE`, `slots`
-    /// entries, a power of two).
-    pub fn map(map: MapData, slots: u32) -> io::Result<Self> {
-        let entries = map.info().map_err(io::Error::other)?.max_entries();
-        if entries != slots || !slots.is_power_of_two() {
+    /// Maps `array` (created `BPF_F_MMAPABLE`; its size, a power of two,
+    /// is the slot count the programs mask cookies with).
+    pub fn map(array: Array<MapData, SockRecord>) -> io::Result<Self> {
+        let slots = array.len();
+        if !slots.is_power_of_two() {
             return Err(io::Error::other(format!(
-                "NURSERY has {entries} slots, expected {slots}"
+                "NURSERY has {slots} slots, not a power of two"
             )));
         }
-        let fd = map.fd().as_fd().try_clone_to_owned()?;
-        Self::new(slots, Some(fd), Some(map))
+        let (base, len) = mapping(slots, Some(array.map().fd().as_fd()))?;
+        Ok(Self {
+            base,
+            slots,
+            len,
+            _map: Some(array),
+        })
     }
 
     /// Anonymous shared memory of `slots` free slots, as the kernel's
     /// array starts (for tests).
     #[cfg(test)]
     fn anonymous(slots: u32) -> io::Result<Self> {
-        Self::new(slots, None, None)
-    }
-
-    /// A shared mapping of `fd` at offset 0 (anonymous memory without one),
-    /// `slots` records long rounded up to whole pages, as the kernel maps
-    /// the array.
-    fn new(slots: u32, fd: Option<OwnedFd>, map: Option<MapData>) -> io::Result<Self> {
-        use rustix::mm::{MapFlags, ProtFlags};
-        let page = rustix::param::page_size();
-        let len = (slots as usize * size_of::<SockRecord>()).next_multiple_of(page);
-        let prot = ProtFlags::READ | ProtFlags::WRITE;
-        let null = std::ptr::null_mut();
-        // SAFETY: a new mapping, no larger than the array; nothing else in
-        // this process aliases it.
-        let ptr = unsafe {
-            match &fd {
-                Some(fd) => rustix::mm::mmap(null, len, prot, MapFlags::SHARED, fd, 0),
-                None => rustix::mm::mmap_anonymous(null, len, prot, MapFlags::SHARED),
-            }
-        }?;
-        let base = NonNull::new(ptr.cast::<SockRecord>())
-            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        let (base, len) = mapping(slots, None)?;
         Ok(Self {
             base,
             slots,
             len,
-            _map: map,
+            _map: None,
         })
     }
 
@@ -129,6 +113,28 @@ impl Nursery {
                 .compare_exchange(cookie, 0, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
     }
+}
+
+/// A shared mapping of `fd` at offset 0 (anonymous memory without one),
+/// `slots` records long rounded up to whole pages, as the kernel maps the
+/// array: its start and length.
+fn mapping(slots: u32, fd: Option<BorrowedFd<'_>>) -> io::Result<(NonNull<SockRecord>, usize)> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    let page = rustix::param::page_size();
+    let len = (slots as usize * size_of::<SockRecord>()).next_multiple_of(page);
+    let prot = ProtFlags::READ | ProtFlags::WRITE;
+    let null = std::ptr::null_mut();
+    // SAFETY: a new mapping, no larger than the array; nothing else in this
+    // process aliases it.
+    let ptr = unsafe {
+        match fd {
+            Some(fd) => rustix::mm::mmap(null, len, prot, MapFlags::SHARED, fd, 0),
+            None => rustix::mm::mmap_anonymous(null, len, prot, MapFlags::SHARED),
+        }
+    }?;
+    let base = NonNull::new(ptr.cast::<SockRecord>())
+        .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+    Ok((base, len))
 }
 
 impl Drop for Nursery {

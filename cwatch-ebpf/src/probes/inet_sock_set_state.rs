@@ -10,8 +10,9 @@
 //!   the young sockets still there.
 //! - out of CLOSE_WAIT: the owner closed or shut it down (LAST_ACK) or the
 //!   kernel reset it (CLOSE). Count it, add its duration to the histogram,
-//!   free its slot (or delete its record). A socket still young (the daemon never reported it)
-//!   that left by its last close() ends there, silently: the healthy path.
+//!   free its slot (or delete its record). A socket still young (the daemon
+//!   never reported it) that left by its last close() ends there, silently:
+//!   the healthy path.
 //!   The daemon is told only about sockets it reported, sockets it never saw
 //!   enter, and sockets left without their file being released (reset,
 //!   keepalive, `ss -K`, shutdown): those wait in `LINGER` until
@@ -29,8 +30,8 @@ use aya_ebpf::{
 };
 use cwatch_common::{
     EVENT_LEAVE, IPPROTO_TCP, Listener, ListenerKey, OWNER_CONNECT, OWNER_LINGER, OWNER_LISTEN,
-    Owner, REC_ESTIMATED, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord, control, counter,
-    tcp_state,
+    Owner, REC_ESTIMATED, REC_OUTBOUND, REC_RELEASED, REC_UNACCEPTED, SockRecord, TASK_COMM_LEN,
+    control, counter, tcp_state,
 };
 
 use crate::{
@@ -182,7 +183,7 @@ fn fill(sk: Sock, rec: &mut SockRecord, start_ns: u64) {
         None => rec.flags |= REC_UNACCEPTED,
     }
     rec.owner_tgid = 0;
-    rec.owner_comm = [0; 16];
+    rec.owner_comm = [0; TASK_COMM_LEN];
     // Only a watched process's connect() left an owner.
     if maps::control(control::WATCHING) != 0
         && let Some(owner) = maps::owner_of(sk, false)
@@ -206,14 +207,11 @@ fn leave(sk: Sock, old: u32, new: u32) {
     // SAFETY: a helper without arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     let released = sk.fd_released();
-    let mut rec = match young(cookie, ts, released) {
+    let rec = match young(cookie, ts, released) {
         Young::Healthy => return, // closed within the grace
         Young::Left(rec) => rec,
         Young::Reported => reported_record(cookie, ts),
     };
-    if released {
-        rec.flags |= REC_RELEASED;
-    }
     finish(sk, old, new, ts, rec, released);
 }
 
@@ -237,19 +235,15 @@ fn young(cookie: u64, ts: u64, released: bool) -> Young {
     if let Some(slot) = maps::nursery_of(cookie) {
         // SAFETY: a NURSERY value, valid for this program run.
         let start_ns = unsafe { (*slot).start_ns };
-        let taken = if released {
-            maps::release(slot, cookie).then_some(None)
-        } else {
-            // SAFETY: as above; the copy is dropped unless the slot was ours.
-            let rec = unsafe { *slot };
-            maps::release(slot, cookie).then_some(Some(rec))
-        };
-        if let Some(rec) = taken {
-            maps::observe(ts.saturating_sub(start_ns));
-            return rec.map_or(Young::Healthy, Young::Left);
+        // Copied only when an event needs it (not on the healthy path).
+        // SAFETY: as above; the copy is dropped unless the slot was ours.
+        let rec = (!released).then(|| unsafe { *slot });
+        if !maps::release(slot, cookie) {
+            // The daemon took it first: its record is in CLOSE_WAIT.
+            return Young::Reported;
         }
-        // The daemon took it first: its record is in CLOSE_WAIT.
-        return Young::Reported;
+        maps::observe(ts.saturating_sub(start_ns));
+        return rec.map_or(Young::Healthy, Young::Left);
     }
     // SAFETY: the record is copied out before its delete.
     match unsafe { YOUNG.get(cookie) }.copied() {
@@ -286,11 +280,14 @@ fn reported_record(cookie: u64, ts: u64) -> SockRecord {
 }
 
 /// Tells the daemon about a socket that left: at once when its file was
-/// released, else it waits in `LINGER` for `tcp_destroy_sock` (an fd may
-/// still hold it) and the event says so.
+/// released (the event says so), else it waits in `LINGER` for
+/// `tcp_destroy_sock` (an fd may still hold it).
 #[inline(always)]
-fn finish(sk: Sock, old: u32, new: u32, ts: u64, rec: SockRecord, released: bool) {
+fn finish(sk: Sock, old: u32, new: u32, ts: u64, mut rec: SockRecord, released: bool) {
     let cookie = rec.cookie;
+    if released {
+        rec.flags |= REC_RELEASED;
+    }
     let event = event(EVENT_LEAVE, old, new, ts, rec);
     if released {
         submit(&event);
