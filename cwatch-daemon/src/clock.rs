@@ -2,7 +2,8 @@
 Where "now" comes from. Ages use CLOCK_BOOTTIME, the clock the kernel stamps
 records with (`bpf_ktime_get_boot_ns`), so a suspended host does not make a
 leak look younger. The clock is injected so that ages, graces and deadlines
-are tested without a kernel.
+are tested without a kernel. And [`thread_cpu`], the clock CPU budgets
+are kept in.
 */
 
 /// Where "now" comes from.
@@ -22,6 +23,12 @@ impl Clock for BootClock {
             .saturating_mul(1_000_000_000)
             .saturating_add(ts.tv_nsec as u64)
     }
+}
+
+/// The CPU time the calling thread has used (what budgets are kept in).
+pub fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 /// A clock a test sets by hand.

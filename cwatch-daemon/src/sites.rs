@@ -76,6 +76,21 @@ impl Sites {
         by.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
     }
 
+    /// How many of the cookies with a provenance `keep` keeps have each
+    /// site label ([`UNKNOWN_SITE`]: a stack without a site), under one
+    /// read of the map: the cost is the map's size, not the table's.
+    pub fn count_where(&self, mut keep: impl FnMut(u64) -> bool) -> HashMap<String, u64> {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut by: HashMap<&str, u64> = HashMap::new();
+        for (cookie, p) in map.iter() {
+            if keep(*cookie) {
+                *by.entry(p.site.as_deref().unwrap_or(UNKNOWN_SITE))
+                    .or_default() += 1;
+            }
+        }
+        by.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
+    }
+
     /// The site label of `cookie`: its site, or [`UNKNOWN_SITE`].
     pub fn label(&self, cookie: u64) -> String {
         self.get(cookie)

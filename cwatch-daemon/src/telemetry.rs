@@ -10,7 +10,9 @@ needs to know how metrics are rendered.
 */
 use std::time::Duration;
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 /// Buckets of `cwatch_attribution_seconds`.
 const ATTRIBUTION_BUCKETS: &[f64] = &[
@@ -73,6 +75,8 @@ pub struct Telemetry {
     source_failures: IntCounterVec,
     reconcile_last_success: Gauge,
     reconcile_interval: Gauge,
+    reconcile_cpu: GaugeVec,
+    safety_net: Gauge,
 }
 
 /// Registers `c` in `r`; names are fixed and unique, so this cannot fail.
@@ -167,8 +171,30 @@ impl Telemetry {
                 )
                 .expect("valid gauge"),
             ),
+            reconcile_cpu: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "cwatch_reconcile_cpu_seconds",
+                        "CPU time of the last full reconciliation pass (part=\"pass\": dumps, map read, fixes) and of the last walk of /proc (part=\"walk\"): what --reconcile-budget spaces the safety-net passes by.",
+                    ),
+                    &["part"],
+                )
+                .expect("valid gauge"),
+            ),
+            safety_net: register(
+                &r,
+                Gauge::new(
+                    "cwatch_reconcile_safety_net_seconds",
+                    "How far apart full passes are when no event is lost: ten --reconcile-interval, or longer where the last pass and walk cost more CPU than --reconcile-budget allows.",
+                )
+                .expect("valid gauge"),
+            ),
             registry: r,
         };
+        for part in ["pass", "walk"] {
+            t.reconcile_cpu.with_label_values(&[part]).set(0.0);
+        }
         for source in Source::ALL {
             t.source_failures
                 .with_label_values(&[source.label()])
@@ -268,6 +294,31 @@ impl Telemetry {
     /// The interval passes are meant to run at.
     pub fn set_reconcile_interval(&self, every: Duration) {
         self.reconcile_interval.set(every.as_secs_f64());
+    }
+
+    /// The last full reconciliation pass took `cpu` of its thread's time.
+    pub fn pass_cpu(&self, cpu: Duration) {
+        self.reconcile_cpu
+            .with_label_values(&["pass"])
+            .set(cpu.as_secs_f64());
+    }
+
+    /// The last walk of `/proc` took `cpu` of the worker's time.
+    pub fn walk_cpu(&self, cpu: Duration) {
+        self.reconcile_cpu
+            .with_label_values(&["walk"])
+            .set(cpu.as_secs_f64());
+    }
+
+    /// The last walk's CPU time.
+    pub fn last_walk_cpu(&self) -> Duration {
+        let s = self.reconcile_cpu.with_label_values(&["walk"]).get();
+        Duration::try_from_secs_f64(s).unwrap_or_default()
+    }
+
+    /// Full passes are now `every` apart when nothing is lost.
+    pub fn set_safety_net(&self, every: Duration) {
+        self.safety_net.set(every.as_secs_f64());
     }
 
     /// A SIGHUP reload succeeded (`ok`) or changed nothing.

@@ -31,9 +31,10 @@ use crate::config::{
     filters::FilterRule,
     labels::{OwnerLabel, ProcessKeyMode},
     values::{
-        parse_filter_rule, parse_log_level, parse_max_connections, parse_min_100ms,
-        parse_owner_label, parse_positive_duration, parse_process_key, parse_reconcile_interval,
-        parse_size, parse_stack_samples, parse_track_after, parse_watch_rule, parse_young_sockets,
+        parse_cpu_share, parse_filter_rule, parse_log_level, parse_max_connections,
+        parse_min_100ms, parse_owner_label, parse_positive_duration, parse_process_key,
+        parse_reconcile_interval, parse_size, parse_stack_samples, parse_track_after,
+        parse_watch_rule, parse_young_sockets,
     },
 };
 
@@ -112,6 +113,11 @@ pub struct RunArgs {
     /// How often the daemon re-reads the kernel's own records [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_reconcile_interval)]
     pub reconcile_interval: Option<Duration>,
+    /// Share of one core the full reconciliation passes run as a safety net
+    /// may use: they are spaced by what the last one cost (at least ten
+    /// intervals apart) [default: 0.5%].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_cpu_share)]
+    pub reconcile_budget: Option<u32>,
     /// How often the fds holding tracked sockets are re-checked [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_min_100ms)]
     pub holders_refresh: Option<Duration>,

@@ -29,6 +29,9 @@ fn apply_flags(config: &mut Config, args: &RunArgs) {
     if let Some(v) = args.reconcile_interval {
         config.reconcile_interval = v;
     }
+    if let Some(v) = args.reconcile_budget {
+        config.reconcile_budget_ppm = v;
+    }
     if let Some(v) = args.holders_refresh {
         config.holders_refresh = v;
     }

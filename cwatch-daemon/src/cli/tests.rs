@@ -9,7 +9,12 @@ use super::{
     Cli, Command, LsArgs, RunArgs,
     resolve::{ls_settings, run_config},
 };
-use crate::config::{Config, labels::ProcessKeyMode, parse_file, values::parse_size};
+use crate::config::{
+    Config,
+    labels::ProcessKeyMode,
+    parse_file,
+    values::{format_cpu_share, parse_cpu_share, parse_size},
+};
 
 fn run_args(argv: &[&str]) -> Result<RunArgs, clap::Error> {
     let mut full = vec!["cwatch", "run"];
@@ -403,4 +408,24 @@ fn bad_reap_flags_are_one_line_and_exit_2() {
         let first = err.to_string().lines().next().unwrap().to_string();
         assert!(first.contains(needle), "{argv:?}: {first}");
     }
+}
+
+#[test]
+fn reconcile_budget_is_a_share_of_a_core_from_flag_or_file() {
+    assert_eq!(Config::default().reconcile_budget_ppm, 5_000);
+    let args = run_args(&["--reconcile-budget", "2%"]).unwrap();
+    assert_eq!(run_config(&args).unwrap().reconcile_budget_ppm, 20_000);
+    let file = parse_file("cwatch.toml", "reconcile_budget = \"0.25%\"\n").unwrap();
+    assert_eq!(file.reconcile_budget_ppm, 2_500);
+    for (text, ppm) in [("100%", 1_000_000), ("0.5", 5_000), ("0.0001%", 1)] {
+        assert_eq!(parse_cpu_share(text), Ok(ppm), "{text}");
+    }
+    for ppm in [1, 2_500, 5_000, 1_000_000] {
+        assert_eq!(parse_cpu_share(&format_cpu_share(ppm)), Ok(ppm));
+    }
+    assert_eq!(format_cpu_share(5_000), "0.5%");
+    for bad in ["0%", "-1%", "101%", "lots", "NaN", "inf%", "0.00001%", ""] {
+        assert!(parse_cpu_share(bad).is_err(), "{bad}");
+    }
+    assert!(run_args(&["--reconcile-budget", "200%"]).is_err());
 }

@@ -17,6 +17,7 @@ struct FileConfig {
     leak_after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reconcile_interval: Option<String>,
+    reconcile_budget: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     holders_refresh: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +86,10 @@ pub(super) fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
     if let Some(v) = file.reconcile_interval {
         c.reconcile_interval =
             cli::parse_reconcile_interval(&v).map_err(|r| bad("reconcile_interval", &v, r))?;
+    }
+    if let Some(v) = file.reconcile_budget {
+        c.reconcile_budget_ppm =
+            cli::parse_cpu_share(&v).map_err(|r| bad("reconcile_budget", &v, r))?;
     }
     if let Some(v) = file.holders_refresh {
         c.holders_refresh = cli::parse_min_100ms(&v).map_err(|r| bad("holders_refresh", &v, r))?;
@@ -166,6 +171,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         listen: Some(c.listen.to_string()),
         leak_after: Some(duration(c.leak_after)),
         reconcile_interval: Some(duration(c.reconcile_interval)),
+        reconcile_budget: Some(cli::format_cpu_share(c.reconcile_budget_ppm)),
         holders_refresh: Some(duration(c.holders_refresh)),
         pin_dir: Some(
             c.pin_dir

@@ -25,6 +25,8 @@ use labels::LabelConfig;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 pub const DEFAULT_LEAK_AFTER: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// 0.5 % of one core for the safety-net full passes.
+pub const DEFAULT_RECONCILE_BUDGET_PPM: u32 = 5_000;
 pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
@@ -153,6 +155,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub leak_after: Duration,
     pub reconcile_interval: Duration,
+    /// The share of one core (millionths) the safety-net full passes may
+    /// use (`reconcile::schedule`).
+    pub reconcile_budget_ppm: u32,
     /// How often the fds holding tracked sockets are re-checked.
     pub holders_refresh: Duration,
     /// `None`: maps are not pinned.
@@ -192,6 +197,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             leak_after: DEFAULT_LEAK_AFTER,
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            reconcile_budget_ppm: DEFAULT_RECONCILE_BUDGET_PPM,
             holders_refresh: DEFAULT_HOLDERS_REFRESH,
             pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,

@@ -24,6 +24,28 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A share of one core, as a percentage ("0.5%", "2%"; the sign may be
+/// left out): above 0 and at most 100 %, in millionths of a core.
+pub fn parse_cpu_share(text: &str) -> Result<u32, String> {
+    let bad = || "not a share of a core (use a percentage such as 0.5%)".to_string();
+    let number = text.trim().trim_end_matches('%').trim();
+    let percent: f64 = number.parse().map_err(|_| bad())?;
+    if !percent.is_finite() || percent <= 0.0 || percent > 100.0 {
+        return Err("must be above 0% and at most 100%".into());
+    }
+    let ppm = (percent * 10_000.0).round();
+    if ppm < 1.0 {
+        return Err("must be at least 0.0001%".into());
+    }
+    Ok(ppm as u32)
+}
+
+/// A share as [`parse_cpu_share`] reads it back.
+pub fn format_cpu_share(ppm: u32) -> String {
+    let text = format!("{:.4}", f64::from(ppm) / 10_000.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
 pub fn parse_reconcile_interval(text: &str) -> Result<Duration, String> {
     parse_min_100ms(text)
 }

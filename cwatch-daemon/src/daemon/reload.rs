@@ -4,7 +4,7 @@ and the web config file, and apply what can change while running:
 
 | live on SIGHUP | needs a restart |
 |---|---|
-| leak_after, log_level, labels, process_key, max_process_series, max_peer_series, include, exclude, web.config_file (TLS certificate, key, users), web.request_timeout (new connections) | listen, reconcile_interval, web.max_connections |
+| leak_after, reconcile_budget, log_level, labels, process_key, max_process_series, max_peer_series, include, exclude, web.config_file (TLS certificate, key, users), web.request_timeout (new connections) | listen, reconcile_interval, web.max_connections |
 
 A file that does not parse or validate changes nothing: the error is logged
 in one line, `cwatch_config_last_reload_successful` drops to 0, and the

@@ -77,9 +77,13 @@ impl Exporter {
 
     /// The per-process and per-peer series as configured, now.
     pub fn families(&self, state: &State) -> Families {
+        self.families_at(state, state.clock.now_ns())
+    }
+
+    /// The per-process and per-peer series at `now` (a clock reading).
+    fn families_at(&self, state: &State, now: u64) -> Families {
         let config = state.config();
         let filter = self.filter(state, Arc::clone(&config));
-        let now = state.clock.now_ns();
         let summary = series::summary(&mut state.lock_table(), now, &filter);
         series::families(&summary, &config, &self.labels)
     }
@@ -87,7 +91,10 @@ impl Exporter {
     /// The /metrics text; `started` is when the scrape began.
     pub fn render(&self, state: &State, started: Instant) -> String {
         let config = state.config();
-        let families = self.families(state);
+        // One instant for every family, so that the site series sum to the
+        // per-process leaked gauges.
+        let now = state.clock.now_ns();
+        let families = self.families_at(state, now);
         let probes = state.probes();
         let kernel = probes.as_ref().and_then(|p| match p.counter_totals() {
             Ok(counters) => Some(metrics::Kernel {
@@ -125,8 +132,8 @@ impl Exporter {
         body += &self.reaped.render();
         if config.stack_samples > 0 {
             let filter = self.filter(state, Arc::clone(&config));
-            let now = state.clock.now_ns();
-            let counts = sites::count(&state.lock_table(), now, &filter, &state.sites);
+            let leaked: u64 = families.process.iter().map(|s| s.stats.leaked).sum();
+            let counts = sites::count(&state.lock_table(), now, &filter, &state.sites, leaked);
             body += &sites::render(counts, config.max_site_series);
         }
         self.metrics.own.scrape_took(started.elapsed());

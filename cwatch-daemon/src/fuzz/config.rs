@@ -14,6 +14,7 @@ const KEYS: &[&str] = &[
     "listen",
     "leak_after",
     "reconcile_interval",
+    "reconcile_budget",
     "holders_refresh",
     "pin_dir",
     "ring_buffer_size",

@@ -14,9 +14,9 @@ use tracing::debug;
 
 use super::{
     NEW_SCAN_BUDGET, TICK,
-    worker::{Pending, Worker, thread_cpu},
+    worker::{Pending, Worker},
 };
-use crate::table::Holder;
+use crate::{clock::thread_cpu, table::Holder};
 
 impl Worker {
     /// The processes the last walk did not see (started since): a socket

@@ -13,9 +13,9 @@ use tracing::debug;
 
 use super::{
     DEAD_GRACE, WALK_BUDGET, WALK_MIN_GAP,
-    worker::{NewProcesses, Pending, Worker, thread_cpu},
+    worker::{NewProcesses, Pending, Worker},
 };
-use crate::table::Holder;
+use crate::{clock::thread_cpu, table::Holder};
 
 /// Holders a walk records per hold of the table's lock.
 const APPLY_CHUNK: usize = 8192;
@@ -61,6 +61,7 @@ impl Worker {
 
     fn walk_within_budget(&mut self, budgeted: bool) {
         let started = std::time::Instant::now();
+        let cpu_all = thread_cpu();
         // Young dead sockets may just be closing: leave them to their grace.
         let now = self.state.clock.now_ns();
         let grace = DEAD_GRACE.as_nanos() as u64;
@@ -114,6 +115,10 @@ impl Worker {
             self.set_holders(chunk, &found, false);
         }
         self.apply(&[], &found, false);
+        // What reconciliation's safety net is spaced by (with its own pass).
+        self.state
+            .telemetry
+            .walk_cpu(thread_cpu().saturating_sub(cpu_all));
         debug!(
             processes = pids.len(),
             sockets = pending.len(),

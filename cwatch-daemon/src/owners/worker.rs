@@ -20,6 +20,7 @@ use super::{
     procfs::ProcRoot,
 };
 use crate::{
+    clock::thread_cpu,
     state::State,
     table::{Comm, Holder, SockEntry},
 };
@@ -61,12 +62,6 @@ impl Sub for Instant {
 /// never more often than every [`TICK`].
 pub(super) fn scan_again_at(started: Instant, took: Duration) -> Instant {
     started + took.saturating_mul(SCAN_BUDGET).max(TICK)
-}
-
-/// The CPU time this thread has used.
-pub(super) fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec.unsigned_abs() as u32)
 }
 
 /// One socket the worker has to look up.

@@ -13,6 +13,7 @@ map remembers keep their true start; the others get an estimated one
 found by the first pass are discovery, not drift, and are not counted.
 */
 pub mod limits;
+pub mod schedule;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use limits::Limits;
+use schedule::{Full, Schedule, safety_net};
 
 use crate::{
+    clock::thread_cpu,
     kernel_view::{KernelView, entry_from_diag, kernel_view},
     owners::{self, ProcRoot, Work},
     probe::Probes,
@@ -132,14 +135,13 @@ pub fn sync(
 }
 
 /// What one pass leaves to the next: sockets it found in CLOSE_WAIT that
-/// neither the table nor the kernel map knew (see [`sync`]), how many passes
-/// ran since the last full one, and the drift evidence it saw.
+/// neither the table nor the kernel map knew (see [`sync`]), and what the
+/// [`Schedule`] of full passes remembers.
 #[derive(Debug)]
 pub struct Suspects {
     first_pass: bool,
     cookies: HashSet<u64>,
-    passes_since_full: u32,
-    evidence: Option<u64>,
+    schedule: Schedule,
     limits: Limits,
 }
 
@@ -148,22 +150,11 @@ impl Default for Suspects {
         Self {
             first_pass: true,
             cookies: HashSet::new(),
-            passes_since_full: 0,
-            evidence: None,
+            schedule: Schedule::default(),
             limits: Limits::default(),
         }
     }
 }
-
-/// A full pass (a sock_diag dump in every namespace, the kernel map read
-/// whole, and a walk of `/proc` if some socket has no known holder) runs
-/// when the kernel counted an event lost or a record it could not store
-/// since the last one — the only ways the table can drift from the
-/// kernel — and otherwise every this many intervals, as a safety net that
-/// also repairs records deleted from the map behind cwatch's back and finds
-/// holders that appeared without a fork. At a million sockets a full pass
-/// costs seconds of CPU; an interval without one costs a map read.
-pub const FULL_EVERY: u32 = 10;
 
 /// The kernel's counts of lost events and of records it could not store;
 /// `None` when unreadable (then every pass is full). What moved since the
@@ -223,20 +214,23 @@ impl Reconciler {
         let suspects = &mut self.suspects;
         let initial = suspects.first_pass;
         let evidence = drift_evidence(&self.probes, &mut suspects.limits, state);
-        suspects.passes_since_full += 1;
-        let periodic = suspects.passes_since_full >= FULL_EVERY;
-        if !initial
-            && !periodic
-            && suspects.cookies.is_empty()
-            && evidence.is_some()
-            && evidence == suspects.evidence
-        {
+        let config = state.config();
+        let cost = suspects.schedule.pass_cpu() + state.telemetry.last_walk_cpu();
+        let spacing = safety_net(config.reconcile_interval, cost, config.reconcile_budget_ppm);
+        state.telemetry.set_safety_net(spacing);
+        let full = suspects.schedule.decide(
+            evidence,
+            !suspects.cookies.is_empty(),
+            spacing,
+            std::time::Instant::now(),
+        );
+        if full.is_none() && !initial {
             debug!("reconciliation: no event lost since the last full pass; skipped");
             state.telemetry.reconcile_pass(false);
             return Ok(Corrections::default());
         }
-        suspects.passes_since_full = 0;
-        suspects.evidence = evidence;
+        let periodic = full == Some(Full::Periodic);
+        let cpu = thread_cpu();
         let dump_start_ns = state.clock.now_ns();
         // Unknown sockets are added with an estimated start on the first
         // pass, or when a suspect is seen again: only then is tcp_info worth
@@ -301,6 +295,9 @@ impl Reconciler {
         c.map_removed = map_removed;
         self.prune_linger(&view, now_ns)?;
         self.prune_young(&view, &young, dump_start_ns);
+        let took = thread_cpu().saturating_sub(cpu);
+        self.suspects.schedule.ran(took);
+        state.telemetry.pass_cpu(took);
         // Counted once done, so a reader of the counter knows the pass is over.
         state.telemetry.reconcile_pass(true);
         if initial {

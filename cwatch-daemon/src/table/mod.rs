@@ -132,6 +132,11 @@ impl SocketTable {
         self.store.get(cookie)
     }
 
+    /// When `cookie`'s CLOSE_WAIT started, if it is tracked (live).
+    pub fn start_of(&self, cookie: u64) -> Option<u64> {
+        self.store.start_of(cookie)
+    }
+
     pub fn contains(&self, cookie: u64) -> bool {
         self.store.contains(cookie)
     }

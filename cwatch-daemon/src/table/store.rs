@@ -136,6 +136,11 @@ impl Store {
         self.find(cookie).map(|i| self.unpack(&self.rows[i]))
     }
 
+    /// When `cookie`'s CLOSE_WAIT started, without unpacking its row.
+    pub fn start_of(&self, cookie: u64) -> Option<u64> {
+        self.find(cookie).map(|i| self.rows[i].start_ns)
+    }
+
     /// Adds or replaces `entry`; returns the old one.
     pub fn insert(&mut self, entry: &SockEntry) -> Option<SockEntry> {
         let old = self.remove(entry.cookie);

@@ -59,6 +59,8 @@ pub struct Level {
     pub cpu_s_per_hour: f64,
     /// CPU seconds of one full reconciliation pass (see `idle`).
     pub full_pass_s: f64,
+    /// Full passes an hour at the defaults (see `idle`).
+    pub full_per_hour: f64,
     pub ss_wc_ms: Samples,
     pub ss_tnap_ms: Samples,
     pub node_ms: Samples,
@@ -139,7 +141,7 @@ fn measure(
         holders.network()
     ))?;
     let started = Instant::now();
-    let daemon = BenchDaemon::start(&bins.cwatch, &["--reconcile-interval", idle::INTERVAL])?;
+    let daemon = BenchDaemon::start(&bins.cwatch, &idle::DAEMON_ARGS)?;
     level.ready_s = daemon.ready_after.as_secs_f64();
     loop {
         let scrape = Scrape::parse(&daemon.metrics()?)?;
@@ -188,6 +190,7 @@ fn measure(
     let idle = idle::measure(&daemon, plan.quick.then_some(plan.idle_secs))?;
     level.cpu_s_per_hour = idle.per_hour();
     level.full_pass_s = idle.full_pass_s;
+    level.full_per_hour = idle.full_per_hour();
     daemon.stop()?;
 
     let count = std::process::Command::new("sh")
@@ -241,18 +244,20 @@ pub fn render(sc: &Scale, s: &mut String) {
          started after the sockets exist. `cwatch ls` is the default view (the summary, then \
          the oldest 100 rows); `ls --all --json` streams every row to /dev/null, taking turns \
          with `ss -tn … | wc -l` (three times each, the daemon idle). Idle CPU is per hour at \
-         the default `--reconcile-interval` (60 s): the background between full \
-         reconciliation passes, plus six full passes (one interval in ten; the others are \
-         skipped unless the kernel counted a lost event), each measured on its own (the \
-         bench daemon reconciles every 6 s to have one in reach; a window starts once the \
-         daemon is quiet again after a pass and the walk it asked for).\n\n\
-         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | `ls --all --json` | RSS (MiB) | RSS after ls (MiB) | peak RSS (MiB) | idle CPU-s/h | one full pass (CPU-s) | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         the defaults (`--reconcile-interval 60s`, `--reconcile-budget 0.5%`): the background \
+         between full reconciliation passes, plus the safety net's full passes (one interval \
+         in ten, six an hour, or fewer where one costs more than 0.5 % of a core affords; the \
+         other passes are skipped unless the kernel counted a lost event), each measured on \
+         its own (the bench daemon reconciles every 6 s with a whole core's budget to have \
+         one in reach; a window starts once the daemon is quiet again after a pass and the \
+         walk it asked for).\n\n\
+         | sockets | held (ss) | host total (ss) | cwatch gauges | ready (s) | all counted (s) | /metrics p50 | /metrics p99 | `cwatch ls` | `ls --all --json` | RSS (MiB) | RSS after ls (MiB) | peak RSS (MiB) | idle CPU-s/h | one full pass (CPU-s) | full passes/h | `ss -tn … \\| wc -l` | `ss -tnap …` | node_exporter tcpstat |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in &sc.levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {} | {:.0} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {:.0} |",
             l.sockets,
             l.held,
             l.ss_count,
@@ -268,6 +273,7 @@ pub fn render(sc: &Scale, s: &mut String) {
             l.peak_rss_mib,
             l.cpu_s_per_hour,
             l.full_pass_s,
+            l.full_per_hour,
             l.ss_wc_ms.median(),
             if l.ss_tnap_ms.is_empty() {
                 "not run".to_string()
