@@ -234,6 +234,7 @@ async fn start(
         owners,
         proc: proc.clone(),
         suspects: Suspects::default(),
+        deferred: None,
     };
     // Attribution runs already: the walk the first pass asks for overlaps
     // the rest of that pass.

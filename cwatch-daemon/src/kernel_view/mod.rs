@@ -10,7 +10,7 @@ view ([`KernelView::from_dumps`]), which is unit-tested on made-up dumps.
 pub mod netns;
 pub mod sockdiag;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use cwatch_common::{SockRecord, tcp_state};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, StateFlags};
@@ -26,8 +26,10 @@ use crate::{
 /// What sock_diag showed, across namespaces.
 #[derive(Debug, Default)]
 pub struct KernelView {
-    /// CLOSE_WAIT sockets by cookie, with their namespace.
-    pub close_wait: HashMap<u64, (DiagSocket, u32)>,
+    /// CLOSE_WAIT sockets by cookie, with their namespace (hashbrown's
+    /// fast hasher: a million cookies hashed with SipHash cost a third of a
+    /// second at start-up; cookies are the kernel's, not an attacker's).
+    pub close_wait: hashbrown::HashMap<u64, (DiagSocket, u32)>,
     /// Cookies in LAST_ACK (left CLOSE_WAIT, waiting for the peer's ACK).
     pub last_ack: HashSet<u64>,
     /// (netns, port) of every listener.
@@ -83,6 +85,9 @@ impl KernelView {
         for (inum, sockets) in dumps {
             let Some(sockets) = sockets else { continue };
             view.covered.insert(inum);
+            // Most of a big dump is CLOSE_WAIT: room for all of it at once
+            // (growing a map of a million sockets copies it, twice over).
+            view.close_wait.reserve(sockets.len());
             for s in sockets {
                 match u32::from(s.state) {
                     tcp_state::CLOSE_WAIT => {

@@ -12,6 +12,7 @@ map remembers keep their true start; the others get an estimated one
 (tcp_info's last ACK received, else now) and `age_estimated`. Differences
 found by the first pass are discovery, not drift, and are not counted.
 */
+mod kernel_map;
 pub mod limits;
 pub mod schedule;
 
@@ -25,6 +26,7 @@ use cwatch_common::{Event, SockRecord, control, counter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use kernel_map::MapFixes;
 use limits::Limits;
 use schedule::{Full, Schedule, safety_net};
 
@@ -193,6 +195,8 @@ pub struct Reconciler {
     pub owners: owners::Handle,
     pub proc: ProcRoot,
     pub suspects: Suspects,
+    /// The start-up pass's map fixes, left for after ready.
+    pub deferred: Option<MapFixes>,
 }
 
 impl Reconciler {
@@ -269,6 +273,9 @@ impl Reconciler {
             for cookie in self.probes.gone_from_close_wait(&recheck) {
                 map.remove(&cookie);
             }
+            if initial {
+                table.reserve(view.close_wait.len());
+            }
             let c = sync(
                 &mut table,
                 &view,
@@ -290,9 +297,14 @@ impl Reconciler {
         if walk {
             self.owners.request(Work::Walk);
         }
-        let (map_added, map_removed) = self.sync_map(&view, &map, dump_start_ns)?;
-        c.map_added = map_added;
-        c.map_removed = map_removed;
+        let fixes = Self::map_differences(&view, &map, dump_start_ns);
+        if initial {
+            // A million records take seconds to write: after ready (until
+            // then a leave finds no record, and the daemon's own is used).
+            self.deferred = Some(fixes);
+        } else {
+            (c.map_added, c.map_removed) = self.fix_map(&fixes)?;
+        }
         self.prune_linger(&view, now_ns)?;
         self.prune_young(&view, &young, dump_start_ns);
         let took = thread_cpu().saturating_sub(cpu);
@@ -320,35 +332,6 @@ impl Reconciler {
             );
         }
         Ok(c)
-    }
-
-    /// Re-inserts CLOSE_WAIT sockets missing from the kernel map and deletes
-    /// records of sockets no longer in CLOSE_WAIT.
-    fn sync_map(
-        &self,
-        view: &KernelView,
-        map: &HashMap<u64, SockRecord>,
-        dump_start_ns: u64,
-    ) -> anyhow::Result<(u64, u64)> {
-        let missing: Vec<SockRecord> = {
-            let table = self.state.lock_table();
-            view.close_wait
-                .keys()
-                .filter(|cookie| !map.contains_key(cookie))
-                .filter_map(|cookie| table.get(*cookie).map(|e| e.to_record()))
-                .collect()
-        };
-        let stale: Vec<u64> = map
-            .iter()
-            .filter(|(cookie, rec)| {
-                view.covered.contains(&rec.netns)
-                    && !view.close_wait.contains_key(cookie)
-                    && rec.start_ns < dump_start_ns
-            })
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        self.probes.update_close_wait(&missing, &stale)?;
-        Ok((missing.len() as u64, stale.len() as u64))
     }
 
     /// Forgets `LINGER` records of sockets that are neither held (a verified
@@ -391,7 +374,7 @@ impl Reconciler {
             .iter()
             .filter(|(cookie, rec)| {
                 view.covered.contains(&rec.netns)
-                    && !view.close_wait.contains_key(cookie)
+                    && !view.close_wait.contains_key(*cookie)
                     && rec.start_ns < dump_start_ns
             })
             .map(|(cookie, _)| *cookie)
@@ -405,12 +388,35 @@ impl Reconciler {
         }
     }
 
-    /// Reconciles every `reconcile_interval` until `cancel`, carrying on
-    /// from the start-up pass.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Finishes the start-up pass (its write-back), then reconciles every
+    /// `reconcile_interval` until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.state.config().reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first pass already ran at start-up
+        if self.deferred.is_some() {
+            match tokio::task::spawn_blocking(move || {
+                let result = self.finish_start_up();
+                (self, result)
+            })
+            .await
+            {
+                Ok((task, result)) => {
+                    if let Err(err) = result {
+                        // The next full pass writes what is missing.
+                        warn!("start-up reconciliation: writing the kernel map failed: {err:#}");
+                        task.state
+                            .telemetry
+                            .source_failed(crate::telemetry::Source::Reconcile);
+                    }
+                    self = task;
+                }
+                Err(err) => {
+                    warn!("reconciliation task failed: {err}");
+                    return;
+                }
+            }
+        }
         let mut this = Some(self);
         loop {
             tokio::select! {

@@ -69,6 +69,11 @@ impl SocketTable {
         old
     }
 
+    /// Room for `more` sockets beyond those held.
+    pub fn reserve(&mut self, more: usize) {
+        self.store.reserve(more);
+    }
+
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
         self.unresolved.remove(&cookie);
         shrink_if_sparse(&mut self.unresolved);

@@ -158,6 +158,14 @@ impl Store {
         old
     }
 
+    /// Room for `more` rows beyond those held (start-up, before it adds
+    /// every socket found).
+    pub fn reserve(&mut self, more: usize) {
+        self.rows.reserve_exact(more);
+        let rows = &self.rows;
+        self.index.reserve(more, |&j| hash(rows[j as usize].cookie));
+    }
+
     pub fn remove(&mut self, cookie: u64) -> Option<SockEntry> {
         let rows = &self.rows;
         let Ok(slot) = self

@@ -34,9 +34,15 @@ fn sigterm_mid_pass_exits_within_a_second_keeping_pins() {
             h
         })
         .collect();
-    // Passes every 100 ms; one in ten is a full one, which at this size
-    // takes far longer than the interval.
-    let mut daemon = Daemon::spawn(&["--reconcile-interval", "100ms"]).unwrap();
+    // Passes every 100 ms; with a whole core's budget one in ten is a full
+    // one, which at this size takes far longer than the interval.
+    let mut daemon = Daemon::spawn(&[
+        "--reconcile-interval",
+        "100ms",
+        "--reconcile-budget",
+        "100%",
+    ])
+    .unwrap();
     daemon.wait_ready(Duration::from_secs(120)).unwrap();
     let (progs, _) = bpf_objects_of(daemon.pid);
     assert!(!progs.is_empty());
