@@ -41,6 +41,7 @@ use std::{sync::Arc, time::Duration};
 
 pub use handle::Handle;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 use worker::Worker;
 
 use crate::state::State;
@@ -85,8 +86,11 @@ pub const FAMILY_LIMIT: usize = 256;
 /// What the worker is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
-    /// Scan every process now (reconciliation, start-up).
-    Walk,
+    /// Scan every process (reconciliation, start-up), unless a walk began
+    /// since `asked_ns` (the state's clock when asked): at start-up the
+    /// worker's own lookup often walks first, and a second walk of a
+    /// million fds would cost seconds for nothing.
+    Walk { asked_ns: u64 },
     /// Sockets were added to the table (or left CLOSE_WAIT while held):
     /// look up their holders.
     Resolve,
@@ -137,14 +141,13 @@ impl Attribution {
                 None => self.work.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match work {
-                Ok(Work::Walk) => {
-                    self.discard_queued_keeping_walk();
-                    self.worker.walk();
+                Ok(Work::Walk { asked_ns }) => {
+                    let asked = self.discard_queued(Some(asked_ns));
+                    self.walk_unless_done(asked);
                 }
                 Ok(Work::Resolve) => {
-                    if self.discard_queued_keeping_walk() {
-                        self.worker.walk();
-                    }
+                    let asked = self.discard_queued(None);
+                    self.walk_unless_done(asked);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -160,13 +163,25 @@ impl Attribution {
         }
     }
 
-    /// Empties the queue; `true` when a walk was among what it held.
-    fn discard_queued_keeping_walk(&self) -> bool {
-        let mut walk = false;
+    /// Empties the queue: the latest ask for a walk among what it held
+    /// (and `asked`).
+    fn discard_queued(&self, mut asked: Option<u64>) -> Option<u64> {
         while let Ok(work) = self.work.try_recv() {
-            walk |= work == Work::Walk;
+            if let Work::Walk { asked_ns } = work {
+                asked = asked.max(Some(asked_ns));
+            }
         }
-        walk
+        asked
+    }
+
+    /// Walks for an ask made at `asked_ns`, unless a walk began since.
+    fn walk_unless_done(&mut self, asked_ns: Option<u64>) {
+        let Some(asked_ns) = asked_ns else { return };
+        if self.worker.walk_began.is_some_and(|t| t.ns() >= asked_ns) {
+            debug!("a walk of /proc began after it was asked for: not walking again");
+            return;
+        }
+        self.worker.walk();
     }
 }
 

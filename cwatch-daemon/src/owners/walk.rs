@@ -62,6 +62,7 @@ impl Worker {
     fn walk_within_budget(&mut self, budgeted: bool) {
         let started = std::time::Instant::now();
         let cpu_all = thread_cpu();
+        self.walk_began = Some(self.now());
         // Young dead sockets may just be closing: leave them to their grace.
         let now = self.state.clock.now_ns();
         let grace = DEAD_GRACE.as_nanos() as u64;

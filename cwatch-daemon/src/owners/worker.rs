@@ -111,6 +111,8 @@ pub(super) struct Worker {
     pub(super) known_pids: HashSet<u32>,
     /// When a walk may run again (see [`WALK_BUDGET`]).
     pub(super) next_walk: Instant,
+    /// When the last walk began: a walk asked for before then is done.
+    pub(super) walk_began: Option<Instant>,
     /// The processes started since the last walk, and what their scans saw.
     pub(super) new: NewProcesses,
     comms: HashMap<u32, Option<Comm>>,
@@ -135,6 +137,7 @@ impl Worker {
             state,
             proc,
             next_walk: Instant::at(0),
+            walk_began: None,
             comms: HashMap::new(),
             next_scan: HashMap::new(),
             missed: HashMap::new(),

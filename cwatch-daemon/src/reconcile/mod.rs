@@ -295,7 +295,9 @@ impl Reconciler {
         // takes seconds).
         let walk = initial || periodic || needs_walk(&state.lock_table());
         if walk {
-            self.owners.request(Work::Walk);
+            self.owners.request(Work::Walk {
+                asked_ns: state.clock.now_ns(),
+            });
         }
         let fixes = Self::map_differences(&view, &map, dump_start_ns);
         if initial {
