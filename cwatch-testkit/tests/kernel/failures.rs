@@ -46,7 +46,17 @@ fn a_namespace_that_cannot_be_entered_is_counted_and_nothing_else_fails() {
     std::fs::write(&stale.0, "").unwrap();
 
     let include = format!("peer_port:{port}");
-    let daemon = Daemon::start(&["--include", &include, "--reconcile-interval", "100ms"]).unwrap();
+    // A whole core's budget: the safety net every ten intervals, whatever a
+    // pass costs.
+    let daemon = Daemon::start(&[
+        "--include",
+        &include,
+        "--reconcile-interval",
+        "100ms",
+        "--reconcile-budget",
+        "100%",
+    ])
+    .unwrap();
     let first = daemon.metrics().unwrap();
     assert!(
         failures(&first, "netns") >= 1.0,
