@@ -310,9 +310,13 @@ impl Telemetry {
             .set(cpu.as_secs_f64());
     }
 
-    /// The last walk's CPU time.
-    pub fn last_walk_cpu(&self) -> Duration {
-        let s = self.reconcile_cpu.with_label_values(&["walk"]).get();
+    /// The CPU time of the last full pass and of the last walk, together:
+    /// what the safety net is spaced by.
+    pub fn last_full_pass_cpu(&self) -> Duration {
+        let s: f64 = ["pass", "walk"]
+            .iter()
+            .map(|part| self.reconcile_cpu.with_label_values(&[part]).get())
+            .sum();
         Duration::try_from_secs_f64(s).unwrap_or_default()
     }
 

@@ -10,7 +10,7 @@ view ([`KernelView::from_dumps`]), which is unit-tested on made-up dumps.
 pub mod netns;
 pub mod sockdiag;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cwatch_common::{SockRecord, tcp_state};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, StateFlags};
@@ -104,6 +104,27 @@ impl KernelView {
             }
         }
         view
+    }
+
+    /// Whether a socket recorded in namespace `netns` as in CLOSE_WAIT since
+    /// `start_ns` is gone from it: its namespace answered, the dump (begun
+    /// at `dump_start_ns`) did not show it, and it is not newer than the
+    /// dump.
+    pub fn shows_gone(&self, cookie: u64, netns: u32, start_ns: u64, dump_start_ns: u64) -> bool {
+        self.covered.contains(&netns)
+            && !self.close_wait.contains_key(&cookie)
+            && start_ns < dump_start_ns
+    }
+
+    /// The cookies of `records` the view shows gone ([`Self::shows_gone`]).
+    pub fn gone_from(&self, records: &HashMap<u64, SockRecord>, dump_start_ns: u64) -> Vec<u64> {
+        records
+            .iter()
+            .filter(|(cookie, rec)| {
+                self.shows_gone(**cookie, rec.netns, rec.start_ns, dump_start_ns)
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect()
     }
 
     pub fn is_ephemeral(&self, port: u16) -> bool {

@@ -38,16 +38,10 @@ impl Reconciler {
             .filter(|cookie| !map.contains_key(cookie))
             .copied()
             .collect();
-        let stale = map
-            .iter()
-            .filter(|(cookie, rec)| {
-                view.covered.contains(&rec.netns)
-                    && !view.close_wait.contains_key(*cookie)
-                    && rec.start_ns < dump_start_ns
-            })
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        MapFixes { missing, stale }
+        MapFixes {
+            missing,
+            stale: view.gone_from(map, dump_start_ns),
+        }
     }
 
     /// Writes the records of the table's sockets among `fixes.missing`

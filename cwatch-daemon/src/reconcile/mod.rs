@@ -90,10 +90,8 @@ pub fn sync(
     let mut c = Corrections::default();
     let stale: Vec<u64> = table
         .keys()
-        .filter(|(cookie, start_ns, netns)| {
-            view.covered.contains(netns)
-                && !view.close_wait.contains_key(cookie)
-                && *start_ns < dump_start_ns
+        .filter(|&(cookie, start_ns, netns)| {
+            view.shows_gone(cookie, netns, start_ns, dump_start_ns)
         })
         .map(|(cookie, _, _)| cookie)
         .collect();
@@ -219,7 +217,7 @@ impl Reconciler {
         let initial = suspects.first_pass;
         let evidence = drift_evidence(&self.probes, &mut suspects.limits, state);
         let config = state.config();
-        let cost = suspects.schedule.pass_cpu() + state.telemetry.last_walk_cpu();
+        let cost = state.telemetry.last_full_pass_cpu();
         let spacing = safety_net(config.reconcile_interval, cost, config.reconcile_budget_ppm);
         state.telemetry.set_safety_net(spacing);
         let full = suspects.schedule.decide(
@@ -309,9 +307,7 @@ impl Reconciler {
         }
         self.prune_linger(&view, now_ns)?;
         self.prune_young(&view, &young, dump_start_ns);
-        let took = thread_cpu().saturating_sub(cpu);
-        self.suspects.schedule.ran(took);
-        state.telemetry.pass_cpu(took);
+        state.telemetry.pass_cpu(thread_cpu().saturating_sub(cpu));
         // Counted once done, so a reader of the counter knows the pass is over.
         state.telemetry.reconcile_pass(true);
         if initial {
@@ -372,15 +368,7 @@ impl Reconciler {
     /// while no program was attached (the daemon was stopped), so the
     /// kernel never deleted them.
     fn prune_young(&self, view: &KernelView, young: &HashMap<u64, SockRecord>, dump_start_ns: u64) {
-        let stale: Vec<u64> = young
-            .iter()
-            .filter(|(cookie, rec)| {
-                view.covered.contains(&rec.netns)
-                    && !view.close_wait.contains_key(*cookie)
-                    && rec.start_ns < dump_start_ns
-            })
-            .map(|(cookie, _)| *cookie)
-            .collect();
+        let stale = view.gone_from(young, dump_start_ns);
         if !stale.is_empty() {
             debug!(
                 stale = stale.len(),

@@ -35,8 +35,6 @@ pub struct Schedule {
     /// The kernel's loss counters as the last full pass saw them.
     evidence: Option<u64>,
     last_full: Option<Instant>,
-    /// CPU time of the last full pass (its walk is counted by the worker).
-    pass_cpu: Duration,
 }
 
 /// Why a pass is full, if it is.
@@ -77,16 +75,6 @@ impl Schedule {
         self.evidence = evidence;
         self.last_full = Some(now);
         Some(full)
-    }
-
-    /// The full pass just run took `cpu` of its thread's time.
-    pub fn ran(&mut self, cpu: Duration) {
-        self.pass_cpu = cpu;
-    }
-
-    /// The last full pass's CPU time.
-    pub fn pass_cpu(&self) -> Duration {
-        self.pass_cpu
     }
 }
 
