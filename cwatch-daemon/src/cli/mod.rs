@@ -126,7 +126,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
     /// Size of the kernel→daemon event ring: bytes, a power of two, at least
-    /// 4096; suffixes KiB and MiB [default: 8MiB].
+    /// 4096; suffixes KiB and MiB [default: 4MiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub ring_buffer_size: Option<u32>,
     /// A socket is tracked (gauges, API, ls) once it has been in CLOSE_WAIT

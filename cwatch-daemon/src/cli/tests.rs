@@ -313,7 +313,7 @@ fn ls_asks_the_configured_daemon() {
 fn pin_dir_ring_size_and_holders_refresh() {
     let config = run_config(&run_args(&[]).unwrap()).unwrap();
     assert_eq!(config.pin_dir, Some(PathBuf::from("/sys/fs/bpf/cwatch")));
-    assert_eq!(config.ring_buffer_size, 8 << 20);
+    assert_eq!(config.ring_buffer_size, 4 << 20);
     assert_eq!(config.holders_refresh, Duration::from_secs(5));
     let args = run_args(&[
         "--pin-dir",

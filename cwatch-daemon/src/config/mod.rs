@@ -29,7 +29,10 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_RECONCILE_BUDGET_PPM: u32 = 5_000;
 pub const DEFAULT_HOLDERS_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
-pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
+/// 32,768 events of 128 bytes: only sockets past the grace, sockets not
+/// seen entering, dead ones and wake-ups send one. The daemon maps the ring
+/// twice over (as every BPF ring reader does), so it shows twice in its RSS.
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = 4 << 20;
 pub const DEFAULT_TRACK_AFTER: Duration = Duration::from_millis(200);
 pub const DEFAULT_YOUNG_SOCKETS: u32 = 16_384;
 pub const DEFAULT_LOG_LEVEL: &str = "info";

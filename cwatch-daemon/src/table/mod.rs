@@ -6,7 +6,7 @@ attribution and reconciliation change it, metrics and the API read it.
 
 Inside, from the bottom up: [`entry`] (one socket), [`keys`] (what the
 gauges group by and count), [`store`] (the sockets packed into dense rows
-with an index by cookie: about 70 bytes a socket), [`groups`] (per-group
+with an index by cookie: about 58 bytes a socket), [`groups`] (per-group
 ordered starts), [`gauges`] (every socket counted in its groups, kept exact
 as it changes), and the table itself here. Entries come out of the store as
 values and go back through the table, so the gauges see every change.

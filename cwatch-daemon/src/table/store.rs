@@ -1,9 +1,11 @@
 /*!
-How the table keeps a million sockets in little memory: one dense row of 56
+How the table keeps a million sockets in little memory: one dense row of 48
 bytes per socket ([`Row`]), an index of 4-byte row numbers by cookie
 (hashbrown's `HashTable`, probing on the rows' own cookies), and everything
-many sockets share interned once — addresses, owners, cgroups. The rare
-socket held by several fds keeps its holders aside. A [`SockEntry`] is made
+many sockets share interned once — peer addresses, owners, and where the
+socket sits ([`Place`]: its local address, network namespace and cgroup,
+which a host's sockets share by the handful). The rare socket held by
+several fds keeps its holders aside. A [`SockEntry`] is made
 from a row when asked for, and packed back into one.
 
 A row keeps the socket inode in 32 bits: sockfs numbers its inodes with
@@ -80,16 +82,26 @@ impl<T: Copy + Eq + Hash> Interner<T> {
     }
 }
 
-/// One socket, packed.
+/// Where a socket sits: its local address, network namespace and cgroup v2
+/// id (0: unknown). A host has a handful of each, so one id stands for the
+/// three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Place {
+    local: IpAddr,
+    netns: u32,
+    cgroup: u64,
+}
+
+/// One socket, packed (48 bytes).
 #[derive(Clone, Debug)]
 struct Row {
     cookie: u64,
     start_ns: u64,
     inode: u32,
-    netns: u32,
-    local: u32,
+    /// A [`Place`].
+    place: u32,
+    /// The peer's address.
     peer: u32,
-    cgroup: u32,
     /// The lowest-pid holder (with `HELD`), else `NONE`.
     owner: u32,
     hint: u32,
@@ -99,14 +111,17 @@ struct Row {
     flags: u8,
 }
 
+// A million sockets' worth of rows is 48 MB: keep it from growing unseen.
+const _: () = assert!(std::mem::size_of::<Row>() == 48);
+
 /// The rows, their index, the interned values.
 #[derive(Debug, Default)]
 pub struct Store {
     rows: Vec<Row>,
     index: HashTable<u32>,
+    places: Interner<Place>,
     ips: Interner<IpAddr>,
     owners: Interner<Owner>,
-    cgroups: Interner<u64>,
     /// Holders of sockets held by several fds.
     shared: HashMap<u64, Vec<Holder>>,
 }
@@ -233,7 +248,9 @@ impl Store {
 
     /// (cookie, start, netns) of every row, without unpacking.
     pub fn keys(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
-        self.rows.iter().map(|r| (r.cookie, r.start_ns, r.netns))
+        self.rows
+            .iter()
+            .map(|r| (r.cookie, r.start_ns, self.places.get(r.place).netns))
     }
 
     fn pack(&mut self, e: &SockEntry) -> Row {
@@ -270,14 +287,12 @@ impl Store {
             cookie: e.cookie,
             start_ns: e.start_ns,
             inode: u32::try_from(e.inode).unwrap_or(0),
-            netns: e.netns,
-            local: self.ips.intern(e.local.ip()),
+            place: self.places.intern(Place {
+                local: e.local.ip(),
+                netns: e.netns,
+                cgroup: e.cgroup,
+            }),
             peer: self.ips.intern(e.peer.ip()),
-            cgroup: if e.cgroup == 0 {
-                NONE
-            } else {
-                self.cgroups.intern(e.cgroup)
-            },
             owner,
             hint: e.hint.map_or(NONE, |h| self.owners.intern(h)),
             fd,
@@ -289,13 +304,8 @@ impl Store {
 
     /// Lets go of what `row` interned.
     fn release(&mut self, row: &Row) {
-        self.ips.release(row.local);
+        self.places.release(row.place);
         self.ips.release(row.peer);
-        for id in [row.cgroup] {
-            if id != NONE {
-                self.cgroups.release(id);
-            }
-        }
         for id in [row.owner, row.hint] {
             if id != NONE {
                 self.owners.release(id);
@@ -307,6 +317,7 @@ impl Store {
     }
 
     fn unpack(&self, r: &Row) -> SockEntry {
+        let place = self.places.get(r.place);
         let owner = |id: u32| (id != NONE).then(|| self.owners.get(id));
         let hint = owner(r.hint);
         let holders = if r.flags & SHARED != 0 {
@@ -336,15 +347,11 @@ impl Store {
             cookie: r.cookie,
             start_ns: r.start_ns,
             age_estimated: r.flags & ESTIMATED != 0,
-            local: std::net::SocketAddr::new(self.ips.get(r.local), r.local_port),
+            local: std::net::SocketAddr::new(place.local, r.local_port),
             peer: std::net::SocketAddr::new(self.ips.get(r.peer), r.peer_port),
-            netns: r.netns,
+            netns: place.netns,
             inode: u64::from(r.inode),
-            cgroup: if r.cgroup == NONE {
-                0
-            } else {
-                self.cgroups.get(r.cgroup)
-            },
+            cgroup: place.cgroup,
             direction,
             hint,
             owner: lowest.or(hint),
