@@ -9,8 +9,13 @@ is their number, the oldest age is `now - first`, and the leaked count
 moves forward with the clock: moving it counts the starts it passes, once.
 
 A socket leaving marks its start (the top bit) instead of moving the rest;
-the marks are swept out once they are half of a group. New sockets have the
-newest starts, so they are added at the end.
+the marks are swept out once they are half of a group. Among equal starts
+the marked ones come first, so finding one to mark is a binary search (a
+restart's estimated starts collide by the thousand). New sockets have the
+newest starts, so they are added at the end; a start older than the last
+few is added at the end too and the group is sorted again when next read
+(start-up and the /proc walk move a million sockets between groups in any
+order: one sort each, not a shift of the rest per socket).
 */
 use std::{collections::HashMap, hash::Hash, time::Duration};
 
@@ -18,6 +23,10 @@ use super::keys::{GroupStats, age};
 
 /// A start that left (its socket is no longer in the group).
 const MARK: u64 = 1 << 63;
+
+/// A start this close to the end is put in its place at once; one further
+/// back waits at the end until the group is next sorted.
+const NEAR_END: usize = 64;
 
 /// Where the leak line is: sockets that started at or before it are leaked.
 /// `None` is before every start (nothing is leaked yet).
@@ -50,6 +59,9 @@ pub struct Starts {
     leaked: u64,
     /// Index of the first unmarked start.
     head: usize,
+    /// Starts were added out of order at the end since the last sort:
+    /// `below`, `leaked` and `head` wait for [`Starts::settle`].
+    unsorted: bool,
 }
 
 impl Starts {
@@ -76,10 +88,19 @@ impl Starts {
         if self.v.len() == self.v.capacity() {
             self.v.reserve_exact(self.v.len() / 4 + 8);
         }
+        if self.unsorted {
+            self.v.push(start);
+            return;
+        }
         let at = match self.v.last() {
             Some(last) if last & !MARK <= start => self.v.len(),
             _ => self.after(start),
         };
+        if self.v.len() - at > NEAR_END {
+            self.v.push(start);
+            self.unsorted = true;
+            return;
+        }
         self.v.insert(at, start);
         if at_or_before(start, frontier) {
             self.below += 1;
@@ -92,17 +113,37 @@ impl Starts {
         }
     }
 
-    /// Marks one socket started at `start`; `false` when there is none.
-    fn remove(&mut self, start: u64) -> bool {
-        let from = self.v.partition_point(|s| s & !MARK < start);
-        let Some(offset) = self.v[from..]
-            .iter()
-            .take_while(|s| *s & !MARK == start)
-            .position(|s| s & MARK == 0)
-        else {
-            return false;
+    /// Sorts the starts added out of order (dropping the marks) and counts
+    /// again against `frontier`.
+    fn settle(&mut self, frontier: Frontier) {
+        if !self.unsorted {
+            return;
+        }
+        self.v.retain(|s| s & MARK == 0);
+        // Stable and adaptive: the sorted part is one run, merged with the
+        // sorted tail.
+        self.v.sort();
+        self.marked = 0;
+        self.head = 0;
+        self.below = match frontier {
+            Some(f) => self.after(f),
+            None => 0,
         };
-        let at = from + offset;
+        self.leaked = self.below as u64;
+        self.unsorted = false;
+    }
+
+    /// Marks one socket started at `start`; `false` when there is none.
+    /// Settled first.
+    fn remove(&mut self, start: u64, frontier: Frontier) -> bool {
+        self.settle(frontier);
+        let from = self.v.partition_point(|s| s & !MARK < start);
+        let to = from + self.v[from..].partition_point(|s| s & !MARK == start);
+        // The marked ones of a run of equal starts come first.
+        let at = from + self.v[from..to].partition_point(|s| s & MARK != 0);
+        if at == to {
+            return false;
+        }
         self.v[at] |= MARK;
         self.marked += 1;
         if at < self.below {
@@ -131,8 +172,9 @@ impl Starts {
         self.head = 0;
     }
 
-    /// Moves the frontier from `from` to `to`.
+    /// Moves the frontier from `from` to `to` (settled first).
     fn advance(&mut self, from: Frontier, to: Frontier) {
+        self.settle(from);
         let forward = match (from, to) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -188,18 +230,16 @@ impl<K: Copy + Eq + Hash> GroupIndex<K> {
         let Some(starts) = self.groups.get_mut(&key) else {
             return;
         };
-        starts.remove(start);
+        starts.remove(start, self.frontier);
         if starts.is_empty() {
             self.groups.remove(&key);
         }
     }
 
-    /// Moves the leak frontier to `to`, counting the starts it passes.
+    /// Moves the leak frontier to `to`, counting the starts it passes;
+    /// every group is settled (sorted, counted) after it.
     pub fn advance(&mut self, to: Frontier) {
         let from = self.frontier;
-        if to == from {
-            return;
-        }
         for starts in self.groups.values_mut() {
             starts.advance(from, to);
         }

@@ -177,3 +177,60 @@ fn a_large_group_marks_sweeps_and_keeps_its_numbers() {
     index.remove(7, 997);
     assert_eq!(stats(&index).oldest, Duration::from_nanos(2));
 }
+
+#[test]
+fn large_groups_taking_starts_in_any_order_match_a_plain_list() {
+    // Start-up and the /proc walk add starts in any order, many equal (a
+    // restart's estimated starts): these wait at the end of the group until
+    // it is read, and equal starts are marked in turn.
+    for seed in 1..=8u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut index: GroupIndex<u8> = GroupIndex::default();
+        let mut plain: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        let mut frontier = None;
+        for step in 0..6000 {
+            let key = rng.below(3) as u8;
+            match rng.below(10) {
+                0..=5 => {
+                    // Few distinct values: long runs of equal starts.
+                    let start = rng.below(if seed % 2 == 0 { 40 } else { 4000 });
+                    index.add(key, start);
+                    plain[key as usize].push(start);
+                }
+                6..=8 => {
+                    let list = &mut plain[key as usize];
+                    if !list.is_empty() {
+                        let start = list.swap_remove(rng.below(list.len() as u64) as usize);
+                        index.remove(key, start);
+                    }
+                }
+                _ => frontier = Some(rng.below(4000)),
+            }
+            if step % 97 == 0 || step == 5999 {
+                index.advance(frontier);
+                let got: std::collections::BTreeMap<u8, (u64, u64, Duration)> = index
+                    .stats(5000)
+                    .map(|(k, s)| (k, (s.sockets, s.leaked, s.oldest)))
+                    .collect();
+                for (key, list) in plain.iter().enumerate() {
+                    let want = list.iter().min().map(|&oldest| {
+                        let leaked = list
+                            .iter()
+                            .filter(|&&s| frontier.is_some_and(|f| s <= f))
+                            .count() as u64;
+                        (
+                            list.len() as u64,
+                            leaked,
+                            Duration::from_nanos(5000 - oldest),
+                        )
+                    });
+                    assert_eq!(
+                        got.get(&(key as u8)).copied(),
+                        want,
+                        "seed {seed} step {step} key {key}"
+                    );
+                }
+            }
+        }
+    }
+}
