@@ -83,6 +83,11 @@ impl Starts {
         self.v.partition_point(|s| s & !MARK <= start)
     }
 
+    /// Index of the first element whose start is beyond `frontier`.
+    fn up_to(&self, frontier: Frontier) -> usize {
+        frontier.map_or(0, |f| self.after(f))
+    }
+
     fn insert(&mut self, start: u64, frontier: Frontier) {
         let start = start & !MARK;
         if self.v.len() == self.v.capacity() {
@@ -113,22 +118,18 @@ impl Starts {
         }
     }
 
-    /// Sorts the starts added out of order (dropping the marks) and counts
-    /// again against `frontier`.
+    /// Sorts the starts added out of order (swept first: the marks go) and
+    /// counts again against `frontier` (what the sweep kept of the counts
+    /// held only for sorted starts).
     fn settle(&mut self, frontier: Frontier) {
         if !self.unsorted {
             return;
         }
-        self.v.retain(|s| s & MARK == 0);
+        self.sweep();
         // Stable and adaptive: the sorted part is one run, merged with the
         // sorted tail.
         self.v.sort();
-        self.marked = 0;
-        self.head = 0;
-        self.below = match frontier {
-            Some(f) => self.after(f),
-            None => 0,
-        };
+        self.below = self.up_to(frontier);
         self.leaked = self.below as u64;
         self.unsorted = false;
     }
@@ -189,10 +190,7 @@ impl Starts {
                 self.below += 1;
             }
         } else {
-            self.below = match to {
-                Some(t) => self.after(t),
-                None => 0,
-            };
+            self.below = self.up_to(to);
             self.leaked = self.v[..self.below]
                 .iter()
                 .filter(|s| *s & MARK == 0)
