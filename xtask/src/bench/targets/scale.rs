@@ -33,10 +33,10 @@ pub(super) fn scale(r: &Results, t: &mut Rows) {
             r,
             |l| {
                 (
-                    l.rss_mib,
+                    l.settled_rss_mib,
                     format!(
-                        "{:.1} MiB ({:.1} after ls; peak {:.0})",
-                        l.rss_mib, l.rss_after_ls_mib, l.peak_rss_mib
+                        "{:.1} MiB settled ({:.1} right after all counted, {:.1} after ls; peak {:.0})",
+                        l.settled_rss_mib, l.rss_mib, l.rss_after_ls_mib, l.peak_rss_mib
                     ),
                 )
             },
