@@ -49,7 +49,8 @@ pub struct Level {
     /// Why `cwatch ls` failed, if it did.
     pub ls_error: Option<String>,
     /// Resident memory once the gauges are complete and /metrics was
-    /// scraped (steady state), and after the `cwatch ls` calls (each has the
+    /// scraped (start-up's transient maps may not be given back yet: not the
+    /// steady state, see `settled_rss_mib`), and after the `cwatch ls` calls (each has the
     /// daemon serialize every socket as JSON).
     pub rss_mib: f64,
     pub rss_after_ls_mib: f64,
