@@ -216,6 +216,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "active on this host; loopback packets untracked during the run".into(),
         ));
     }
+    if system::ensure_tracefs()? {
+        machine.push((
+            "tracefs".into(),
+            "not mounted at start; mounted at /sys/kernel/tracing for bpftrace".into(),
+        ));
+    }
     let overhead = section(opts, Section::Overhead, "churn overhead", &mut t, || {
         overhead::run(&plan, &bins)
     })?;

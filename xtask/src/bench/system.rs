@@ -42,6 +42,33 @@ impl Drop for Sysctl {
     }
 }
 
+/// Mounts tracefs at /sys/kernel/tracing when no tracefs is there: bpftrace
+/// attaches `tracepoint` programs through it, and a fresh host (or
+/// container) may not have it mounted until something does. The mount is
+/// left in place, as `cwatch run` itself leaves it. Returns whether it
+/// mounted, for the report.
+pub fn ensure_tracefs() -> anyhow::Result<bool> {
+    let events = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ];
+    if events.iter().any(|p| std::path::Path::new(p).is_dir()) {
+        return Ok(false);
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .context("running mount -t tracefs")?;
+    if !status.success() || !std::path::Path::new(events[0]).is_dir() {
+        anyhow::bail!(
+            "tracefs is not mounted and `mount -t tracefs tracefs /sys/kernel/tracing` failed ({status}): \
+             bpftrace, the bench's comparison, needs it"
+        );
+    }
+    eprintln!("bench: mounted tracefs at /sys/kernel/tracing (left mounted, as cwatch run does)");
+    Ok(true)
+}
+
 /// One line per fact: CPU, cores, memory, kernel, distribution.
 pub fn machine() -> Vec<(String, String)> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
