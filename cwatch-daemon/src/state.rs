@@ -11,9 +11,11 @@ and the probes are handed out as an `Arc` so that map reads need no lock of
 this module at all.
 */
 use std::sync::{
-    Arc, Mutex, MutexGuard, RwLock,
+    Arc, RwLock,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -70,10 +72,12 @@ impl State {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
-    /// The table; a panic elsewhere while holding it does not poison it for
-    /// good (the data is a cache the next reconciliation repairs).
+    /// The table (a panic elsewhere while holding it does not poison it:
+    /// the data is a cache the next reconciliation repairs). A task that
+    /// updates it in chunks ends each with [`MutexGuard::unlock_fair`], so
+    /// that a waiting scrape goes before its next chunk.
     pub fn lock_table(&self) -> MutexGuard<'_, SocketTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock()
     }
 
     /// The loaded probes, `None` before they are attached or once detached.

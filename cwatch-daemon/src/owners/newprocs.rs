@@ -14,9 +14,9 @@ use tracing::debug;
 
 use super::{
     NEW_SCAN_BUDGET, TICK,
-    worker::{Pending, Worker},
+    worker::{Found, Pending, Worker},
 };
-use crate::{clock::thread_cpu, table::Holder};
+use crate::clock::thread_cpu;
 
 impl Worker {
     /// The processes the last walk did not see (started since): a socket
@@ -27,7 +27,7 @@ impl Worker {
     /// missing done again (an fd made after a scan is not in it). Within a
     /// budget: after scans that cost `d`, the next wait `d` ×
     /// [`NEW_SCAN_BUDGET`] (at least a [`TICK`]).
-    pub(super) fn scan_new_processes(&mut self, pending: &[&Pending]) -> HashMap<u64, Vec<Holder>> {
+    pub(super) fn scan_new_processes(&mut self, pending: &[&Pending]) -> Found {
         let mut found = HashMap::new();
         let rest = self.look_up_new(pending, &mut found);
         if rest.is_empty() {
@@ -99,18 +99,14 @@ impl Worker {
 
     /// Looks `pending` up in the new processes' fds (each hit checked with
     /// one readlink: the fd may be another file since); what is not found.
-    fn look_up_new<'a>(
-        &mut self,
-        pending: &[&'a Pending],
-        found: &mut HashMap<u64, Vec<Holder>>,
-    ) -> Vec<&'a Pending> {
+    fn look_up_new<'a>(&mut self, pending: &[&'a Pending], found: &mut Found) -> Vec<&'a Pending> {
         let mut rest = Vec::new();
         for p in pending {
             let hit = self.new.fds.get(&p.inode).copied();
             match hit {
                 Some((pid, fd)) if self.proc.holds(pid, fd, p.inode) => {
                     if let Some(h) = self.holder(pid, fd) {
-                        found.insert(p.inode, vec![h]);
+                        found.insert(p.inode, smallvec::smallvec![h]);
                         continue;
                     }
                     rest.push(*p);

@@ -9,6 +9,7 @@
 //! table every few seconds.
 use std::collections::HashSet;
 
+use parking_lot::MutexGuard;
 use tracing::debug;
 
 use super::worker::Worker;
@@ -126,7 +127,9 @@ impl Refresh {
                 .filter(|d| d.verified)
                 .map(|d| d.sock.clone())
                 .collect();
-            (table.cookies().collect::<Vec<u64>>(), dead)
+            let mut cookies = Vec::with_capacity(table.len());
+            cookies.extend(table.cookies());
+            (cookies, dead)
         };
         self.shared_socks.clear();
         self.holder_pids.clear();
@@ -144,13 +147,15 @@ impl Refresh {
                     .push((entry.cookie, entry.inode, entry.holders.clone()));
             }
         };
-        // The table's lock is taken per chunk: at a million sockets a look
-        // at all of them takes long enough to hold up scrapes.
+        // The table's lock is taken per chunk and handed on fairly: at a
+        // million sockets a look at all of them takes long enough to hold up
+        // scrapes.
         for chunk in cookies.chunks(REBUILD_CHUNK) {
             let table = w.state.lock_table();
             for entry in chunk.iter().filter_map(|c| table.get(*c)) {
                 look(&entry);
             }
+            MutexGuard::unlock_fair(table);
         }
         dead.iter().for_each(look);
     }

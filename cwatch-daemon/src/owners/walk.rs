@@ -9,26 +9,25 @@ earliest.
 */
 use std::collections::{HashMap, HashSet};
 
+use parking_lot::MutexGuard;
 use tracing::debug;
 
 use super::{
     DEAD_GRACE, WALK_BUDGET, WALK_MIN_GAP,
-    worker::{NewProcesses, Pending, Worker},
+    worker::{Found, NewProcesses, Pending, Worker},
 };
-use crate::{clock::thread_cpu, table::Holder};
+use crate::clock::thread_cpu;
 
 /// Holders a walk records per hold of the table's lock.
-const APPLY_CHUNK: usize = 8192;
+const APPLY_CHUNK: usize = 2048;
+/// Sockets' worth of gauge groups a walk sorts per hold of the lock.
+const SETTLE_CHUNK: usize = 65_536;
 
 impl Worker {
     /// [`Self::scan`], keeping only the inodes in `wanted` (when given): a
     /// walk sees every socket of the host, most of them not tracked.
-    pub(super) fn scan_for(
-        &mut self,
-        pids: &[u32],
-        wanted: Option<&HashSet<u64>>,
-    ) -> HashMap<u64, Vec<Holder>> {
-        let mut out: HashMap<u64, Vec<Holder>> = HashMap::new();
+    pub(super) fn scan_for(&mut self, pids: &[u32], wanted: Option<&HashSet<u64>>) -> Found {
+        let mut out: Found = HashMap::new();
         for &pid in pids {
             let Ok(fds) = self.proc.socket_fds(pid) else {
                 continue;
@@ -97,8 +96,16 @@ impl Worker {
         self.holder_pids.clear();
         self.known_pids = pids.iter().copied().collect();
         self.new = NewProcesses::since(pids.clone());
+        // Copied out first: at start-up every socket is unresolved, and
+        // hashing a million of them under the lock held scrapes up.
+        let unresolved: Vec<u64> = self
+            .state
+            .lock_table()
+            .unresolved()
+            .map(|e| e.inode)
+            .collect();
         let mut wanted: HashSet<u64> = pending.iter().map(|p| p.inode).collect();
-        wanted.extend(self.state.lock_table().unresolved().map(|e| e.inode));
+        wanted.extend(unresolved);
         let found = self.scan_for(&pids, Some(&wanted));
         drop(wanted);
         // A lookup's walk that cost `d` of this thread's CPU time is
@@ -110,12 +117,24 @@ impl Worker {
         }
         self.state.telemetry.procfs_scans(0, 1);
         let scanned = started.elapsed();
-        // In chunks, the table's lock taken for each: scrapes and intake
-        // go on while a million holders are recorded.
+        // In chunks, the table's lock taken for each and handed on fairly
+        // (`set_holders`): scrapes and intake go on while a million holders
+        // are recorded.
         for chunk in pending.chunks(APPLY_CHUNK) {
             self.set_holders(chunk, &found, false);
         }
         self.apply(&[], &found, false);
+        // The process groups the holders went to were appended to out of
+        // order: sorted here, a few at a time, not by the next scrape in
+        // one hold of the lock.
+        loop {
+            let mut table = self.state.lock_table();
+            let more = table.settle_gauges(SETTLE_CHUNK);
+            MutexGuard::unlock_fair(table);
+            if !more {
+                break;
+            }
+        }
         // What reconciliation's safety net is spaced by (with its own pass).
         self.state
             .telemetry

@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+use parking_lot::MutexGuard;
+use smallvec::SmallVec;
 use tracing::debug;
 
 use super::{
@@ -24,6 +26,10 @@ use crate::{
     state::State,
     table::{Comm, Holder, SockEntry},
 };
+
+/// What scans found: each socket inode's holders, inline when there is one
+/// (after a walk a million are dropped at once).
+pub(super) type Found = HashMap<u64, SmallVec<[Holder; 1]>>;
 
 /// A point in time on the state's clock (CLOCK_BOOTTIME ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -336,8 +342,8 @@ impl Worker {
 
     /// The families of `pending`'s candidates, each scanned once and then
     /// left alone for its scan budget.
-    fn scan_candidates(&mut self, pending: &[Pending]) -> HashMap<u64, Vec<Holder>> {
-        let mut found: HashMap<u64, Vec<Holder>> = HashMap::new();
+    fn scan_candidates(&mut self, pending: &[Pending]) -> Found {
+        let mut found: Found = HashMap::new();
         let mut scanned = HashSet::new();
         let candidates: HashSet<u32> = pending
             .iter()
@@ -366,12 +372,7 @@ impl Worker {
     /// Records holders found for `pending`. Sockets not found stay
     /// unresolved when `retry` (a walk will come), dead ones not held are
     /// dropped.
-    pub(super) fn set_holders(
-        &mut self,
-        pending: &[Pending],
-        found: &HashMap<u64, Vec<Holder>>,
-        retry: bool,
-    ) {
+    pub(super) fn set_holders(&mut self, pending: &[Pending], found: &Found, retry: bool) {
         self.epoch += 1;
         let now = self.state.clock.now_ns();
         let mut latencies = Vec::new();
@@ -382,7 +383,7 @@ impl Worker {
             }
         };
         for p in pending {
-            let holders = found.get(&p.inode).cloned().unwrap_or_default();
+            let holders = found.get(&p.inode).map_or_else(Vec::new, |h| h.to_vec());
             self.holder_pids.extend(holders.iter().map(|h| h.pid));
             if p.dead {
                 if holders.is_empty() {
@@ -398,7 +399,8 @@ impl Worker {
                 table.set_holders(p.cookie, holders);
             }
         }
-        drop(table);
+        // Fair: a walk calls this chunk after chunk.
+        MutexGuard::unlock_fair(table);
         for l in latencies {
             self.state.telemetry.observe_attribution(l);
         }
@@ -406,12 +408,7 @@ impl Worker {
 
     /// [`Self::set_holders`], then the younger sockets whose holders the
     /// scans just saw are resolved too: the fd tables were read anyway.
-    pub(super) fn apply(
-        &mut self,
-        pending: &[Pending],
-        found: &HashMap<u64, Vec<Holder>>,
-        retry: bool,
-    ) {
+    pub(super) fn apply(&mut self, pending: &[Pending], found: &Found, retry: bool) {
         self.set_holders(pending, found, retry);
         if found.is_empty() {
             return;
@@ -421,7 +418,7 @@ impl Worker {
         let mut table = self.state.lock_table();
         let seen: Vec<(u64, Vec<Holder>)> = table
             .unresolved()
-            .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.clone())))
+            .filter_map(|e| Some((e.cookie, found.get(&e.inode)?.to_vec())))
             .collect();
         for (cookie, holders) in seen {
             self.holder_pids.extend(holders.iter().map(|h| h.pid));
@@ -433,14 +430,15 @@ impl Worker {
             }
             table.set_holders(cookie, holders);
         }
-        drop(table);
+        // Fair: a walk calls this chunk after chunk.
+        MutexGuard::unlock_fair(table);
         for l in latencies {
             self.state.telemetry.observe_attribution(l);
         }
     }
 
     /// Socket fds of `pids`, as inode → holders.
-    pub(super) fn scan(&mut self, pids: &[u32]) -> HashMap<u64, Vec<Holder>> {
+    pub(super) fn scan(&mut self, pids: &[u32]) -> Found {
         self.scan_for(pids, None)
     }
 }

@@ -80,6 +80,12 @@ impl Gauges {
         }
     }
 
+    /// [`GroupIndex::settle_some`] for both kinds of group: `false` once
+    /// every group is settled (or nothing is counted yet).
+    pub fn settle_some(&mut self, budget: usize) -> bool {
+        self.built && (self.processes.settle_some(budget) | self.peers.settle_some(budget))
+    }
+
     /// Every group's numbers at `now_ns`.
     pub fn stats(
         &mut self,

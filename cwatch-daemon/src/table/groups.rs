@@ -244,6 +244,24 @@ impl<K: Copy + Eq + Hash> GroupIndex<K> {
         self.frontier = to;
     }
 
+    /// Settles groups whose starts were added out of order, until about
+    /// `budget` starts were sorted; `false` once none is left unsettled. A
+    /// task that moved many sockets settles them this way, the lock
+    /// released in between, rather than leave every sort to the next
+    /// scrape's single hold of it.
+    pub fn settle_some(&mut self, budget: usize) -> bool {
+        let frontier = self.frontier;
+        let mut sorted = 0;
+        for starts in self.groups.values_mut().filter(|s| s.unsorted) {
+            if sorted >= budget {
+                return true;
+            }
+            sorted += starts.v.len();
+            starts.settle(frontier);
+        }
+        false
+    }
+
     /// Every group's numbers at `now_ns` (after [`GroupIndex::advance`] to
     /// the frontier of `now_ns`).
     pub fn stats(&self, now_ns: u64) -> impl Iterator<Item = (K, GroupStats)> + '_ {

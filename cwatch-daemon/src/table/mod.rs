@@ -212,6 +212,12 @@ impl SocketTable {
         all
     }
 
+    /// Sorts some of the groups that sockets were moved into out of order
+    /// (about `budget` sockets' worth); `false` once none is left.
+    pub fn settle_gauges(&mut self, budget: usize) -> bool {
+        self.gauges.settle_some(budget)
+    }
+
     /// The gauges at `now_ns`: per process and per peer from the groups
     /// kept up to date (no walk of the sockets), dead sockets held by
     /// holding process. Equal to [`SocketTable::summarize_where`] keeping

@@ -190,7 +190,7 @@ fn large_groups_taking_starts_in_any_order_match_a_plain_list() {
         let mut frontier = None;
         for step in 0..6000 {
             let key = rng.below(3) as u8;
-            match rng.below(10) {
+            match rng.below(11) {
                 0..=5 => {
                     // Few distinct values: long runs of equal starts.
                     let start = rng.below(if seed % 2 == 0 { 40 } else { 4000 });
@@ -203,6 +203,10 @@ fn large_groups_taking_starts_in_any_order_match_a_plain_list() {
                         let start = list.swap_remove(rng.below(list.len() as u64) as usize);
                         index.remove(key, start);
                     }
+                }
+                // A walk settling some groups between its holds of the lock.
+                9 => {
+                    index.settle_some(rng.below(3000) as usize);
                 }
                 _ => frontier = Some(rng.below(4000)),
             }
@@ -233,4 +237,39 @@ fn large_groups_taking_starts_in_any_order_match_a_plain_list() {
             }
         }
     }
+}
+
+#[test]
+fn settling_in_slices_ends_and_keeps_every_number() {
+    // Starts appended out of order to many groups, as a walk that moved a
+    // million sockets to their holders leaves them: settled a slice at a
+    // time, the numbers are those of the groups read unsettled.
+    let mut rng = Rng(7);
+    let mut sliced: GroupIndex<u16> = GroupIndex::default();
+    let mut whole: GroupIndex<u16> = GroupIndex::default();
+    sliced.advance(Some(2_000));
+    whole.advance(Some(2_000));
+    for _ in 0..20_000 {
+        let (key, start) = (rng.below(50) as u16, rng.below(5_000));
+        sliced.add(key, start);
+        whole.add(key, start);
+    }
+    let mut holds = 0;
+    while sliced.settle_some(1_000) {
+        holds += 1;
+        assert!(holds < 100, "settling never ends");
+    }
+    // About 400 starts a group: a slice of 1000 settles a few groups.
+    assert!(holds >= 10, "settled in {holds} slices, not in slices");
+    assert!(!sliced.settle_some(1_000), "nothing left to settle");
+    sliced.advance(Some(3_000));
+    whole.advance(Some(3_000));
+    let numbers = |index: &GroupIndex<u16>| {
+        index
+            .stats(6_000)
+            .map(|(k, s)| (k, (s.sockets, s.leaked, s.oldest)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(numbers(&sliced), numbers(&whole));
+    assert_eq!(numbers(&sliced).len(), 50);
 }
