@@ -100,6 +100,11 @@ pub const WATCH_LISTED: u32 = 1;
 /// (debugging: every connection pays for it).
 pub const WATCH_ALL: u32 = 2;
 
+/// Bytes of the `EVENTS` ring as built (the daemon's default
+/// `ring_buffer_size`; it may resize the ring before load): 32,768 events
+/// of 128 bytes.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+
 /// Words of the `WATCHED` bitmap: one bit per pid up to the kernel's
 /// largest `pid_max` (2^22 on 64-bit).
 pub const WATCHED_WORDS: u32 = (1 << 22) / 64;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use cwatch_common::{
-    BPF_F_MMAPABLE, Event, Listener, ListenerKey, Owner, SLOT_BUSY, SockRecord, WATCH_ALL,
-    WATCH_NONE, WATCHED_WORDS, control, counter, hist, nursery_slot,
+    BPF_F_MMAPABLE, EVENTS_RING_BYTES, Event, Listener, ListenerKey, Owner, SLOT_BUSY, SockRecord,
+    WATCH_ALL, WATCH_NONE, WATCHED_WORDS, control, counter, hist, nursery_slot,
 };
 
 use crate::kernel::Sock;
@@ -21,7 +21,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// stayed past the grace, sockets cwatch did not see enter, dead sockets,
 /// and wake-ups. The daemon may resize it before load.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 /// Young sockets, first stop: slot `cookie % slots` holds the
 /// record of a socket that entered CLOSE_WAIT, written in place. Taking a

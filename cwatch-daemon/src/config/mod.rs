@@ -32,7 +32,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/cwatch";
 /// 32,768 events of 128 bytes: only sockets past the grace, sockets not
 /// seen entering, dead ones and wake-ups send one. The daemon maps the ring
 /// twice over (as every BPF ring reader does), so it shows twice in its RSS.
-pub const DEFAULT_RING_BUFFER_SIZE: u32 = 4 << 20;
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = cwatch_common::EVENTS_RING_BYTES;
 pub const DEFAULT_TRACK_AFTER: Duration = Duration::from_millis(200);
 pub const DEFAULT_YOUNG_SOCKETS: u32 = 16_384;
 pub const DEFAULT_LOG_LEVEL: &str = "info";

@@ -9,11 +9,23 @@ use crate::bench::{
 pub(super) fn churn(r: &Results, t: &mut Rows) {
     let o = r.overhead.as_ref();
     let c = o.map(|o| &o.churn);
+    // What empty programs on the same tracepoints cost in the same rounds:
+    // the floor any program there pays on this machine.
+    let floor = o
+        .map(|o| &o.churn_empty)
+        .filter(|e| !e.cpu_ratios.is_empty())
+        .map_or(String::new(), |e| {
+            format!(
+                "; empty programs {:+.2} % CPU, {:.2} % loss",
+                e.cpu_extra_pct(),
+                e.loss_pct()
+            )
+        });
     let cpu = |p: &Paired, v: f64| {
         (
             v,
             format!(
-                "{v:+.2} % (CPU ratio {:.3}–{:.3}; {:.0} → {:.0} ns)",
+                "{v:+.2} % (CPU ratio {:.3}–{:.3}; {:.0} → {:.0} ns{floor})",
                 p.cpu_ratios.min(),
                 p.cpu_ratios.max(),
                 p.cpu_without.median(),
