@@ -16,7 +16,6 @@ use std::sync::{
 };
 
 use parking_lot::{Mutex, MutexGuard};
-
 use tokio::sync::Notify;
 
 use crate::{

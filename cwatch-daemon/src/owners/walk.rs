@@ -96,14 +96,10 @@ impl Worker {
         self.holder_pids.clear();
         self.known_pids = pids.iter().copied().collect();
         self.new = NewProcesses::since(pids.clone());
-        // Copied out first: at start-up every socket is unresolved, and
-        // hashing a million of them under the lock held scrapes up.
-        let unresolved: Vec<u64> = self
-            .state
-            .lock_table()
-            .unresolved()
-            .map(|e| e.inode)
-            .collect();
+        // Copied out first, rows not unpacked: at start-up every socket is
+        // unresolved, and unpacking and hashing a million of them under the
+        // lock held scrapes up.
+        let unresolved: Vec<u64> = self.state.lock_table().unresolved_inodes().collect();
         let mut wanted: HashSet<u64> = pending.iter().map(|p| p.inode).collect();
         wanted.extend(unresolved);
         let found = self.scan_for(&pids, Some(&wanted));

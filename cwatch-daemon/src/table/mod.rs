@@ -114,6 +114,14 @@ impl SocketTable {
         self.unresolved.iter().filter_map(|c| self.store.get(*c))
     }
 
+    /// The socket inodes of [`SocketTable::unresolved`], without unpacking
+    /// the rows (a walk at start-up asks for a million of them).
+    pub fn unresolved_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.unresolved
+            .iter()
+            .filter_map(|c| self.store.inode_of(*c))
+    }
+
     /// Whether some entry waits for its holders.
     pub fn has_unresolved(&self) -> bool {
         !self.unresolved.is_empty()

@@ -156,6 +156,11 @@ impl Store {
         self.find(cookie).map(|i| self.rows[i].start_ns)
     }
 
+    /// `cookie`'s socket inode, without unpacking its row.
+    pub fn inode_of(&self, cookie: u64) -> Option<u64> {
+        self.find(cookie).map(|i| u64::from(self.rows[i].inode))
+    }
+
     /// Adds or replaces `entry`; returns the old one.
     pub fn insert(&mut self, entry: &SockEntry) -> Option<SockEntry> {
         let old = self.remove(entry.cookie);

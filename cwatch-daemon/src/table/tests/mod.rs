@@ -134,3 +134,18 @@ fn oldest_first_is_stable() {
     assert!(t.remove(1).is_none());
     assert_eq!(t.len(), 3);
 }
+
+#[test]
+fn unresolved_inodes_are_those_of_the_unresolved_entries() {
+    let mut t = SocketTable::new();
+    for cookie in 1..=3 {
+        t.insert(SockEntry::from_record(&record(cookie, 100, None)));
+    }
+    t.set_holders(2, vec![holder(42, 5, "held")]);
+    let mut got: Vec<u64> = t.unresolved_inodes().collect();
+    got.sort_unstable();
+    let mut want: Vec<u64> = t.unresolved().map(|e| e.inode).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    assert_eq!(got, vec![1_000_001, 1_000_003]);
+}
