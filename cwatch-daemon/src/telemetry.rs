@@ -65,6 +65,7 @@ impl Source {
 pub struct Telemetry {
     registry: Registry,
     malformed: IntCounter,
+    vanished: IntCounter,
     attribution: Histogram,
     procfs_scans: IntCounterVec,
     corrections: IntCounterVec,
@@ -105,6 +106,11 @@ impl Telemetry {
             "Ring buffer records the daemon could not decode.",
         )
         .expect("valid counter");
+        let vanished = IntCounter::new(
+            "cwatch_young_vanished_total",
+            "Sockets the young scanner found gone from the kernel as it reported them (their way out of CLOSE_WAIT went unseen): never tracked.",
+        )
+        .expect("valid counter");
         let reload_ok = Gauge::new(
             "cwatch_config_last_reload_successful",
             "1 when the last SIGHUP reload succeeded (or none happened); 0 when it failed and the old config stays.",
@@ -117,6 +123,7 @@ impl Telemetry {
         .expect("valid gauge");
         let t = Self {
             malformed: register(&r, malformed),
+            vanished: register(&r, vanished),
             persistence: register(&r, persistence),
             attribution: histogram(
                 &r,
@@ -218,6 +225,11 @@ impl Telemetry {
     /// Ring buffer records of the wrong size.
     pub fn malformed_events(&self, n: u64) {
         self.malformed.inc_by(n);
+    }
+
+    /// Reported sockets the kernel no longer had.
+    pub fn young_vanished(&self, n: u64) {
+        self.vanished.inc_by(n);
     }
 
     /// Holders of a socket became known `d` after its transition.

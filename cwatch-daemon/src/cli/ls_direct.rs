@@ -40,12 +40,7 @@ pub fn keepalive_by_cookie() -> HashMap<u64, Option<Duration>> {
         .collect()
 }
 
-/// The inode number of this process's network namespace.
-pub fn own_netns() -> Option<u32> {
-    std::fs::metadata("/proc/self/ns/net")
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
-}
+pub use crate::kernel_view::netns::own_inode as own_netns;
 
 /// The CLOSE_WAIT sockets of this namespace, as API objects with estimated
 /// ages, owners from /proc where readable.

@@ -222,6 +222,7 @@ async fn start(
         probes: Arc::clone(&probes),
         owners: owners.clone(),
         ephemeral: proc.ephemeral_ports(),
+        own_netns: crate::kernel_view::netns::own_inode(),
     };
     let watch = watch::Task {
         state: Arc::clone(state),

@@ -3,7 +3,8 @@ What comes in from the kernel: the ring buffer's events ([`Intake`], read
 as they arrive through tokio's `AsyncFd`, decoded and applied to the table by
 [`apply`]) and the sockets that stayed in CLOSE_WAIT past the grace
 ([`young::Young`], which reports them from the kernel's `YOUNG` map when a
-wake-up event says there is something to look at).
+wake-up event says there is something to look at, and asks the kernel
+([`verify`]) whether the ones it reported are still there).
 
 Nothing here runs on a clock: the kernel wakes intake when the ring gets a
 record, and intake wakes the young scanner; reconciliation asks for a drain
@@ -11,6 +12,7 @@ when it needs one.
 */
 mod apply;
 pub mod kernel_log;
+mod verify;
 pub mod young;
 
 use std::sync::Arc;

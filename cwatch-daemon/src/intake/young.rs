@@ -5,7 +5,9 @@ and nothing more; the programs send one wake-up event when the first one
 arrives after the daemon last looked. This task then waits until the oldest
 young socket is `track_after` old, reads both, and reports every socket that
 is: it starts tracking it (the table, the gauges, the API) and moves its
-record into `CLOSE_WAIT`, where the kernel looks for it when it leaves. The
+record into `CLOSE_WAIT`, where the kernel looks for it when it leaves; then
+it asks the kernel whether those sockets are still there ([`verify`]: a
+record can outlive a socket whose way out went unseen). The
 ones that left meanwhile never cost the daemon anything. When nothing young
 is left to wait for, the task clears the kernel's `ARMED` word and sleeps
 until the next wake-up.
@@ -21,8 +23,8 @@ use cwatch_common::{REC_INBOUND, REC_OUTBOUND, REC_UNACCEPTED, SockRecord, contr
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::track;
-use crate::{owners, probe::Probes, state::State, table::SockEntry};
+use super::{track, verify};
+use crate::{owners, probe::Probes, state::State, table::SockEntry, telemetry::Source};
 
 /// The young scanner: it reads `YOUNG` and reports into the table.
 pub struct Young {
@@ -32,6 +34,9 @@ pub struct Young {
     pub owners: owners::Handle,
     /// `net.ipv4.ip_local_port_range`.
     pub ephemeral: (u16, u16),
+    /// The daemon's network namespace: its sockets are checked as they are
+    /// reported ([`verify`]).
+    pub own_netns: Option<u32>,
 }
 
 /// What one scan found.
@@ -123,26 +128,40 @@ impl Young {
             }
         }
         let mut gone = Vec::new();
+        let mut reported = Vec::with_capacity(due.len());
         for rec in &due {
-            if !self.probes.report(rec)? {
+            if self.probes.report(rec)? {
+                reported.push(*rec);
+            } else {
                 gone.push(rec.cookie);
             }
         }
+        if !reported.is_empty() {
+            self.owners.request(owners::Work::Resolve);
+        }
+        // Moved first: a socket that leaves from now on finds its record.
+        let check = verify::vanished(&reported, self.own_netns, &mut verify::SockDiag);
+        if check.failed > 0 {
+            self.state.telemetry.source_failed(Source::SockDiag);
+        }
+        if !check.gone.is_empty() {
+            self.probes.update_close_wait(&[], &check.gone)?;
+            self.state.telemetry.young_vanished(check.gone.len() as u64);
+        }
         {
             let mut table = self.state.lock_table();
-            for cookie in &gone {
+            for cookie in gone.iter().chain(&check.gone) {
                 table.remove(*cookie);
             }
         }
-        scan.reported = due.len() - gone.len();
+        scan.reported = reported.len() - check.gone.len();
         debug!(
             reported = scan.reported,
             left = gone.len(),
+            vanished = check.gone.len(),
+            unchecked = check.failed,
             "reported young sockets"
         );
-        if scan.reported > 0 {
-            self.owners.request(owners::Work::Resolve);
-        }
         Ok(scan)
     }
 

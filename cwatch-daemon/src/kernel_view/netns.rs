@@ -29,6 +29,13 @@ pub struct NetNs {
     pub path: PathBuf,
 }
 
+/// The inode number of this process's network namespace.
+pub fn own_inode() -> Option<u32> {
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
 /// Every network namespace reachable from `proc` and `/run/netns`, the
 /// daemon's own first.
 pub fn list(proc: &ProcRoot) -> Vec<NetNs> {

@@ -231,6 +231,8 @@ impl Reconciler {
             state.telemetry.reconcile_pass(false);
             return Ok(Corrections::default());
         }
+        // Said before the dump: a reader of the log knows a pass is running.
+        debug!(why = ?full, "reconciliation: full pass started");
         let periodic = full == Some(Full::Periodic);
         let cpu = thread_cpu();
         let dump_start_ns = state.clock.now_ns();

@@ -36,4 +36,5 @@ mod series_limits;
 mod soak;
 mod stop;
 mod surprises;
+mod unseen_leave;
 mod web;
