@@ -14,9 +14,13 @@ sockets can be asked from here (the scanner holds no capability to enter
 others); the others are left to reconciliation. A question that fails
 keeps the socket: unknown is not gone.
 */
-use std::{collections::HashSet, io, net::SocketAddr};
+use std::{
+    collections::HashSet,
+    io,
+    net::{IpAddr, SocketAddr},
+};
 
-use cwatch_common::{SockRecord, tcp_state};
+use cwatch_common::{AF_INET, AF_INET6, SockRecord, tcp_state};
 
 use crate::kernel_view::sockdiag::DiagSocket;
 
@@ -82,14 +86,33 @@ pub fn vanished(reported: &[SockRecord], own: Option<u32>, kernel: &mut impl Ker
         return verdict;
     }
     for rec in mine {
-        let entry = crate::table::SockEntry::from_record(rec);
-        match kernel.lookup(entry.local, entry.peer, rec.cookie) {
+        let Some((local, peer)) = ends(rec) else {
+            verdict.failed += 1;
+            continue;
+        };
+        match kernel.lookup(local, peer, rec.cookie) {
             Ok(Some(d)) if d.cookie == rec.cookie && d.state == tcp_state::CLOSE_WAIT as u8 => {}
             Ok(_) => verdict.gone.push(rec.cookie),
             Err(_) => verdict.failed += 1,
         }
     }
     verdict
+}
+
+/// The socket's ends in its own family, as an exact request must name
+/// them: an AF_INET6 socket keeps its IPv4-mapped addresses (a dual-stack
+/// listener's connections), which the table shows as IPv4 but the kernel
+/// files under AF_INET6. `None` for an unknown family.
+fn ends(rec: &SockRecord) -> Option<(SocketAddr, SocketAddr)> {
+    let ip = |b: &[u8; 16]| match rec.family {
+        AF_INET => Some(IpAddr::from([b[0], b[1], b[2], b[3]])),
+        AF_INET6 => Some(IpAddr::from(*b)),
+        _ => None,
+    };
+    Some((
+        SocketAddr::new(ip(&rec.local_addr)?, rec.local_port),
+        SocketAddr::new(ip(&rec.peer_addr)?, rec.peer_port),
+    ))
 }
 
 #[cfg(test)]
@@ -106,6 +129,7 @@ mod tests {
         broken: bool,
         lookups: usize,
         dumps: usize,
+        asked: Vec<SocketAddr>,
     }
 
     fn diag(cookie: u64, state: u32) -> DiagSocket {
@@ -125,11 +149,12 @@ mod tests {
     impl Kernel for Fake {
         fn lookup(
             &mut self,
-            _: SocketAddr,
+            local: SocketAddr,
             _: SocketAddr,
             cookie: u64,
         ) -> io::Result<Option<DiagSocket>> {
             self.lookups += 1;
+            self.asked.push(local);
             if self.broken {
                 return Err(io::Error::other("refused"));
             }
@@ -175,6 +200,30 @@ mod tests {
         );
         assert_eq!((k.lookups, k.dumps), (3, 0), "namespace 8 is not ours");
         assert_eq!(vanished(&reported, None, &mut k), Verdict::default());
+    }
+
+    #[test]
+    fn a_dual_stack_socket_is_asked_for_in_its_own_family() {
+        let mut k = Fake::default();
+        k.sockets.insert(1, tcp_state::CLOSE_WAIT);
+        let mut mapped = rec(1, 7);
+        mapped.family = AF_INET6;
+        mapped.local_addr = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        mapped.local_port = 80;
+        let mut unknown = rec(2, 7);
+        unknown.family = 99;
+        let v = vanished(&[mapped, unknown], Some(7), &mut k);
+        assert_eq!(
+            v,
+            Verdict {
+                gone: vec![],
+                failed: 1
+            }
+        );
+        assert_eq!(
+            k.asked,
+            vec!["[::ffff:127.0.0.1]:80".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
