@@ -159,7 +159,7 @@ fn keepalive_of(page: &[ApiSocket]) -> HashMap<u64, Option<Duration>> {
     if page.len() > LOOKUPS_MAX {
         return ls_direct::keepalive_by_cookie();
     }
-    let own = ls_direct::own_netns();
+    let own = crate::kernel_view::netns::own_inode();
     page.iter()
         .filter(|s| Some(s.netns) == own)
         .filter_map(|s| {

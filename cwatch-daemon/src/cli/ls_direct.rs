@@ -40,8 +40,6 @@ pub fn keepalive_by_cookie() -> HashMap<u64, Option<Duration>> {
         .collect()
 }
 
-pub use crate::kernel_view::netns::own_inode as own_netns;
-
 /// The CLOSE_WAIT sockets of this namespace, as API objects with estimated
 /// ages, owners from /proc where readable.
 pub fn sockets(proc: &ProcRoot, leak_after: Duration) -> std::io::Result<Vec<ApiSocket>> {

@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use super::{
     LsArgs, ReapArgs,
     ls_client::{Client, FetchError},
-    ls_direct, ls_render,
+    ls_render,
 };
 use crate::{http::wire::ApiSocket, kernel_view::sockdiag};
 
@@ -63,7 +63,7 @@ pub fn run(args: &ReapArgs, older_than: Duration, target: SocketAddr) -> anyhow:
     }
     let all: Vec<ApiSocket> = serde_json::from_reader(daemon.sockets(&query, None)?)
         .context("the daemon sent something that is not the socket list")?;
-    let (selected, elsewhere) = select(all, older_than, ls_direct::own_netns());
+    let (selected, elsewhere) = select(all, older_than, crate::kernel_view::netns::own_inode());
     let mut out = std::io::stdout().lock();
     if !elsewhere.is_empty() {
         writeln!(
@@ -91,8 +91,9 @@ pub fn run(args: &ReapArgs, older_than: Duration, target: SocketAddr) -> anyhow:
         }
     }
     if present.len() < chosen {
-        // Closed since the daemon answered (or, for an IPv4-mapped address
-        // on an IPv6 socket, not found as IPv4): never destroyed.
+        // Closed since the daemon answered: never destroyed. (An AF_INET6
+        // socket with IPv4-mapped ends is found by its IPv4 ends too: the
+        // kernel's exact lookup matches the addresses, not the family.)
         writeln!(
             out,
             "skipping {} selected socket(s) the kernel no longer shows in CLOSE_WAIT",

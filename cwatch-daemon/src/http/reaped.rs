@@ -44,9 +44,7 @@ pub async fn reaped(
 fn count(app: &App, cookies: &[u64]) -> ReapedAnswer {
     let state = &app.state;
     let leak_after = state.config().leak_after;
-    let own_netns = std::fs::metadata("/proc/thread-self/ns/net")
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32);
+    let own_netns = crate::kernel_view::netns::own_inode();
     let verdicts = app.exporter.reaped.report(
         cookies,
         |pending| {

@@ -136,23 +136,25 @@ impl Young {
                 gone.push(rec.cookie);
             }
         }
-        if !reported.is_empty() {
-            self.owners.request(owners::Work::Resolve);
-        }
         // Moved first: a socket that leaves from now on finds its record.
         let check = verify::vanished(&reported, self.own_netns, &mut verify::SockDiag);
         if check.failed > 0 {
             self.state.telemetry.source_failed(Source::SockDiag);
         }
-        if !check.gone.is_empty() {
-            self.probes.update_close_wait(&[], &check.gone)?;
-            self.state.telemetry.young_vanished(check.gone.len() as u64);
-        }
+        // Out of the table before the map: a map error then leaves at worst
+        // a kernel record, which reconciliation removes, never a ghost row.
         {
             let mut table = self.state.lock_table();
             for cookie in gone.iter().chain(&check.gone) {
                 table.remove(*cookie);
             }
+        }
+        if !check.gone.is_empty() {
+            self.state.telemetry.young_vanished(check.gone.len() as u64);
+            self.probes.update_close_wait(&[], &check.gone)?;
+        }
+        if reported.len() > check.gone.len() {
+            self.owners.request(owners::Work::Resolve);
         }
         scan.reported = reported.len() - check.gone.len();
         debug!(

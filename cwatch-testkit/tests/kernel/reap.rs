@@ -4,7 +4,8 @@
 //! leave CLOSE_WAIT and every other one is untouched (other pid, other peer,
 //! younger); the leaking process's dead-held gauge rises by that number and
 //! `cwatch_reaped_sockets_total` equals it. Bad flags: exit 2, one line
-//! naming the value.
+//! naming the value. A leak on an AF_INET6 socket with IPv4-mapped ends (a
+//! dual-stack program's), which cwatch shows as IPv4, is reaped too.
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use cwatch_testkit::{
@@ -241,6 +242,59 @@ fn reap_destroys_exactly_the_selected_sockets() {
         assert!(first.contains(needle), "{bad:?}: {stderr}");
     }
     drop(q);
+    drop(p);
+    drop(server);
+}
+
+/// The API and `ss -K`'s way of naming a dual-stack socket differ: cwatch
+/// shows `::ffff:127.0.7.3` as `127.0.7.3`, the kernel knows the socket as
+/// AF_INET6. `reap` asks for it by its IPv4 ends, and must still find and
+/// destroy it (the kernel's exact lookup matches addresses, not family).
+#[test]
+fn reap_destroys_a_leak_on_an_ipv4_mapped_socket() {
+    let _serial = serial();
+    const C: &str = "127.0.7.3";
+    let daemon = Daemon::start(&["--leak-after", "1s"]).unwrap();
+    let port = free_port_on(&[C]);
+    let plain = format!("{C}:{port}");
+    let mut server = Load::server(std::slice::from_ref(&plain)).unwrap();
+    let p = Load::client("cw-reap-m", &[(format!("[::ffff:{C}]:{port}"), 2)], "leak").unwrap();
+    server
+        .ask(&format!("wait-accepted {plain} 2"), "accepted")
+        .unwrap();
+    server.ask(&format!("close {plain}"), "closed").unwrap();
+    let leaked = wait_for("2 mapped sockets leaked", Duration::from_secs(15), || {
+        let cookies = ss_cookies(&[port], Some(p.pid), None);
+        let api = daemon.sockets().unwrap();
+        let shown = api
+            .iter()
+            .filter(|s| s["peer_port"] == port && s["leaked"] == true)
+            .filter(|s| s["peer_addr"] == C)
+            .count();
+        match (cookies.len(), shown) {
+            (2, 2) => Ok(cookies),
+            n => Err(format!("ss, API: {n:?}")),
+        }
+    })
+    .unwrap();
+    assert!(
+        ss_to_port(port)
+            .iter()
+            .all(|s| s.peer.ip().to_string() == format!("::ffff:{C}")),
+        "ss shows the mapped form: the sockets are AF_INET6"
+    );
+    wait_for("ages past 2s", Duration::from_secs(15), || {
+        match ages(&daemon, &leaked) {
+            Some(a) if a.iter().all(|a| *a >= 2.5) => Ok(()),
+            got => Err(format!("{got:?}")),
+        }
+    })
+    .unwrap();
+    let pid = p.pid.to_string();
+    let done = reap(&daemon, &["--older-than", "2s", "--pid", &pid, "--yes"]);
+    assert_eq!(listed(&done), leaked, "{done}");
+    assert!(done.contains("destroyed 2 of 2"), "{done}");
+    assert_eq!(ss_cookies(&[port], None, None), BTreeSet::new(), "{done}");
     drop(p);
     drop(server);
 }
