@@ -1,10 +1,11 @@
 //! Churn overhead: the rate of a tight loopback connect/accept/close loop
 //! and of a tight getppid() loop, alternating without and with cwatch — and,
-//! on the default churn, with the bpftrace one-liner and with empty bpftrace
-//! programs on cwatch's two tracepoints (the floor) too; for the
-//! syscall-entry tax, without and with a no-op `syscalls:sys_enter_close`
-//! program. The order flips every round (ABBA; with four conditions, ABCD
-//! then DCBA) so slow drifts of the shared machine cancel; each round gives
+//! on the default churn, with the bpftrace one-liner, with empty bpftrace
+//! programs on cwatch's two tracepoints and with empty programs attached as
+//! cwatch's are (`cwatch-floor`: the floor) too; for the syscall-entry tax,
+//! without and with a no-op `syscalls:sys_enter_close` program. The order
+//! flips every round (ABBA; with five conditions, ABCDE then EDCBA) so slow
+//! drifts of the shared machine cancel; each round gives
 //! one ratio, and the median ratio is reported with its spread. The other
 //! churn shapes (`churn`) run without/with cwatch the same way.
 use std::{fmt::Write as _, time::Duration};
@@ -83,6 +84,9 @@ pub struct Overhead {
     /// The default churn, empty programs on the tracepoints cwatch uses
     /// (same rounds): what any program there costs.
     pub churn_empty: Paired,
+    /// The default churn, empty programs attached as cwatch's are
+    /// (`cwatch-floor`, same rounds): the floor of cwatch's own kind.
+    pub churn_floor: Paired,
     pub getppid: Paired,
     /// getppid() with a no-op program on syscalls:sys_enter_close.
     pub getppid_close_tp: Paired,
@@ -100,6 +104,7 @@ enum Beside {
     Cwatch,
     OneLiner,
     Empty,
+    Floor,
 }
 
 const NONE: Run = Run {
@@ -132,19 +137,20 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
     }
 
     for round in 0..plan.rounds {
-        let mut churn_runs = [NONE; 4];
+        let mut churn_runs = [NONE; 5];
         let mut getppid_runs = [NONE; 2];
         let mut daemon_ns = None;
-        let mut four = [
+        let mut five = [
             Beside::Nothing,
             Beside::Cwatch,
             Beside::OneLiner,
             Beside::Empty,
+            Beside::Floor,
         ];
         if round % 2 == 1 {
-            four.reverse();
+            five.reverse();
         }
-        for beside in four {
+        for beside in five {
             let i = beside as usize;
             match beside {
                 Beside::OneLiner | Beside::Empty => {
@@ -154,6 +160,10 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
                         BPFTRACE_ONE_LINER
                     };
                     let _probe = procs::bpftrace(program)?;
+                    churn_runs[i] = procs::churn(&bins.churn, churn::CLIENT, secs)?;
+                }
+                Beside::Floor => {
+                    let _probe = procs::floor(&bins.floor)?;
                     churn_runs[i] = procs::churn(&bins.churn, churn::CLIENT, secs)?;
                 }
                 Beside::Cwatch => {
@@ -173,9 +183,9 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let [none, cwatch, one_liner, empty] = churn_runs;
+        let [none, cwatch, one_liner, empty, floor] = churn_runs;
         eprintln!(
-            "bench: round {round}: churn {:.0} conn/s {:.0} CPU ns/conn; with cwatch {:.0}, {:.0}; with the one-liner {:.0}, {:.0}; with empty programs {:.0}, {:.0}; getppid {:.0} -> {:.0} calls/s",
+            "bench: round {round}: churn {:.0} conn/s {:.0} CPU ns/conn; with cwatch {:.0}, {:.0}; with the one-liner {:.0}, {:.0}; with empty programs {:.0}, {:.0}; with cwatch-floor {:.0}, {:.0}; getppid {:.0} -> {:.0} calls/s",
             none.rate,
             none.cpu_ns,
             cwatch.rate,
@@ -184,12 +194,15 @@ pub fn run(plan: &Plan, bins: &procs::Bins) -> anyhow::Result<Overhead> {
             one_liner.cpu_ns,
             empty.rate,
             empty.cpu_ns,
+            floor.rate,
+            floor.cpu_ns,
             getppid_runs[0].rate,
             getppid_runs[1].rate,
         );
         out.churn.add([none, cwatch], daemon_ns);
         out.churn_bpftrace.add([none, one_liner], None);
         out.churn_empty.add([none, empty], None);
+        out.churn_floor.add([none, floor], None);
         out.getppid.add(getppid_runs, None);
     }
 
@@ -242,15 +255,18 @@ pub fn render(o: &Overhead, s: &mut String) {
     let _ = writeln!(
         s,
         "Without and with, alternating (order flipped every round: ABBA, and for the \
-         default churn's four conditions ABCD then DCBA), {} rounds ({} for the other \
+         default churn's five conditions ABCDE then EDCBA), {} rounds ({} for the other \
          shapes); ratio = with / without per round. The rate is the target's measure; the \
          generator's own CPU time per operation (user + system, from \
          CLOCK_PROCESS_CPUTIME_ID) hardly depends on what else runs on the machine, so it \
          shows the same tax with less noise (softirq work the kernel does not charge to the \
          process is not in it). \"Host CPU/op\" adds the daemon's CPU time during the run, \
          per connection. The one-liner is `{BPFTRACE_ONE_LINER}`; the empty programs \
-         `{BPFTRACE_EMPTY}` are what any program on those two tracepoints costs (bpftrace \
-         attaches `tracepoint` programs, cwatch `tp_btf` ones); each daemon is started \
+         `{BPFTRACE_EMPTY}` are what any program on those two tracepoints costs as bpftrace \
+         attaches it (`tracepoint` programs: the call goes through perf's buffer first); \
+         `cwatch-floor`'s empty programs (`r0 = 0; exit`) are attached as cwatch's `tp_btf` \
+         programs are run, through the raw tracepoint call: the floor of cwatch's own kind. \
+         Each daemon is started \
          fresh for its run, after its start-up work is over.\n\n\
          | workload | without (median) | with (median) | loss (median) | rate ratio min–max | CPU/op without → with | extra CPU/op (median) | CPU ratio min–max | extra host CPU/op |\n|---|---|---|---|---|---|---|---|---|",
         o.churn.ratios.len(),
@@ -270,6 +286,12 @@ pub fn render(o: &Overhead, s: &mut String) {
         (
             "the same churn, empty programs on the same two tracepoints (bpftrace)".into(),
             &o.churn_empty,
+            "conn/s",
+        ),
+        (
+            "the same churn, empty programs attached as cwatch's (`cwatch-floor`: the floor)"
+                .into(),
+            &o.churn_floor,
             "conn/s",
         ),
     ];
@@ -309,7 +331,7 @@ pub fn render(o: &Overhead, s: &mut String) {
         "\nThe daemon itself used {:.2} % of a core (median; {:.2}–{:.2} %) while the default \
          churn ran with it: on a 2-CPU machine that CPU is taken from everything else.\n\n\
          Per-round rates and CPU times of the default churn:\n\n\
-         | round | without | cwatch | the one-liner | empty programs | getppid calls/s without → with |\n|---|---|---|---|---|---|",
+         | round | without | cwatch | the one-liner | empty programs | `cwatch-floor` | getppid calls/s without → with |\n|---|---|---|---|---|---|---|",
         d.median(),
         d.min(),
         d.max()
@@ -318,7 +340,7 @@ pub fn render(o: &Overhead, s: &mut String) {
     for i in 0..o.churn.without.len() {
         let _ = writeln!(
             s,
-            "| {i} | {:.0} conn/s, {:.0} ns | {:.0}, {:.0} ns | {:.0}, {:.0} ns | {:.0}, {:.0} ns | {:.0} → {:.0} |",
+            "| {i} | {:.0} conn/s, {:.0} ns | {:.0}, {:.0} ns | {:.0}, {:.0} ns | {:.0}, {:.0} ns | {:.0}, {:.0} ns | {:.0} → {:.0} |",
             at(&o.churn.without, i),
             at(&o.churn.cpu_without, i),
             at(&o.churn.with, i),
@@ -327,6 +349,8 @@ pub fn render(o: &Overhead, s: &mut String) {
             at(&o.churn_bpftrace.cpu_with, i),
             at(&o.churn_empty.with, i),
             at(&o.churn_empty.cpu_with, i),
+            at(&o.churn_floor.with, i),
+            at(&o.churn_floor.cpu_with, i),
             at(&o.getppid.without, i),
             at(&o.getppid.with, i),
         );

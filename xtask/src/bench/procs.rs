@@ -1,5 +1,6 @@
 //! Processes the bench starts: the load generators (run to completion, one
-//! result line parsed), and long-running helpers (bpftrace, node_exporter,
+//! result line parsed), and long-running helpers (bpftrace, cwatch-floor,
+//! node_exporter,
 //! CLOSE_WAIT holders) that are killed by pid when their guard drops.
 use std::{
     io::Write as _,
@@ -23,6 +24,8 @@ pub struct Bins {
     pub getppid: PathBuf,
     pub hold: PathBuf,
     pub load: PathBuf,
+    /// Empty programs attached as cwatch's are (`cwatch-floor`).
+    pub floor: PathBuf,
 }
 
 impl Bins {
@@ -33,6 +36,7 @@ impl Bins {
             getppid: dir.join("cwatch-getppid"),
             hold: dir.join("cwatch-hold"),
             load: dir.join("cwatch-load"),
+            floor: dir.join("cwatch-floor"),
         }
     }
 }
@@ -198,6 +202,15 @@ pub fn bpftrace(program: &str) -> anyhow::Result<Helper> {
     helper.expect("Attaching", Duration::from_secs(60))?;
     // The line is printed just before the attach calls; give them a moment.
     std::thread::sleep(Duration::from_millis(300));
+    Ok(helper)
+}
+
+/// `cwatch-floor` (`bin`): empty programs on cwatch's two tracepoints,
+/// attached through the raw tracepoint path cwatch's `tp_btf` programs
+/// take; returned once both are attached.
+pub fn floor(bin: &Path) -> anyhow::Result<Helper> {
+    let mut helper = Helper::spawn(&mut Command::new(bin), "cwatch-floor")?;
+    helper.expect("attached", Duration::from_secs(30))?;
     Ok(helper)
 }
 

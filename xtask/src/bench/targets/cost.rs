@@ -11,16 +11,18 @@ pub(super) fn churn(r: &Results, t: &mut Rows) {
     let c = o.map(|o| &o.churn);
     // What empty programs on the same tracepoints cost in the same rounds:
     // the floor any program there pays on this machine.
-    let floor = o
-        .map(|o| &o.churn_empty)
-        .filter(|e| !e.cpu_ratios.is_empty())
-        .map_or(String::new(), |e| {
-            format!(
-                "; empty programs {:+.2} % CPU, {:.2} % loss",
-                e.cpu_extra_pct(),
-                e.loss_pct()
-            )
-        });
+    let beside = |p: Option<&Paired>, what: &str| {
+        p.filter(|e| !e.cpu_ratios.is_empty())
+            .map_or(String::new(), |e| {
+                format!(
+                    "; {what} {:+.2} % CPU, {:.2} % loss",
+                    e.cpu_extra_pct(),
+                    e.loss_pct()
+                )
+            })
+    };
+    let floor = beside(o.map(|o| &o.churn_empty), "empty programs")
+        + &beside(o.map(|o| &o.churn_floor), "cwatch-floor");
     let cpu = |p: &Paired, v: f64| {
         (
             v,
@@ -131,9 +133,10 @@ pub(super) fn kernel(r: &Results, t: &mut Rows) {
             (
                 v,
                 format!(
-                    "{v:.0} ns (the one-liner {:.0}, the empty programs {:.0})",
+                    "{v:.0} ns (the one-liner {:.0}, the empty programs {:.0}, cwatch-floor {:.0})",
                     s.ns_per_conn(cost::ONE_LINER),
-                    s.ns_per_conn(cost::EMPTY_OWNER)
+                    s.ns_per_conn(cost::EMPTY_OWNER),
+                    s.ns_per_conn(cost::FLOOR_OWNER)
                 ),
                 Some(v <= 700.0),
             )
