@@ -86,6 +86,9 @@ pub struct Outcome {
     pub batch_gauge: f64,
     pub corrections_start: f64,
     pub corrections_end: f64,
+    /// The corrections made during the soak by kind (`added`, `removed`,
+    /// `map_added`, `map_removed`): which way the drift went.
+    pub corrections_by_kind: Vec<(String, f64)>,
     /// Full reconciliation passes during the soak.
     pub full_passes: f64,
     pub events_lost: f64,
@@ -104,6 +107,19 @@ impl Outcome {
         }
     }
 
+    /// The corrections by kind, e.g. `added 3, map_removed 1`, or `none`.
+    pub fn corrections_text(&self) -> String {
+        if self.corrections_by_kind.is_empty() {
+            return "none".into();
+        }
+        let kinds: Vec<String> = self
+            .corrections_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        kinds.join(", ")
+    }
+
     pub fn rss_max_mib(&self) -> f64 {
         self.samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max)
     }
@@ -115,6 +131,14 @@ fn sum(scrape: &Scrape, name: &str, pids: &HashSet<String>) -> f64 {
         .filter(|s| s.labels.get("pid").is_some_and(|p| pids.contains(p)))
         .map(|s| s.value)
         .fold(0.0, |a, b| a + b)
+}
+
+/// `cwatch_reconcile_corrections_total` by kind.
+fn corrections_by_kind(scrape: &Scrape) -> Vec<(String, f64)> {
+    scrape
+        .find("cwatch_reconcile_corrections_total", &[])
+        .map(|s| (s.labels.get("kind").cloned().unwrap_or_default(), s.value))
+        .collect()
 }
 
 fn corrections(scrape: &Scrape) -> f64 {
@@ -252,6 +276,15 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(200));
     };
     out.corrections_end = corrections(&last);
+    let before = corrections_by_kind(&first);
+    out.corrections_by_kind = corrections_by_kind(&last)
+        .into_iter()
+        .map(|(kind, n)| {
+            let n0 = before.iter().find(|(k, _)| *k == kind).map_or(0.0, |b| b.1);
+            (kind, n - n0)
+        })
+        .filter(|(_, n)| *n != 0.0)
+        .collect();
     out.full_passes = last
         .get("cwatch_reconcile_passes_total", &[("pass", "full")])
         .unwrap_or(0.0)

@@ -120,22 +120,27 @@ impl Young {
             return Ok(scan);
         }
         // Tracked before its record moves: once in `CLOSE_WAIT` the kernel
-        // sends its leave, which must find it.
+        // sends its leave, which must find it. Marked as being reported
+        // until checked, so that a reconciliation pass meanwhile leaves it
+        // to this scan.
         {
             let mut table = self.state.lock_table();
+            table.start_reporting(due.iter().map(|rec| rec.cookie));
             for rec in &due {
                 track(&mut table, SockEntry::from_record(rec));
             }
         }
-        let mut gone = Vec::new();
-        let mut reported = Vec::with_capacity(due.len());
-        for rec in &due {
-            if self.probes.report(rec)? {
-                reported.push(*rec);
-            } else {
-                gone.push(rec.cookie);
+        let moved = self.move_records(&due);
+        let (reported, gone) = match moved {
+            Ok(split) => split,
+            Err(err) => {
+                // Left tracked: reconciliation checks them from now on.
+                self.state
+                    .lock_table()
+                    .done_reporting(due.iter().map(|rec| rec.cookie));
+                return Err(err);
             }
-        }
+        };
         // Moved first: a socket that leaves from now on finds its record.
         let check = verify::vanished(&reported, self.own_netns, &mut verify::SockDiag);
         if check.failed > 0 {
@@ -148,6 +153,7 @@ impl Young {
             for cookie in gone.iter().chain(&check.gone) {
                 table.remove(*cookie);
             }
+            table.done_reporting(due.iter().map(|rec| rec.cookie));
         }
         if !check.gone.is_empty() {
             self.state.telemetry.young_vanished(check.gone.len() as u64);
@@ -165,6 +171,21 @@ impl Young {
             "reported young sockets"
         );
         Ok(scan)
+    }
+
+    /// Moves the records of `due` into the `CLOSE_WAIT` map: (moved, the
+    /// cookies of sockets that left meanwhile).
+    fn move_records(&self, due: &[SockRecord]) -> anyhow::Result<(Vec<SockRecord>, Vec<u64>)> {
+        let mut gone = Vec::new();
+        let mut reported = Vec::with_capacity(due.len());
+        for rec in due {
+            if self.probes.report(rec)? {
+                reported.push(*rec);
+            } else {
+                gone.push(rec.cookie);
+            }
+        }
+        Ok((reported, gone))
     }
 
     /// Direction and owner hint of a socket no watched process connected:

@@ -20,6 +20,13 @@ pub struct MapFixes {
     stale: Vec<u64>,
 }
 
+#[cfg(test)]
+impl MapFixes {
+    pub fn missing(&self) -> &[u64] {
+        &self.missing
+    }
+}
+
 /// Records written to the kernel map per hold of the table's lock.
 const WRITE_BACK_CHUNK: usize = 4096;
 
@@ -30,12 +37,13 @@ impl Reconciler {
     pub(super) fn map_differences(
         view: &KernelView,
         map: &HashMap<u64, SockRecord>,
+        young: &HashMap<u64, SockRecord>,
         dump_start_ns: u64,
     ) -> MapFixes {
         let missing = view
             .close_wait
             .keys()
-            .filter(|cookie| !map.contains_key(cookie))
+            .filter(|cookie| !map.contains_key(cookie) && !young.contains_key(cookie))
             .copied()
             .collect();
         MapFixes {
@@ -60,8 +68,18 @@ impl Reconciler {
             self.probes.update_close_wait(&records, &[])?;
             written += records.len() as u64;
         }
-        self.probes.update_close_wait(&[], &fixes.stale)?;
-        Ok((written, fixes.stale.len() as u64))
+        // A socket the young scanner is reporting is its to drop if gone.
+        let stale: Vec<u64> = {
+            let table = self.state.lock_table();
+            fixes
+                .stale
+                .iter()
+                .copied()
+                .filter(|cookie| !table.is_reporting(*cookie))
+                .collect()
+        };
+        self.probes.update_close_wait(&[], &stale)?;
+        Ok((written, stale.len() as u64))
     }
 
     /// The start-up pass's write-back of the sockets it found, after ready.

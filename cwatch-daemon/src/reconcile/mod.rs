@@ -93,6 +93,7 @@ pub fn sync(
         .filter(|&(cookie, start_ns, netns)| {
             view.shows_gone(cookie, netns, start_ns, dump_start_ns)
         })
+        .filter(|&(cookie, _, _)| !table.is_reporting(cookie))
         .map(|(cookie, _, _)| cookie)
         .collect();
     for cookie in stale {
@@ -245,8 +246,11 @@ impl Reconciler {
             .iter()
             .for_each(|f| state.telemetry.source_failed(*f));
         self.wait_for_drain(state.clock.now_ns());
-        let map = self.probes.close_wait_snapshot()?;
+        // Young first: the young scanner moves a record into the map under
+        // the map's lock, so a socket it reports during these two reads is
+        // in one of them (map first, it could be in neither).
         let young = self.probes.young_snapshot()?;
+        let map = self.probes.close_wait_snapshot()?;
         limits::wake_young_if_overdue(state, &young);
         let linger = if initial {
             Some(self.probes.linger_snapshot()?)
@@ -299,7 +303,7 @@ impl Reconciler {
                 asked_ns: state.clock.now_ns(),
             });
         }
-        let fixes = Self::map_differences(&view, &map, dump_start_ns);
+        let fixes = Self::map_differences(&view, &map, &young, dump_start_ns);
         if initial {
             // A million records take seconds to write: after ready (until
             // then a leave finds no record, and the daemon's own is used).

@@ -46,6 +46,11 @@ pub struct SocketTable {
     /// whole table.
     unresolved: HashSet<u64>,
     unverified: HashSet<u64>,
+    /// Cookies the young scanner is reporting: tracked, their record not
+    /// yet moved or their socket not yet checked. Reconciliation leaves them
+    /// to it (a socket that left meanwhile is the scanner's to drop, not
+    /// drift).
+    reporting: HashSet<u64>,
     gauges: Gauges,
 }
 
@@ -125,6 +130,24 @@ impl SocketTable {
     /// Whether some entry waits for its holders.
     pub fn has_unresolved(&self) -> bool {
         !self.unresolved.is_empty()
+    }
+
+    /// The young scanner starts reporting `cookies` (see `reporting`).
+    pub fn start_reporting(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        self.reporting.extend(cookies);
+    }
+
+    /// The young scanner is done with `cookies`: kept or removed.
+    pub fn done_reporting(&mut self, cookies: impl IntoIterator<Item = u64>) {
+        for cookie in cookies {
+            self.reporting.remove(&cookie);
+        }
+        shrink_if_sparse(&mut self.reporting);
+    }
+
+    /// Whether the young scanner is reporting `cookie` right now.
+    pub fn is_reporting(&self, cookie: u64) -> bool {
+        self.reporting.contains(&cookie)
     }
 
     /// Dead entries not verified yet.

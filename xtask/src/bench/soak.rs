@@ -34,7 +34,7 @@ pub fn run(secs: u64, bins: &Bins) -> anyhow::Result<soak::Outcome> {
     let out = soak::run(&plan, daemon.pid, &metrics)?;
     daemon.stop()?;
     eprintln!(
-        "bench: soak {secs} s: RSS {:.1} MiB max, {:+.2} MiB after the warm-up; leak {} (ss {}), leaked gauge {}; corrections {} -> {}; {} churned connections, {} batches",
+        "bench: soak {secs} s: RSS {:.1} MiB max, {:+.2} MiB after the warm-up; leak {} (ss {}), leaked gauge {}; corrections {} -> {} ({}); {} churned connections, {} batches",
         out.rss_max_mib(),
         out.rss_growth_mib(),
         out.leak,
@@ -42,6 +42,7 @@ pub fn run(secs: u64, bins: &Bins) -> anyhow::Result<soak::Outcome> {
         out.leaked_gauge,
         out.corrections_start,
         out.corrections_end,
+        out.corrections_text(),
         out.churn_conns,
         out.batches
     );
@@ -58,9 +59,9 @@ pub fn render(secs: u64, o: &soak::Outcome, s: &mut String) {
          the first three quarters of the run, then held, and {} batches of sockets kept 1 s \
          in CLOSE_WAIT (tracked) then closed ({} more given up: their connects did not finish \
          within a minute under the churn). The daemon runs `{}`.\n\n\
-         | RSS max (MiB) | RSS growth after the warm-up (MiB) | leak | its CLOSE_WAIT sockets (ss) | leaked gauge | CLOSE_WAIT gauge | batches' sockets still counted | corrections (start → end) | full passes | events lost |\n\
+         | RSS max (MiB) | RSS growth after the warm-up (MiB) | leak | its CLOSE_WAIT sockets (ss) | leaked gauge | CLOSE_WAIT gauge | batches' sockets still counted | corrections (start → end; by kind) | full passes | events lost |\n\
          |---|---|---|---|---|---|---|---|---|---|\n\
-         | {:.1} | {:+.2} | {} | {} | {} | {} | {} | {} → {} | {} | {} |\n\n\
+         | {:.1} | {:+.2} | {} | {} | {} | {} | {} | {} → {}; {} | {} | {} |\n\n\
          The warm-up is the first fifth of the samples. The curve:\n\n\
          | t (s) | RSS (MiB) | leak | leaked gauge | CLOSE_WAIT gauge | corrections | churned connections |\n|---|---|---|---|---|---|---|",
         o.churn_conns,
@@ -77,6 +78,7 @@ pub fn render(secs: u64, o: &soak::Outcome, s: &mut String) {
         o.batch_gauge,
         o.corrections_start,
         o.corrections_end,
+        o.corrections_text(),
         o.full_passes,
         o.events_lost
     );
