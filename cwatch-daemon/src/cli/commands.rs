@@ -56,7 +56,7 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         return usage_error(&format!("cannot run here: {problem} (see `cwatch doctor`)"));
     }
     logging::init(&config.log_level);
-    heap::single_arena();
+    heap::tune();
     // Another daemon on the same pin directory: refuse, naming it.
     let claim = match daemon::claim_pin_dir(&config) {
         Ok(c) => c,

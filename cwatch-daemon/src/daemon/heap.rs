@@ -6,7 +6,9 @@ Reconciliation, the /proc walk and big scrapes build maps of every socket for
 a moment, each on whichever thread runs it. With one malloc arena per thread
 those peaks stay resident in every arena, and the long-lived entries
 allocated among them keep the freed pages from going back. So: one arena
-(the daemon's threads allocate little and rarely at the same time), and the
+(the daemon's threads allocate little and rarely at the same time), a fixed
+mmap threshold (glibc raises it after each large free, up to 32 MiB, and a
+pass's big maps then land in the heap among long-lived entries), and the
 free pages handed back to the kernel after each pass.
 */
 use std::time::Duration;
@@ -17,13 +19,20 @@ use tokio_util::sync::CancellationToken;
 /// well under a millisecond when there is nothing to give back).
 pub const TRIM_EVERY: Duration = Duration::from_secs(5);
 
-/// One malloc arena for the whole process. Call before threads start.
-pub fn single_arena() {
+/// Allocations from this size up get their own mapping, returned whole
+/// when freed (glibc's default start, kept fixed).
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// One malloc arena for the whole process, and a fixed mmap threshold.
+/// Call before threads start.
+pub fn tune() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX is
-    // valid for glibc, and other C libraries return 0 (ignored).
+    // SAFETY: mallopt only sets allocator parameters; M_ARENA_MAX and
+    // M_MMAP_THRESHOLD are valid for glibc, and other C libraries return 0
+    // (ignored).
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 
