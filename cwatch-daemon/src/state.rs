@@ -8,11 +8,18 @@ that replace polling (drain the ring now; `YOUNG` has new sockets).
 No lock here is ever held across file, netlink or socket I/O: the table's
 lock guards pure data (callers copy out what they need, then do their I/O),
 and the probes are handed out as an `Arc` so that map reads need no lock of
-this module at all.
+this module at all. The table's guard ([`TableGuard`]) times every hold: one
+longer than [`LONG_HOLD`] is logged (debug, target `cwatch::lock`) with the
+caller's place, since a scrape or the intake waits that long behind it.
 */
-use std::sync::{
-    Arc, RwLock,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    ops::{Deref, DerefMut},
+    panic::Location,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use parking_lot::{Mutex, MutexGuard};
@@ -75,8 +82,14 @@ impl State {
     /// the data is a cache the next reconciliation repairs). A task that
     /// updates it in chunks ends each with [`MutexGuard::unlock_fair`], so
     /// that a waiting scrape goes before its next chunk.
-    pub fn lock_table(&self) -> MutexGuard<'_, SocketTable> {
-        self.table.lock()
+    #[track_caller]
+    pub fn lock_table(&self) -> TableGuard<'_> {
+        let guard = self.table.lock();
+        TableGuard {
+            guard,
+            since: Instant::now(),
+            at: Location::caller(),
+        }
     }
 
     /// The loaded probes, `None` before they are attached or once detached.
@@ -115,5 +128,62 @@ impl State {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// A hold of the table's lock longer than this is logged: a scrape waiting
+/// behind it misses its latency target (20 ms p99 at a million sockets).
+pub const LONG_HOLD: Duration = Duration::from_millis(10);
+
+/// The table, locked: derefs to it, and on release logs a hold longer than
+/// [`LONG_HOLD`] with the place that took it.
+pub struct TableGuard<'a> {
+    guard: MutexGuard<'a, SocketTable>,
+    since: Instant,
+    at: &'static Location<'static>,
+}
+
+impl TableGuard<'_> {
+    /// Releases the lock fairly: a waiting scrape goes before this task's
+    /// next chunk.
+    pub fn unlock_fair(this: Self) {
+        let this = std::mem::ManuallyDrop::new(this);
+        this.note_hold();
+        // SAFETY: `this` is never used again and its drop never runs
+        // (ManuallyDrop); the guard is moved out exactly once, and `since`
+        // and `at` are plain data with no destructor.
+        let guard = unsafe { std::ptr::read(&this.guard) };
+        MutexGuard::unlock_fair(guard);
+    }
+
+    fn note_hold(&self) {
+        let held = self.since.elapsed();
+        if held > LONG_HOLD {
+            tracing::debug!(
+                target: "cwatch::lock",
+                held_ms = held.as_millis() as u64,
+                at = %self.at,
+                "the socket table's lock was held long"
+            );
+        }
+    }
+}
+
+impl Drop for TableGuard<'_> {
+    fn drop(&mut self) {
+        self.note_hold();
+    }
+}
+
+impl Deref for TableGuard<'_> {
+    type Target = SocketTable;
+    fn deref(&self) -> &SocketTable {
+        &self.guard
+    }
+}
+
+impl DerefMut for TableGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SocketTable {
+        &mut self.guard
     }
 }

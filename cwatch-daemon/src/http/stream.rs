@@ -22,13 +22,14 @@ pub fn all(app: App, query: SocketQuery) -> Body {
         let filter = app.exporter.filter(state, Arc::clone(&config));
         let now = state.clock.now_ns();
         let leak_after = config.leak_after;
-        let keys = {
+        let mut keys = {
             let table = state.lock_table();
             let keep = |e: &crate::table::SockEntry| filter.keeps(e);
             let keep: Option<&dyn Fn(&crate::table::SockEntry) -> bool> =
                 (!filter.is_empty()).then_some(&keep);
-            api::order(&table, now, leak_after, &query, keep)
+            api::matching(&table, now, leak_after, &query, keep)
         };
+        keys.sort_unstable();
         if tx.blocking_send(Ok(Bytes::from_static(b"["))).is_err() {
             return;
         }

@@ -9,7 +9,7 @@
 //! table every few seconds.
 use std::collections::HashSet;
 
-use parking_lot::MutexGuard;
+use crate::state::TableGuard;
 use tracing::debug;
 
 use super::worker::Worker;
@@ -155,7 +155,7 @@ impl Refresh {
             for entry in chunk.iter().filter_map(|c| table.get(*c)) {
                 look(&entry);
             }
-            MutexGuard::unlock_fair(table);
+            TableGuard::unlock_fair(table);
         }
         dead.iter().for_each(look);
     }

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use parking_lot::MutexGuard;
+use crate::state::TableGuard;
 use smallvec::SmallVec;
 use tracing::debug;
 
@@ -400,7 +400,7 @@ impl Worker {
             }
         }
         // Fair: a walk calls this chunk after chunk.
-        MutexGuard::unlock_fair(table);
+        TableGuard::unlock_fair(table);
         for l in latencies {
             self.state.telemetry.observe_attribution(l);
         }
@@ -431,7 +431,7 @@ impl Worker {
             table.set_holders(cookie, holders);
         }
         // Fair: a walk calls this chunk after chunk.
-        MutexGuard::unlock_fair(table);
+        TableGuard::unlock_fair(table);
         for l in latencies {
             self.state.telemetry.observe_attribution(l);
         }

@@ -15,6 +15,7 @@ found by the first pass are discovery, not drift, and are not counted.
 mod kernel_map;
 pub mod limits;
 pub mod schedule;
+mod table_fix;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,11 +33,11 @@ use schedule::{Full, Schedule, safety_net};
 
 use crate::{
     clock::thread_cpu,
-    kernel_view::{KernelView, entry_from_diag, kernel_view},
+    kernel_view::{KernelView, kernel_view},
     owners::{self, ProcRoot, Work},
     probe::Probes,
-    state::State,
-    table::{DeadEntry, Direction, SockEntry, SocketTable},
+    state::{State, TableGuard},
+    table::{DeadEntry, SockEntry, SocketTable},
 };
 
 /// What one pass changed.
@@ -63,77 +64,6 @@ impl Corrections {
 /// LAST_ACK is forgotten from `LINGER` after this long (its destroy went
 /// unseen, e.g. while no daemon ran).
 const LINGER_LIMIT: Duration = Duration::from_secs(30);
-
-/// Makes `table` hold exactly the CLOSE_WAIT sockets of `view` (in the
-/// namespaces it covers). Call it after a drain of the ring that began once
-/// the dump was complete: every event from before the dump is applied, so
-/// a difference left is drift.
-///
-/// `map` is the kernel's CLOSE_WAIT map read after that drain: a socket
-/// found there but not in the table lost its leave-side bookkeeping (or a
-/// previous daemon reported it) and keeps its true start. A socket in
-/// `young` is younger than the grace, not tracked yet: the young scanner
-/// reports it if it stays. A socket in neither either predates cwatch (the first pass), or
-/// left CLOSE_WAIT while the dump ran: after the first pass it is added
-/// only when two passes in a row find it so (`suspects` carries them).
-/// Entries recorded at or after `dump_start_ns` are newer than the dump and
-/// left alone.
-pub fn sync(
-    table: &mut SocketTable,
-    view: &KernelView,
-    map: &HashMap<u64, SockRecord>,
-    young: &HashMap<u64, SockRecord>,
-    now_ns: u64,
-    dump_start_ns: u64,
-    suspects: &mut Suspects,
-) -> Corrections {
-    let mut c = Corrections::default();
-    let stale: Vec<u64> = table
-        .keys()
-        .filter(|&(cookie, start_ns, netns)| {
-            view.shows_gone(cookie, netns, start_ns, dump_start_ns)
-        })
-        .filter(|&(cookie, _, _)| !table.is_reporting(cookie))
-        .map(|(cookie, _, _)| cookie)
-        .collect();
-    for cookie in stale {
-        table.remove(cookie);
-        c.removed += 1;
-    }
-    let mut next_suspects = HashSet::new();
-    for (cookie, (d, netns)) in &view.close_wait {
-        if let Some(entry) = table.get(*cookie) {
-            if entry.inode == 0 && d.inode != 0 {
-                // Accepted since: now it has an fd to find.
-                table.update(*cookie, |e| {
-                    e.inode = d.inode;
-                    e.direction = Direction::Inbound;
-                    e.resolved = false;
-                });
-            }
-            continue;
-        }
-        if young.contains_key(cookie) {
-            continue;
-        }
-        match map.get(cookie) {
-            Some(rec) if rec.start_ns != 0 => {
-                table.insert(SockEntry::from_record(rec));
-                c.added += 1;
-            }
-            _ if suspects.first_pass || suspects.cookies.contains(cookie) => {
-                table.insert(entry_from_diag(d, *netns, now_ns, view));
-                c.added += 1;
-            }
-            _ => {
-                next_suspects.insert(*cookie);
-            }
-        }
-    }
-    suspects.cookies = next_suspects;
-    suspects.first_pass = false;
-    c
-}
 
 /// What one pass leaves to the next: sockets it found in CLOSE_WAIT that
 /// neither the table nor the kernel map knew (see [`sync`]), and what the
@@ -259,41 +189,29 @@ impl Reconciler {
         };
         let now_ns = state.clock.now_ns();
         let mut map = map;
-        let mut c = {
-            let mut table = state.lock_table();
-            // A socket the dump and the map snapshot saw in CLOSE_WAIT that
-            // left since (its leave already applied to the table) is no
-            // drift: the kernel deleted its record, so ask the map again
-            // (not at start: the table is empty then, every record a candidate).
-            let recheck: Vec<u64> = view
-                .close_wait
-                .keys()
-                .filter(|_| !initial)
-                .filter(|c| {
-                    map.contains_key(c) && !young.contains_key(c) && table.get(**c).is_none()
-                })
-                .copied()
-                .collect();
-            for cookie in self.probes.gone_from_close_wait(&recheck) {
-                map.remove(&cookie);
-            }
-            if initial {
-                table.reserve(view.close_wait.len());
-            }
-            let c = sync(
-                &mut table,
-                &view,
-                &map,
-                &young,
+        if initial {
+            state.lock_table().reserve(view.close_wait.len());
+        }
+        let probes = &self.probes;
+        let mut c = table_fix::sync(
+            table_fix::Found {
+                view: &view,
+                map: &mut map,
+                young: &young,
                 now_ns,
                 dump_start_ns,
-                &mut self.suspects,
-            );
-            if let Some(linger) = &linger {
-                restore_dead(&mut table, linger);
-            }
-            c
-        };
+            },
+            &mut self.suspects,
+            &mut |f| {
+                let mut table = state.lock_table();
+                f(&mut table);
+                TableGuard::unlock_fair(table);
+            },
+            &mut |cookies| probes.gone_from_close_wait(cookies),
+        );
+        if let Some(linger) = &linger {
+            restore_dead(&mut state.lock_table(), linger);
+        }
         // Asked for before the map is written back: the walk and the
         // write-back overlap (start-up's walk of a million sockets' fds
         // takes seconds).

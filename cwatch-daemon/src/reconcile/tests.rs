@@ -1,6 +1,10 @@
 use super::*;
-use crate::{kernel_view::sockdiag::DiagSocket, table::tests::record};
+use crate::{
+    kernel_view::{entry_from_diag, sockdiag::DiagSocket},
+    table::{Direction, tests::record},
+};
 use cwatch_common::tcp_state;
+use table_fix::{Found, SYNC_CHUNK};
 
 const S: u64 = 1_000_000_000;
 const NETNS: u32 = 4026531840;
@@ -16,6 +20,41 @@ fn diag(cookie: u64, last_ack_ago: Option<u64>) -> DiagSocket {
         last_ack_recv: last_ack_ago.map(Duration::from_secs),
         keepalive: None,
     }
+}
+
+/// The pass's table side on a table of its own, with nobody else between
+/// its chunks, and a kernel map that deleted nothing since it was read.
+fn sync(
+    table: &mut SocketTable,
+    view: &KernelView,
+    map: &HashMap<u64, SockRecord>,
+    young: &HashMap<u64, SockRecord>,
+    now_ns: u64,
+    dump_start_ns: u64,
+    suspects: &mut Suspects,
+) -> Corrections {
+    let mut map = map.clone();
+    let found = Found {
+        view,
+        map: &mut map,
+        young,
+        now_ns,
+        dump_start_ns,
+    };
+    table_fix::sync(found, suspects, &mut |f| f(table), &mut |_| Vec::new())
+}
+
+/// [`sync`] of a first pass (dump at 90 s, now 100 s) with empty maps.
+fn plain_sync(table: &mut SocketTable, v: &KernelView) -> Corrections {
+    sync(
+        table,
+        v,
+        &HashMap::new(),
+        &HashMap::new(),
+        100 * S,
+        90 * S,
+        &mut Suspects::default(),
+    )
 }
 
 fn view(cookies: &[(u64, Option<u64>)]) -> KernelView {
@@ -34,15 +73,7 @@ fn adds_missing_and_drops_stale_entries() {
         table.insert(SockEntry::from_record(&record(cookie, 5 * S, None)));
     }
     let v = view(&[(2, None), (3, Some(40))]);
-    let c = sync(
-        &mut table,
-        &v,
-        &HashMap::new(),
-        &HashMap::new(),
-        100 * S,
-        90 * S,
-        &mut Suspects::default(),
-    );
+    let c = plain_sync(&mut table, &v);
     assert_eq!((c.added, c.removed), (1, 1));
     let mut cookies: Vec<u64> = table.cookies().collect();
     cookies.sort_unstable();
@@ -56,15 +87,7 @@ fn adds_missing_and_drops_stale_entries() {
         "estimated from the last ACK received"
     );
     assert_eq!(found.inode, 5003);
-    let again = sync(
-        &mut table,
-        &v,
-        &HashMap::new(),
-        &HashMap::new(),
-        100 * S,
-        90 * S,
-        &mut Suspects::default(),
-    );
+    let again = plain_sync(&mut table, &v);
     assert_eq!(again, Corrections::default(), "idempotent");
 }
 
@@ -224,28 +247,10 @@ fn a_socket_the_young_scanner_is_reporting_is_left_to_it() {
     table.start_reporting([6]);
     table.insert(SockEntry::from_record(&record(6, 5 * S, None)));
     let v = view(&[]);
-    let mut pass = || {
-        sync(
-            &mut table,
-            &v,
-            &HashMap::new(),
-            &HashMap::new(),
-            100 * S,
-            90 * S,
-            &mut Suspects::default(),
-        )
-    };
+    let mut pass = || plain_sync(&mut table, &v);
     assert_eq!(pass(), Corrections::default(), "not a correction");
     table.done_reporting([6]);
-    let c = sync(
-        &mut table,
-        &v,
-        &HashMap::new(),
-        &HashMap::new(),
-        100 * S,
-        90 * S,
-        &mut Suspects::default(),
-    );
+    let c = plain_sync(&mut table, &v);
     assert_eq!(c.removed, 1, "once the scanner is done, a ghost is drift");
 }
 
@@ -257,4 +262,125 @@ fn the_kernel_map_does_not_lack_a_young_socket() {
     let young = HashMap::from([(7, record(7, 95 * S, None))]);
     let fixes = Reconciler::map_differences(&v, &HashMap::new(), &young, 90 * S);
     assert_eq!(fixes.missing(), &[8]);
+}
+
+/// A table of `n` sockets (cookies 1..=n, started at 5 s), every one in
+/// the view and in the kernel map, and one more (`n + 1`) the view shows
+/// gone: what a later pass over a million sockets looks like.
+fn steady(n: u64) -> (SocketTable, KernelView, HashMap<u64, SockRecord>) {
+    let mut table = SocketTable::new();
+    let mut map = HashMap::new();
+    for cookie in 1..=n + 1 {
+        let rec = record(cookie, 5 * S, None);
+        table.insert(SockEntry::from_record(&rec));
+        map.insert(cookie, rec);
+    }
+    let cookies: Vec<(u64, Option<u64>)> = (1..=n).map(|c| (c, None)).collect();
+    (table, view(&cookies), map)
+}
+
+/// A later pass (dump at 90 s, now 100 s) over `v` and `map`: `between`
+/// runs before each hold of the lock (numbered from 1), as another task
+/// would between two chunks; `gone` answers the map's second look.
+/// (corrections, holds).
+fn later_pass(
+    table: &mut SocketTable,
+    v: &KernelView,
+    map: &mut HashMap<u64, SockRecord>,
+    suspects: &mut Suspects,
+    between: &mut dyn FnMut(usize, &mut SocketTable),
+    gone: &mut dyn FnMut(&[u64]) -> Vec<u64>,
+) -> (Corrections, usize) {
+    let found = Found {
+        view: v,
+        map,
+        young: &HashMap::new(),
+        now_ns: 100 * S,
+        dump_start_ns: 90 * S,
+    };
+    let mut holds = 0;
+    let with_table = &mut |f: &mut dyn FnMut(&mut SocketTable)| {
+        holds += 1;
+        between(holds, table);
+        f(table)
+    };
+    let c = table_fix::sync(found, suspects, with_table, gone);
+    (c, holds)
+}
+
+fn not_first() -> Suspects {
+    Suspects {
+        first_pass: false,
+        ..Suspects::default()
+    }
+}
+
+#[test]
+fn a_pass_over_many_sockets_takes_the_lock_a_chunk_at_a_time() {
+    let n = 3 * SYNC_CHUNK as u64;
+    let (mut table, v, mut map) = steady(n);
+    let (c, holds) = later_pass(
+        &mut table,
+        &v,
+        &mut map,
+        &mut not_first(),
+        &mut |_, _| {},
+        &mut |_| Vec::new(),
+    );
+    assert_eq!((c.added, c.removed), (0, 1), "only the gone one");
+    assert_eq!(table.len() as u64, n);
+    // The keys, the one stale chunk, then the view's sockets a chunk each.
+    assert_eq!(holds, 2 + 3, "one hold per chunk, not one for the pass");
+}
+
+#[test]
+fn a_leave_applied_between_two_chunks_is_not_written_back() {
+    // Intake applies the leave of a socket of the last chunk while the
+    // pass waits between two: the kernel deleted its record first.
+    let n = 2 * SYNC_CHUNK as u64;
+    let (mut table, v, mut map) = steady(n);
+    let left = *v.close_wait.keys().nth(SYNC_CHUNK).unwrap();
+    let mut asked = Vec::new();
+    let mut suspects = not_first();
+    let (c, _) = later_pass(
+        &mut table,
+        &v,
+        &mut map,
+        &mut suspects,
+        // After the keys, the stale chunk and the first view chunk.
+        &mut |hold, table| {
+            if hold == 4 {
+                table.remove(left);
+            }
+        },
+        &mut |cookies| {
+            asked.extend_from_slice(cookies);
+            cookies.iter().copied().filter(|&c| c == left).collect()
+        },
+    );
+    assert_eq!(asked, vec![left], "asked again only about the missing one");
+    assert!(table.get(left).is_none(), "no ghost written back");
+    assert_eq!(c.added, 0);
+    assert!(suspects.cookies.contains(&left), "a suspect if seen again");
+}
+
+#[test]
+fn a_stale_socket_reported_again_between_chunks_is_kept() {
+    // The view shows 5 gone; before its chunk runs, the young scanner
+    // reports a socket of that cookie anew (after the dump began).
+    let (mut table, v, mut map) = steady(4);
+    let (c, _) = later_pass(
+        &mut table,
+        &v,
+        &mut map,
+        &mut Suspects::default(),
+        &mut |hold, table| {
+            if hold == 2 {
+                table.insert(SockEntry::from_record(&record(5, 95 * S, None)));
+            }
+        },
+        &mut |_| Vec::new(),
+    );
+    assert_eq!(c.removed, 0, "newer than the dump: left alone");
+    assert_eq!(table.start_of(5), Some(95 * S));
 }

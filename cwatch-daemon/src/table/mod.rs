@@ -177,6 +177,11 @@ impl SocketTable {
         self.store.contains(cookie)
     }
 
+    /// `cookie`'s socket inode (0: not accepted yet), if it is tracked.
+    pub fn inode_of(&self, cookie: u64) -> Option<u64> {
+        self.store.inode_of(cookie)
+    }
+
     /// Dead sockets: left CLOSE_WAIT, not destroyed yet.
     pub fn dead(&self) -> impl Iterator<Item = &DeadEntry> {
         self.dead.values()
@@ -227,6 +232,12 @@ impl SocketTable {
 
     pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
         self.store.cookies()
+    }
+
+    /// (cookie, socket inode, start) of every entry, cheaply (a walk of
+    /// `/proc` asks for a million under the lock).
+    pub fn inodes(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.store.inodes()
     }
 
     /// (cookie, start, netns) of every entry, cheaply.

@@ -251,6 +251,13 @@ impl Store {
         self.rows.iter().map(|r| r.cookie)
     }
 
+    /// (cookie, socket inode, start) of every row, without unpacking.
+    pub fn inodes(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.rows
+            .iter()
+            .map(|r| (r.cookie, u64::from(r.inode), r.start_ns))
+    }
+
     /// (cookie, start, netns) of every row, without unpacking.
     pub fn keys(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
         self.rows
