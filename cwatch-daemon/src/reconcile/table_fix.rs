@@ -3,7 +3,7 @@ The table's side of a reconciliation pass: [`sync`] makes the socket table
 hold exactly the CLOSE_WAIT sockets the kernel showed, in chunks of
 [`SYNC_CHUNK`] sockets, the table's lock taken for each and released fairly
 in between, so that a scrape or the intake never waits behind a whole pass
-(a million sockets in one hold kept the lock for about 280 ms).
+(a million sockets in one hold kept the lock for about half a second).
 
 What a chunk decides about a socket it decides in one hold of the lock, as
 the whole pass did before: a socket whose leave intake applies between two
